@@ -1,0 +1,28 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * The budget ledger on disk (STATE/ledger): written atomically (temp file,
+ * fsync, rename), so a crash leaves the old or the new one, never half.
+ * With it the daemon restores the bucket so that no restart, crash or reboot
+ * hands out budget twice: spending since the last save that the kernel still
+ * knows (same boot, same jobs/ cgroup) is read back from cpu.stat; spending
+ * it cannot know any more is charged at the worst case (Burst for the time
+ * since the last save, at most LEDGER_SAVE_USEC).
+ */
+#pragma once
+
+#include <stdint.h>
+
+#define LEDGER_SAVE_USEC (5 * 1000000ULL)  /* how often the daemon saves the ledger */
+
+struct ledger {
+	int64_t  tokens_usec;
+	uint64_t spent_total_usec;
+	uint64_t saved_realtime_usec;  /* CLOCK_REALTIME at save */
+	char     boot_id[37];          /* /proc/sys/kernel/random/boot_id at save */
+	uint64_t jobs_cgroup_id;       /* inode of jobs/ at save */
+	uint64_t jobs_usage_usec;      /* its cpu.stat usage_usec at save */
+};
+
+/* 0, -ENOENT if there is no ledger yet, -EBADMSG if it is corrupt, -errno. */
+int ledger_load(const char *path, struct ledger *ret);
+int ledger_save(const char *path, const struct ledger *l);
