@@ -11,7 +11,7 @@
 
 BUILD    ?= build
 SAN      ?= 0
-VERSION  ?= $(shell sed -n '1s/.*(\([^)]*\)).*/\1/p' packaging/debian/changelog 2>/dev/null || echo 0.1.0)
+VERSION  ?= $(or $(shell awk -F'[()]' 'NR==1 {print $$2}' packaging/debian/changelog 2>/dev/null),0.1.0)
 PREFIX   ?= /usr
 DESTDIR  ?=
 
@@ -22,7 +22,7 @@ PKGS     := libsystemd libbpf libseccomp inih jansson libsodium
 
 CFLAGS   ?= -O2 -g
 CFLAGS   += -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter \
-            -Wshadow -Wformat=2 -fno-strict-aliasing -D_GNU_SOURCE \
+            -Wshadow -Wformat=2 -Wno-format-truncation -fno-strict-aliasing -D_GNU_SOURCE \
             -DHARVESTER_VERSION='"$(VERSION)"' \
             -DCL_TARGET_OPENCL_VERSION=300 \
             -I. -I$(BUILD) $(shell pkg-config --cflags $(PKGS))

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
  * harvester.conf: /etc/harvester/harvester.conf plus drop-ins in
- * /etc/harvester/harvester.conf.d/*.conf (read in lexical order, later
+ * /etc/harvester/harvester.conf.d/NAME.conf (read in lexical order, later
  * wins), systemd style: [Section], Key=value, # and ; comments, units on
  * values. Every bad value, unknown section or unknown key is an error that
  * names file, line, key and what was expected. Pure apart from reading the

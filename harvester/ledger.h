@@ -26,3 +26,11 @@ struct ledger {
 /* 0, -ENOENT if there is no ledger yet, -EBADMSG if it is corrupt, -errno. */
 int ledger_load(const char *path, struct ledger *ret);
 int ledger_save(const char *path, const struct ledger *l);
+
+/* CPU spent since the save that the ledger does not hold: exact from cpu.stat
+ * when the kernel still knows it (same boot, same jobs/ cgroup, usage not
+ * gone backwards), else the worst case: the time since the save (at most
+ * LEDGER_SAVE_USEC; a clock gone backwards counts as all of it) at the
+ * burst rate. Pure. */
+int64_t ledger_unrecorded_usec(const struct ledger *l, const char *boot_id_now, uint64_t jobs_cgroup_id_now,
+			       uint64_t jobs_usage_now, uint64_t realtime_now_usec, uint64_t burst_cpu_usec_per_sec);

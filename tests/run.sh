@@ -18,6 +18,7 @@ pass=0 fail=0 skip=0 failed=""
 run() {
 	name=$1; shift
 	log=$LOG_DIR/$name.log
+	mkdir -p "$(dirname "$log")"
 	start=$(date +%s)
 	"$@" >"$log" 2>&1
 	rc=$?
@@ -40,6 +41,9 @@ if [ "$suite" = host ] || [ "$suite" = all ]; then
 	done
 	for t in tests/host/*.sh; do
 		[ -f "$t" ] && run "host/$(basename "$t" .sh)" sh "$t"
+	done
+	for t in tests/host/test_*.py; do
+		[ -f "$t" ] && run "host/$(basename "$t" .py)" python3 "$t"
 	done
 fi
 if [ "$suite" = vm ] || [ "$suite" = all ]; then

@@ -1,0 +1,390 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* harvestctl: ask harvesterd what it is doing, and tell it what to do. */
+#include <getopt.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+
+#include "harvester/config.h"
+#include "harvester/control.h"
+#include "harvester/macro.h"
+
+static const char *socket_path = "/run/harvester/control.sock";
+static bool arg_json;
+
+static int request(json_t *req, json_t **ret)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	char *s;
+	int r;
+
+	if (snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", socket_path) >= (int)sizeof(sa.sun_path)) {
+		fprintf(stderr, "harvestctl: socket path too long: %s\n", socket_path);
+		return -ENAMETOOLONG;
+	}
+	_cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return negative_errno();
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		r = negative_errno();
+		fprintf(stderr, "harvestctl: cannot reach harvesterd at %s: %s\n"
+			"(is it running? 'systemctl status harvesterd')\n", socket_path, strerror(-r));
+		return r;
+	}
+	s = json_dumps(req, JSON_COMPACT);
+	if (!s)
+		return -ENOMEM;
+	size_t len = strlen(s), off = 0;
+	while (off < len) {
+		ssize_t w = write(fd, s + off, len - off);
+		if (w < 0) {
+			free(s);
+			return negative_errno();
+		}
+		off += (size_t)w;
+	}
+	free(s);
+	shutdown(fd, SHUT_WR);
+
+	size_t cap = 65536, n = 0;
+	char *buf = malloc(cap);
+	if (!buf)
+		return -ENOMEM;
+	for (;;) {
+		if (n + 4096 > cap) {
+			char *nb = realloc(buf, cap *= 2);
+			if (!nb) {
+				free(buf);
+				return -ENOMEM;
+			}
+			buf = nb;
+		}
+		ssize_t k = read(fd, buf + n, cap - n);
+		if (k < 0) {
+			r = negative_errno();
+			free(buf);
+			return r;
+		}
+		if (k == 0)
+			break;
+		n += (size_t)k;
+	}
+	json_error_t err;
+	json_t *reply = json_loadb(buf, n, 0, &err);
+	free(buf);
+	if (!reply) {
+		fprintf(stderr, "harvestctl: bad reply from harvesterd: %s\n", err.text);
+		return -EBADMSG;
+	}
+	if (!json_is_true(json_object_get(reply, "ok"))) {
+		const char *e = json_string_value(json_object_get(reply, "error"));
+		fprintf(stderr, "harvestctl: %s\n", e ? e : "request failed");
+		json_decref(reply);
+		return -EPERM;
+	}
+	*ret = reply;
+	return 0;
+}
+
+static void print_json(json_t *o)
+{
+	json_dumpf(o, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
+	putchar('\n');
+}
+
+static json_int_t geti(json_t *o, const char *path)
+{
+	/* "a.b" looks one level down */
+	char key[64];
+	const char *dot = strchr(path, '.');
+	if (dot) {
+		snprintf(key, sizeof(key), "%.*s", (int)(dot - path), path);
+		return json_integer_value(json_object_get(json_object_get(o, key), dot + 1));
+	}
+	return json_integer_value(json_object_get(o, path));
+}
+
+static const char *span(char *buf, size_t len, json_int_t usec)
+{
+	if (usec < 0)
+		return "-";
+	if (usec < 1000000 && usec > 0) {
+		snprintf(buf, len, "%.1fms", (double)usec / 1000.0);
+		return buf;
+	}
+	return format_timespan(buf, len, (uint64_t)usec);
+}
+
+static const char *percent(char *buf, size_t len, json_int_t ppm)
+{
+	snprintf(buf, len, "%g%%", (double)ppm / 10000.0);
+	return buf;
+}
+
+static int verb_status(int argc, char **argv)
+{
+	json_t *r;
+	char a[64], b[64], c[64], d[64];
+	int k = request(json_pack("{s:s}", "verb", "status"), &r);
+	if (k < 0)
+		return k;
+	if (arg_json) {
+		print_json(r);
+		json_decref(r);
+		return 0;
+	}
+	json_t *ago = json_object_get(r, "last_activity_ago_usec");
+	const char *fb = json_string_value(json_object_get(r, "fallback_reason"));
+
+	printf("State:      %s (%s)\n", json_string_value(json_object_get(r, "state")),
+	       json_string_value(json_object_get(r, "reason")));
+	printf("Since:      %s ago\n", span(a, sizeof(a), geti(r, "state_for_usec")));
+	printf("Last input: %s\n", json_is_integer(ago) ? strcat(strcpy(b, span(a, sizeof(a), json_integer_value(ago))), " ago") : "none seen");
+	printf("Input:      %s%s%s%s\n", json_string_value(json_object_get(r, "input_source")),
+	       fb ? " (fallback: " : "", fb ? fb : "", fb ? ")" : "");
+	printf("Time split: %s\n", json_string_value(json_object_get(r, "time_source")));
+	printf("Cap:        %s, Burst=%s of all CPUs\n", json_string_value(json_object_get(r, "cap_mechanism")),
+	       percent(a, sizeof(a), geti(r, "budget.burst_ppm")));
+	printf("Budget:     CPU=%s, %s of CPU left of %s, %s spent in all%s\n",
+	       percent(a, sizeof(a), geti(r, "budget.cpu_ppm")),
+	       span(b, sizeof(b), geti(r, "budget.tokens_usec") > 0 ? geti(r, "budget.tokens_usec") : 0),
+	       span(c, sizeof(c), geti(r, "budget.capacity_usec")),
+	       span(d, sizeof(d), geti(r, "budget.spent_total_usec")),
+	       json_is_true(json_object_get(json_object_get(r, "budget"), "exhausted")) ? " (exhausted)" : "");
+	printf("Jobs:       %lld running (%s), %lld queued, %lld done, %lld failed\n",
+	       (long long)geti(r, "jobs.running"),
+	       json_is_true(json_object_get(r, "frozen")) ? "frozen" : "thawed",
+	       (long long)geti(r, "jobs.queued"), (long long)geti(r, "jobs.done"),
+	       (long long)geti(r, "jobs.failed"));
+	json_t *in = json_object_get(r, "intrusion");
+	if (json_is_object(in))
+		printf("Intrusion:  %lld foreground waits behind harvest tasks, %s in all, max %s\n",
+		       (long long)geti(in, "count"), span(a, sizeof(a), geti(in, "total_usec")),
+		       span(b, sizeof(b), geti(in, "max_usec")));
+	else
+		printf("Intrusion:  not measured (no BPF probe)\n");
+	json_t *rc = json_object_get(r, "reaction");
+	if (geti(rc, "count") > 0) {
+		json_t *lr = json_object_get(rc, "last_to_last_run_usec");
+		printf("Reaction:   input -> last harvest run %s, -> frozen %s (%lld freezes)\n",
+		       json_is_integer(lr) ? span(a, sizeof(a), json_integer_value(lr)) : "unknown",
+		       span(b, sizeof(b), geti(rc, "last_to_frozen_usec")), (long long)geti(rc, "count"));
+	} else
+		printf("Reaction:   no input has frozen a running job yet\n");
+	printf("Daemon:     pid %lld, %s CPU, %.1f MiB resident\n", (long long)geti(r, "pid"),
+	       span(a, sizeof(a), geti(r, "daemon.cpu_usec")), (double)geti(r, "daemon.rss_bytes") / 1048576.0);
+	json_decref(r);
+	return 0;
+}
+
+static int verb_jobs(int argc, char **argv)
+{
+	json_t *r, *j;
+	size_t i;
+	char a[64];
+	int k = request(json_pack("{s:s}", "verb", "jobs"), &r);
+	if (k < 0)
+		return k;
+	if (arg_json) {
+		print_json(json_object_get(r, "jobs"));
+		json_decref(r);
+		return 0;
+	}
+	printf("%-6s %-10s %-10s %-10s %s\n", "ID", "STATE", "CPU", "EXIT", "COMMAND / REASON");
+	json_array_foreach(json_object_get(r, "jobs"), i, j) {
+		char cmd[256] = "", exitbuf[32] = "-";
+		size_t n;
+		json_t *arg;
+		json_array_foreach(json_object_get(j, "argv"), n, arg) {
+			if (strlen(cmd) + strlen(json_string_value(arg)) + 2 >= sizeof(cmd))
+				break;
+			if (n)
+				strcat(cmd, " ");
+			strcat(cmd, json_string_value(arg));
+		}
+		if (geti(j, "signal"))
+			snprintf(exitbuf, sizeof(exitbuf), "sig %lld", (long long)geti(j, "signal"));
+		else if (geti(j, "exit_code") >= 0 && geti(j, "finished_usec"))
+			snprintf(exitbuf, sizeof(exitbuf), "%lld", (long long)geti(j, "exit_code"));
+		const char *reason = json_string_value(json_object_get(j, "reason"));
+		printf("%-6lld %-10s %-10s %-10s %s%s%s\n", (long long)geti(j, "id"),
+		       json_string_value(json_object_get(j, "state")), span(a, sizeof(a), geti(j, "cpu_usec")),
+		       exitbuf, cmd, reason ? "\n       -> " : "", reason ? reason : "");
+	}
+	json_decref(r);
+	return 0;
+}
+
+static int verb_budget(int argc, char **argv)
+{
+	json_t *r;
+	char a[64], b[64], c[64];
+	int k = request(json_pack("{s:s}", "verb", "budget"), &r);
+	if (k < 0)
+		return k;
+	json_t *bu = json_object_get(r, "budget");
+	if (arg_json)
+		print_json(bu);
+	else {
+		printf("CPU=%s Burst=%s Window=%s\n", percent(a, sizeof(a), geti(bu, "cpu_ppm")),
+		       percent(b, sizeof(b), geti(bu, "burst_ppm")), span(c, sizeof(c), geti(bu, "window_usec")));
+		printf("Bucket:  %s of CPU of at most %s (fills %s per second)\n",
+		       span(a, sizeof(a), geti(bu, "tokens_usec") > 0 ? geti(bu, "tokens_usec") : 0),
+		       span(b, sizeof(b), geti(bu, "capacity_usec")), span(c, sizeof(c), geti(bu, "rate_usec_per_sec")));
+		printf("Spent:   %s in all\n", span(a, sizeof(a), geti(bu, "spent_total_usec")));
+		if (json_is_true(json_object_get(bu, "exhausted")))
+			printf("Exhausted: resumes in %s\n", span(a, sizeof(a), geti(bu, "resume_in_usec")));
+	}
+	json_decref(r);
+	return 0;
+}
+
+static int simple(json_t *req, const char *done)
+{
+	json_t *r;
+	int k = request(req, &r);
+	if (k < 0)
+		return k;
+	if (arg_json)
+		print_json(r);
+	else if (done)
+		printf("%s\n", done);
+	json_decref(r);
+	return 0;
+}
+
+static int verb_pause(int argc, char **argv)
+{
+	uint64_t usec = 0;
+	static const struct option o[] = { { "for", required_argument, NULL, 'f' }, {} };
+	int c;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "f:", o, NULL)) >= 0) {
+		if (c != 'f')
+			return -EINVAL;
+		if (parse_timespan_usec(optarg, &usec) < 0 || usec == 0) {
+			fprintf(stderr, "harvestctl: --for=%s: expected a time span such as 90s, 30min or 2h\n", optarg);
+			return -EINVAL;
+		}
+	}
+	json_t *req = json_pack("{s:s}", "verb", "pause");
+	if (usec)
+		json_object_set_new(req, "for_usec", json_integer((json_int_t)usec));
+	return simple(req, usec ? "Paused for the given time." : "Paused until 'harvestctl resume'.");
+}
+
+static int verb_resume(int argc, char **argv)
+{
+	return simple(json_pack("{s:s}", "verb", "resume"), "Resumed.");
+}
+
+static int verb_submit(int argc, char **argv)
+{
+	int first = 1;
+	if (argc > 1 && strcmp(argv[1], "--") == 0)
+		first = 2;
+	if (first >= argc) {
+		fprintf(stderr, "harvestctl: submit needs a command: harvestctl submit -- CMD [ARGS...]\n");
+		return -EINVAL;
+	}
+	json_t *a = json_array();
+	for (int i = first; i < argc; i++)
+		json_array_append_new(a, json_string(argv[i]));
+	json_t *r;
+	int k = request(json_pack("{s:s, s:o}", "verb", "submit", "argv", a), &r);
+	if (k < 0)
+		return k;
+	if (arg_json)
+		print_json(r);
+	else
+		printf("%lld\n", (long long)geti(r, "id"));
+	json_decref(r);
+	return 0;
+}
+
+static int verb_cancel(int argc, char **argv)
+{
+	char *end;
+	if (argc != 2) {
+		fprintf(stderr, "harvestctl: cancel needs one job id\n");
+		return -EINVAL;
+	}
+	long long id = strtoll(argv[1], &end, 10);
+	if (*end || id <= 0) {
+		fprintf(stderr, "harvestctl: '%s' is not a job id\n", argv[1]);
+		return -EINVAL;
+	}
+	return simple(json_pack("{s:s, s:I}", "verb", "cancel", "id", (json_int_t)id), "Cancelled.");
+}
+
+static const struct verb {
+	const char *name;
+	int (*fn)(int argc, char **argv);
+	const char *help;
+} verbs[] = {
+	{ "status", verb_status, "what the daemon is doing, and why" },
+	{ "jobs", verb_jobs, "every job with its state and, if it failed, why" },
+	{ "budget", verb_budget, "the CPU budget: bucket, rate, spent" },
+	{ "pause", verb_pause, "[--for DURATION]  stop harvesting (root)" },
+	{ "resume", verb_resume, "end a pause (root)" },
+	{ "submit", verb_submit, "-- CMD [ARGS...]  queue a local job, print its id (root)" },
+	{ "cancel", verb_cancel, "ID  cancel a queued or running job (root)" },
+};
+
+static void help(void)
+{
+	printf("Usage: harvestctl [--socket PATH] [--json] VERB [ARGS]\n\n");
+	for (size_t i = 0; i < ELEMENTSOF(verbs); i++)
+		printf("  %-8s %s\n", verbs[i].name, verbs[i].help);
+	printf("\n  -s, --socket PATH  control socket (default /run/harvester/control.sock)\n"
+	       "  -j, --json         machine-readable output\n"
+	       "  -h, --help         this help\n      --version      the version\n\n"
+	       "See harvestctl(1).\n");
+}
+
+int main(int argc, char *argv[])
+{
+	static const struct option opts[] = {
+		{ "socket", required_argument, NULL, 's' },
+		{ "json", no_argument, NULL, 'j' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{}
+	};
+	int c;
+
+	/* Options stop at the verb, so the verb's own arguments pass through. */
+	while ((c = getopt_long(argc, argv, "+s:jh", opts, NULL)) >= 0) {
+		switch (c) {
+		case 's': socket_path = optarg; break;
+		case 'j': arg_json = true; break;
+		case 'h': help(); return 0;
+		case 'V': printf("harvestctl %s\n", HARVESTER_VERSION); return 0;
+		default: fprintf(stderr, "Try 'harvestctl --help'.\n"); return 2;
+		}
+	}
+	const char *verb = optind < argc ? argv[optind] : "status";
+	int vargc = optind < argc ? argc - optind : 1;
+	char **vargv = optind < argc ? argv + optind : (char *[]){ "status", NULL };
+
+	/* --json may also follow the verb: "harvestctl status --json". */
+	for (int i = 1; i < vargc; i++)
+		if (strcmp(vargv[i], "--json") == 0 || strcmp(vargv[i], "-j") == 0) {
+			if (strcmp(verb, "submit") == 0 && i > 1 && strcmp(vargv[1], "--") == 0)
+				break;
+			arg_json = true;
+			memmove(&vargv[i], &vargv[i + 1], (size_t)(vargc - i) * sizeof(char *));
+			vargc--;
+			i--;
+		}
+
+	for (size_t i = 0; i < ELEMENTSOF(verbs); i++)
+		if (strcmp(verbs[i].name, verb) == 0)
+			return verbs[i].fn(vargc, vargv) < 0 ? 1 : 0;
+	fprintf(stderr, "harvestctl: unknown verb '%s'; try 'harvestctl --help'\n", verb);
+	return 2;
+}

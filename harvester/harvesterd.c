@@ -1,0 +1,98 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* harvesterd: arguments and configuration only; the manager does the rest. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "harvester/config.h"
+#include "harvester/log.h"
+#include "harvester/manager.h"
+
+static void help(void)
+{
+	printf("Usage: harvesterd [OPTIONS]\n\n"
+	       "Lend a capped share of this machine's idle CPU to pool jobs.\n\n"
+	       "  -c, --config FILE      configuration (default /etc/harvester/harvester.conf,\n"
+	       "                         plus FILE.d/*.conf)\n"
+	       "  -s, --state-dir DIR    ledger, job spool and results (default /var/lib/harvester)\n"
+	       "  -r, --runtime-dir DIR  control socket (default /run/harvester)\n"
+	       "      --check-config     validate the configuration and exit\n"
+	       "      --no-bpf           do not load the eBPF probe (use the fallbacks)\n"
+	       "  -v, --verbose          log debug messages\n"
+	       "  -h, --help             show this help\n"
+	       "      --version          show the version\n\n"
+	       "See harvesterd(8) and harvester.conf(5).\n");
+}
+
+static void print_error(void *userdata, const char *file, unsigned line, const char *msg)
+{
+	fprintf(stderr, "%s\n", msg);
+}
+
+int main(int argc, char *argv[])
+{
+	enum { ARG_CHECK = 0x100, ARG_NO_BPF, ARG_VERSION };
+	static const struct option opts[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "state-dir", required_argument, NULL, 's' },
+		{ "runtime-dir", required_argument, NULL, 'r' },
+		{ "check-config", no_argument, NULL, ARG_CHECK },
+		{ "no-bpf", no_argument, NULL, ARG_NO_BPF },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, ARG_VERSION },
+		{}
+	};
+	const char *config = "/etc/harvester/harvester.conf", *state = "/var/lib/harvester",
+		   *runtime = "/run/harvester";
+	bool check = false, no_bpf = false;
+	int c;
+
+	log_set_prefix("harvesterd");
+	while ((c = getopt_long(argc, argv, "c:s:r:vh", opts, NULL)) >= 0) {
+		switch (c) {
+		case 'c': config = optarg; break;
+		case 's': state = optarg; break;
+		case 'r': runtime = optarg; break;
+		case 'v': log_set_max_level(LOG_DEBUG); break;
+		case ARG_CHECK: check = true; break;
+		case ARG_NO_BPF: no_bpf = true; break;
+		case 'h': help(); return 0;
+		case ARG_VERSION: printf("harvesterd %s\n", HARVESTER_VERSION); return 0;
+		default:
+			fprintf(stderr, "Try 'harvesterd --help'.\n");
+			return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "harvesterd: unexpected argument '%s'; try 'harvesterd --help'\n", argv[optind]);
+		return 2;
+	}
+
+	if (check) {
+		struct config cfg;
+		int r = config_load(config, NULL, &cfg, print_error, NULL);
+		if (r < 0) {
+			if (r != -EINVAL)
+				fprintf(stderr, "%s: %s\n", config, strerror(-r));
+			return 1;
+		}
+		printf("%s: configuration is valid\n", config);
+		config_free(&cfg);
+		return 0;
+	}
+
+	struct manager *m;
+	int r = manager_new(config, state, runtime, no_bpf, &m);
+	if (r < 0) {
+		if (r != -EINVAL)
+			log_error_errno(r, "Cannot load %s", config);
+		else
+			log_error("Refusing to start: %s has errors (above)", config);
+		return 1;
+	}
+	r = manager_run(m);
+	manager_free(m);
+	return r < 0 ? 1 : 0;
+}

@@ -1,0 +1,754 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <systemd/sd-daemon.h>
+#include <time.h>
+
+#include "harvester/host.h"
+#include "harvester/ledger.h"
+#include "harvester/log.h"
+#include "harvester/macro.h"
+#include "harvester/manager.h"
+
+#define TICK_USEC USEC_PER_SEC
+/* Foreground share is smoothed over about 5 ticks: "sustained" load. */
+#define FOREGROUND_EWMA_NUM 1
+#define FOREGROUND_EWMA_DEN 5
+/* After a freeze write, how long to watch cgroup.events directly before
+ * falling back to its (rate-limited, ~8 ms late) notification. */
+#define FREEZE_SPIN_NS (20 * 1000000ULL)
+#define FREEZE_SPIN_STEP_NS 100000ULL
+
+static uint64_t now_mono_usec(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * USEC_PER_SEC + (uint64_t)ts.tv_nsec / NSEC_PER_USEC;
+}
+
+static uint64_t now_mono_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * NSEC_PER_SEC + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t now_realtime_usec(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * USEC_PER_SEC + (uint64_t)ts.tv_nsec / NSEC_PER_USEC;
+}
+
+static void on_config_error(void *userdata, const char *file, unsigned line, const char *msg)
+{
+	log_error("%s", msg);
+}
+
+int manager_new(const char *config_path, const char *state_dir, const char *runtime_dir,
+		bool no_bpf, struct manager **ret)
+{
+	struct manager *m = calloc(1, sizeof(*m));
+	int r;
+
+	if (!m)
+		return -ENOMEM;
+	m->control_fd = -1;
+	m->no_bpf = no_bpf;
+	m->temperature_mc = INT32_MIN;
+	if (!(m->config_path = strdup(config_path)) || !(m->state_dir = strdup(state_dir)) ||
+	    !(m->runtime_dir = strdup(runtime_dir))) {
+		manager_free(m);
+		return -ENOMEM;
+	}
+	r = config_load(m->config_path, NULL, &m->config, on_config_error, NULL);
+	if (r < 0) {
+		manager_free(m);
+		return r;
+	}
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	m->ncpus = n > 0 ? (unsigned)n : 1;
+	*ret = m;
+	return 0;
+}
+
+/* --- ledger ------------------------------------------------------------------ */
+
+static int ledger_path(struct manager *m, char *buf, size_t len)
+{
+	return snprintf(buf, len, "%s/ledger", m->state_dir) < (int)len ? 0 : -ENAMETOOLONG;
+}
+
+static int manager_save_ledger(struct manager *m)
+{
+	struct ledger l = {
+		.tokens_usec = m->budget.tokens_usec,
+		.spent_total_usec = m->budget.spent_total_usec,
+		.saved_realtime_usec = now_realtime_usec(),
+		.jobs_cgroup_id = m->jobs_cgroup_id,
+		.jobs_usage_usec = m->budget.last_usage_usec,
+	};
+	char path[PATH_MAX];
+	int r;
+
+	host_boot_id(l.boot_id);
+	if ((r = ledger_path(m, path, sizeof(path))) < 0)
+		return r;
+	r = ledger_save(path, &l);
+	if (r < 0)
+		return log_warning_errno(r, "Cannot save the budget ledger %s", path);
+	m->last_ledger_save_usec = now_mono_usec();
+	return 0;
+}
+
+static uint64_t burst_usec_per_sec(const struct manager *m)
+{
+	return (uint64_t)m->config.burst_ppm * m->ncpus / (PPM_ONE / USEC_PER_SEC);
+}
+
+static int manager_load_budget(struct manager *m)
+{
+	struct ledger l;
+	char path[PATH_MAX], boot[37] = "";
+	uint64_t usage = 0;
+	int64_t tokens = 0;
+	uint64_t spent = 0, unrecorded = 0;
+	int r;
+
+	if ((r = ledger_path(m, path, sizeof(path))) < 0)
+		return r;
+	cg_cpu_usage_usec(m->cg_jobs, &usage);
+	host_boot_id(boot);
+
+	r = ledger_load(path, &l);
+	if (r == -ENOENT) {
+		/* A new bucket starts empty: reinstalling never yields a full one. */
+		log_info("No budget ledger at %s yet: starting with an empty bucket", path);
+	} else if (r < 0) {
+		log_warning_errno(r, "Budget ledger %s is unreadable; starting with an empty bucket", path);
+	} else {
+		unrecorded = (uint64_t)ledger_unrecorded_usec(&l, boot, m->jobs_cgroup_id, usage,
+							     now_realtime_usec(), burst_usec_per_sec(m));
+		tokens = l.tokens_usec;
+		spent = l.spent_total_usec;
+		log_info("Budget ledger restored: %" PRId64 " us of CPU in the bucket, %" PRIu64
+			 " us spent in all, %" PRIu64 " us charged for the time since the last save",
+			 tokens, spent, unrecorded);
+	}
+	budget_init(&m->budget, m->config.cpu_ppm, m->config.burst_ppm, m->config.window_usec,
+		    m->ncpus, tokens, now_mono_usec(), usage);
+	m->budget.spent_total_usec = spent;
+	if (unrecorded)
+		budget_charge(&m->budget, unrecorded);
+	return manager_save_ledger(m);
+}
+
+/* --- cgroups ------------------------------------------------------------------ */
+
+static int join_path(const char *a, const char *b, char **ret)
+{
+	return asprintf(ret, "%s/%s", a, b) < 0 ? -ENOMEM : 0;
+}
+
+static int manager_setup_cgroups(struct manager *m)
+{
+	_cleanup_free_ char *mnt = NULL, *self = NULL, *enabled = NULL;
+	int r;
+
+	r = cg_mount_point(&mnt);
+	if (r < 0)
+		return log_error_errno(r, "No cgroup2 file system is mounted");
+
+	if (m->config.cgroup_root) {
+		if (strncmp(m->config.cgroup_root, mnt, strlen(mnt)) == 0)
+			m->cg_base = strdup(m->config.cgroup_root);
+		else
+			r = asprintf(&m->cg_base, "%s/%s", mnt,
+				     m->config.cgroup_root + (m->config.cgroup_root[0] == '/'));
+	} else {
+		r = cg_pid_path(0, &self);
+		if (r < 0)
+			return log_error_errno(r, "Cannot find our own cgroup");
+		size_t n = strlen(self);
+		if (strcmp(self, mnt) == 0 || strcmp(self, "/") == 0)
+			/* Not delegated (run by hand at the root): take a subtree of our own. */
+			r = asprintf(&m->cg_base, "%s/harvester", mnt);
+		else if (n > 11 && strcmp(self + n - 11, "/supervisor") == 0) {
+			self[n - 11] = 0;      /* restarted in place */
+			m->cg_base = strdup(self);
+		} else
+			m->cg_base = strdup(self);
+	}
+	if (!m->cg_base || r < 0)
+		return -ENOMEM;
+
+	if ((r = join_path(m->cg_base, "supervisor", &m->cg_supervisor)) < 0 ||
+	    (r = join_path(m->cg_base, "jobs", &m->cg_jobs)) < 0)
+		return r;
+	if ((r = cg_create(m->cg_base)) < 0)
+		return log_error_errno(r, "Cannot create cgroup %s", m->cg_base);
+	if ((r = cg_create(m->cg_supervisor)) < 0)
+		return log_error_errno(r, "Cannot create cgroup %s", m->cg_supervisor);
+	/* cgroup v2's no-internal-process rule: the daemon leaves the delegated
+	 * cgroup so controllers can be enabled for its children. */
+	if ((r = cg_attach(m->cg_supervisor, getpid())) < 0)
+		return log_error_errno(r, "Cannot move the daemon into %s", m->cg_supervisor);
+	cg_enable_controllers(m->cg_base, "cpu memory pids", &enabled);
+	if ((r = cg_create(m->cg_jobs)) < 0)
+		return log_error_errno(r, "Cannot create cgroup %s", m->cg_jobs);
+	cg_enable_controllers(m->cg_jobs, "cpu memory pids", NULL);
+
+	struct stat st;
+	if (stat(m->cg_jobs, &st) < 0)
+		return log_error_errno(negative_errno(), "Cannot stat %s", m->cg_jobs);
+	m->jobs_cgroup_id = st.st_ino;
+
+	m->have_cpu = cg_has_controller(m->cg_jobs, "cpu") > 0;
+	if (m->have_cpu) {
+		/* Any foreground wakeup preempts harvest work. */
+		r = cg_set_cpu_idle(m->cg_jobs, true);
+		if (r < 0)
+			log_warning_errno(r, "Cannot set cpu.idle on %s; jobs run SCHED_IDLE instead", m->cg_jobs);
+		m->limits.sched_idle = r < 0;
+	} else {
+		m->limits.sched_idle = true;
+		log_notice("No cpu controller for %s: the cap is kept by a freezer duty cycle, jobs run SCHED_IDLE at nice 19",
+			   m->cg_jobs);
+	}
+	if (cg_has_controller(m->cg_jobs, "memory") <= 0)
+		log_notice("No memory controller for %s: MemoryMax= cannot be enforced", m->cg_jobs);
+	if (cg_has_controller(m->cg_jobs, "pids") <= 0)
+		log_notice("No pids controller for %s: TasksMax= cannot be enforced", m->cg_jobs);
+
+	/* Start frozen; the first evaluation thaws if the policy allows. */
+	m->frozen = true;
+	cg_freeze(m->cg_jobs, true);
+	log_info("Cgroups: jobs in %s (controllers: %s)", m->cg_jobs, enabled && *enabled ? enabled : "none");
+	return 0;
+}
+
+static void manager_apply_cap(struct manager *m)
+{
+	if (!m->have_cpu)
+		return;
+	uint64_t period = BUDGET_CPU_PERIOD_USEC;
+	uint64_t quota = budget_cpu_max_quota_usec(&m->budget);
+	/* The kernel wants a quota of at least 1 ms: a tiny cap takes a longer period. */
+	if (quota < 1000) {
+		period = USEC_PER_SEC;
+		quota = quota * (USEC_PER_SEC / BUDGET_CPU_PERIOD_USEC);
+		if (quota < 1000)
+			quota = 1000;
+	}
+	int r = cg_set_cpu_max(m->cg_jobs, quota, period);
+	if (r < 0)
+		log_warning_errno(r, "Cannot set cpu.max on %s", m->cg_jobs);
+}
+
+static int manager_resolve_user(struct manager *m)
+{
+	struct passwd *pw = getpwnam(m->config.job_user);
+	if (!pw)
+		return log_error_errno(-ESRCH, "[Jobs] User=%s: no such user", m->config.job_user);
+	if (pw->pw_uid == 0 || pw->pw_gid == 0)
+		return log_error_errno(-EPERM, "[Jobs] User=%s: jobs never run as root", m->config.job_user);
+	m->limits.uid = pw->pw_uid;
+	m->limits.gid = pw->pw_gid;
+	m->limits.memory_max_bytes = m->config.job_memory_max_bytes;
+	m->limits.tasks_max = m->config.job_tasks_max;
+	m->limits.runtime_max_usec = m->config.job_runtime_max_usec;
+	return 0;
+}
+
+/* --- freezing and reaction -------------------------------------------------------- */
+
+static void record_reaction(struct manager *m, uint64_t frozen_ns)
+{
+	struct reaction *rc = &m->reactions[m->n_reactions % REACTION_SAMPLES];
+	uint64_t last = 0;
+	int r = m->sense ? sense_last_harvest_ns(m->sense, &last) : -EOPNOTSUPP;
+
+	rc->to_frozen_usec = (int64_t)(frozen_ns - m->pending_input_ns) / 1000;
+	if (r >= 0)
+		/* A harvest task that last ran before the input cost the owner nothing. */
+		rc->to_last_run_usec = last > m->pending_input_ns ? (int64_t)(last - m->pending_input_ns) / 1000 : 0;
+	else
+		rc->to_last_run_usec = -1;
+	m->n_reactions++;
+	m->pending_input_ns = 0;
+	m->events_source = sd_event_source_disable_unref(m->events_source);
+	log_info("Reaction: input -> last harvest run %" PRId64 " us, -> frozen %" PRId64 " us",
+		 rc->to_last_run_usec, rc->to_frozen_usec);
+}
+
+static int on_jobs_events(sd_event_source *s, int fd, uint32_t revents, void *userdata)
+{
+	struct manager *m = userdata;
+	bool frozen;
+
+	if (cg_is_frozen(m->cg_jobs, &frozen) >= 0 && frozen && m->pending_input_ns)
+		record_reaction(m, now_mono_ns());
+	return 0;
+}
+
+/* Measure how long the freeze we just wrote takes: watch cgroup.events for a
+ * short while (a freeze takes 1-4 ms), then let its notification finish. */
+static void start_reaction(struct manager *m, uint64_t input_ns)
+{
+	bool frozen = false;
+
+	m->pending_input_ns = input_ns;
+	for (uint64_t t0 = now_mono_ns(); now_mono_ns() - t0 < FREEZE_SPIN_NS;) {
+		if (cg_is_frozen(m->cg_jobs, &frozen) < 0 || frozen)
+			break;
+		struct timespec ts = { 0, FREEZE_SPIN_STEP_NS };
+		nanosleep(&ts, NULL);
+	}
+	if (frozen) {
+		record_reaction(m, now_mono_ns());
+		return;
+	}
+	int fd = cg_events_open(m->cg_jobs);
+	if (fd < 0)
+		return;
+	if (sd_event_add_io(m->event, &m->events_source, fd, EPOLLPRI, on_jobs_events, m) < 0) {
+		close(fd);
+		return;
+	}
+	sd_event_source_set_io_fd_own(m->events_source, true);
+	sd_event_source_set_description(m->events_source, "jobs-cgroup-events");
+}
+
+static void apply_freeze(struct manager *m, bool want)
+{
+	if (want == m->frozen)
+		return;
+	int r = cg_freeze(m->cg_jobs, want);
+	if (r < 0) {
+		log_warning_errno(r, "Cannot %s %s", want ? "freeze" : "thaw", m->cg_jobs);
+		return;
+	}
+	m->frozen = want;
+}
+
+static int on_duty(sd_event_source *s, uint64_t usec, void *userdata);
+
+static void duty_stop(struct manager *m)
+{
+	m->duty_timer = sd_event_source_disable_unref(m->duty_timer);
+	m->duty_frozen = false;
+}
+
+static void duty_start(struct manager *m)
+{
+	uint64_t usage = 0;
+	if (m->duty_timer)
+		return;
+	cg_cpu_usage_usec(m->cg_jobs, &usage);
+	duty_init(&m->duty, m->config.burst_ppm, m->ncpus, now_mono_usec(), usage);
+	m->duty_frozen = false;
+	if (sd_event_add_time(m->event, &m->duty_timer, CLOCK_MONOTONIC, now_mono_usec(), 0, on_duty, m) >= 0)
+		sd_event_source_set_description(m->duty_timer, "duty-cycle");
+}
+
+static int on_duty(sd_event_source *s, uint64_t usec, void *userdata)
+{
+	struct manager *m = userdata;
+	uint64_t usage = 0, now = now_mono_usec();
+	bool frozen;
+
+	cg_cpu_usage_usec(m->cg_jobs, &usage);
+	uint64_t next = duty_step(&m->duty, now, usage, &frozen);
+	m->duty_frozen = frozen;
+	apply_freeze(m, !policy_allows_harvest(m->policy.state) || frozen);
+	sd_event_source_set_time(s, next > now ? next : now + 1000);
+	sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+	return 0;
+}
+
+static int on_policy_timer(sd_event_source *s, uint64_t usec, void *userdata)
+{
+	manager_evaluate(userdata, "timer");
+	return 0;
+}
+
+void manager_evaluate(struct manager *m, const char *why)
+{
+	uint64_t now = now_mono_usec(), next = UINT64_MAX;
+	enum policy_state old = m->policy.state;
+	struct policy_inputs in = {
+		.now_usec = now,
+		.last_activity_usec = m->last_activity_usec,
+		.logind_idle_known = m->logind_idle_known,
+		.logind_idle = m->logind_idle,
+		.foreground_cpu_ppm = m->foreground_ppm,
+		.on_battery = m->on_battery,
+		.temperature_mc = m->temperature_mc,
+		.memory_pressure_ppm = m->memory_pressure_ppm,
+		.paused_until_usec = m->paused_until_usec,
+		.budget_exhausted = m->budget.exhausted,
+	};
+
+	if (policy_update(&m->policy, &m->config, &in, &next) > 0) {
+		log_info("State %s -> %s: %s", policy_state_name(old), policy_state_name(m->policy.state),
+			 m->policy.reason);
+		sd_notifyf(0, "STATUS=%s: %s", policy_state_name(m->policy.state), m->policy.reason);
+	}
+
+	if (next != UINT64_MAX) {
+		if (!m->policy_timer) {
+			if (sd_event_add_time(m->event, &m->policy_timer, CLOCK_MONOTONIC, next, 0,
+					      on_policy_timer, m) >= 0)
+				sd_event_source_set_description(m->policy_timer, "policy-timer");
+		} else {
+			sd_event_source_set_time(m->policy_timer, next);
+			sd_event_source_set_enabled(m->policy_timer, SD_EVENT_ONESHOT);
+		}
+	} else if (m->policy_timer)
+		sd_event_source_set_enabled(m->policy_timer, SD_EVENT_OFF);
+
+	bool allow = policy_allows_harvest(m->policy.state);
+	if (allow) {
+		int r;
+		do {
+			r = jobs_start_next(m->jobs, &m->limits, m->config.max_jobs);
+			if (r < 0)
+				log_warning_errno(r, "A job failed to start");
+		} while (r != 0);
+	}
+	bool running = jobs_count(m->jobs, JOB_RUNNING) > 0;
+	if (!m->have_cpu && allow && running)
+		duty_start(m);
+	else if (m->duty_timer)
+		duty_stop(m);
+	apply_freeze(m, !allow || m->duty_frozen);
+}
+
+static void on_activity(void *userdata, uint64_t event_ns, enum sense_activity kind)
+{
+	struct manager *m = userdata;
+	bool harvesting = !m->frozen && jobs_count(m->jobs, JOB_RUNNING) > 0;
+
+	switch (kind) {
+	case SENSE_ACT_LOGIND_IDLE:
+		m->logind_idle_known = true;
+		m->logind_idle = true;
+		manager_evaluate(m, "logind idle");
+		return;
+	case SENSE_ACT_LOGIND_ACTIVE:
+		m->logind_idle_known = true;
+		m->logind_idle = false;
+		break;
+	default:
+		break;
+	}
+	m->last_activity_usec = event_ns / NSEC_PER_USEC;
+	manager_evaluate(m, "activity");
+	if (harvesting && m->frozen && !m->pending_input_ns)
+		start_reaction(m, event_ns);
+}
+
+/* --- the tick: budget, readings, ledger ----------------------------------------------- */
+
+static void read_host(struct manager *m)
+{
+	struct sense_times t;
+	struct psi psi;
+
+	if (m->sense && sense_read_times(m->sense, &t) >= 0) {
+		uint64_t idle = t.idle_ns - m->last_times.idle_ns;
+		uint64_t harv = t.harvest_ns - m->last_times.harvest_ns;
+		uint64_t fg = t.foreground_ns - m->last_times.foreground_ns;
+		uint64_t all = idle + harv + fg;
+		if (m->last_times.idle_ns + m->last_times.harvest_ns + m->last_times.foreground_ns > 0 && all > 0) {
+			uint32_t sample = (uint32_t)(fg * (uint64_t)PPM_ONE / all);
+			m->foreground_ppm = (uint32_t)(((uint64_t)m->foreground_ppm * (FOREGROUND_EWMA_DEN - FOREGROUND_EWMA_NUM) +
+							(uint64_t)sample * FOREGROUND_EWMA_NUM) / FOREGROUND_EWMA_DEN);
+		}
+		m->last_times = t;
+	}
+	if (psi_read("/proc/pressure/memory", &psi) >= 0)
+		m->memory_pressure_ppm = (uint32_t)(psi.some.avg10 * 10000.0);
+	if (host_max_temperature("/sys/class/thermal", &m->temperature_mc) < 0)
+		m->temperature_mc = INT32_MIN;
+	m->on_battery = host_on_battery("/sys/class/power_supply") > 0;
+}
+
+static int on_tick(sd_event_source *s, uint64_t usec, void *userdata)
+{
+	struct manager *m = userdata;
+	uint64_t usage, now = now_mono_usec();
+
+	if (cg_cpu_usage_usec(m->cg_jobs, &usage) >= 0)
+		budget_update(&m->budget, now, usage);
+	read_host(m);
+	manager_evaluate(m, "tick");
+	if (now - m->last_ledger_save_usec >= LEDGER_SAVE_USEC)
+		manager_save_ledger(m);
+
+	sd_event_source_set_time(s, usec + TICK_USEC);
+	sd_event_source_set_enabled(s, SD_EVENT_ON);
+	return 0;
+}
+
+static void on_job_changed(void *userdata, struct job *j)
+{
+	struct manager *m = userdata;
+	if (j->state == JOB_FAILED)
+		log_warning("Job %" PRIu64 " failed: %s", j->id, j->reason ? j->reason : "unknown");
+	else
+		log_info("Job %" PRIu64 " %s", j->id, job_state_name(j->state));
+	manager_evaluate(m, "job finished");
+}
+
+/* --- operator ------------------------------------------------------------------ */
+
+int manager_pause(struct manager *m, uint64_t for_usec)
+{
+	m->paused_until_usec = for_usec ? now_mono_usec() + for_usec : UINT64_MAX;
+	manager_evaluate(m, "pause");
+	return 0;
+}
+
+int manager_resume(struct manager *m)
+{
+	m->paused_until_usec = 0;
+	manager_evaluate(m, "resume");
+	return 0;
+}
+
+static int manager_reload(struct manager *m)
+{
+	struct config c;
+	int r = config_load(m->config_path, NULL, &c, on_config_error, NULL);
+	if (r < 0)
+		return log_error_errno(r, "Reload: %s has errors; keeping the running configuration", m->config_path);
+	config_free(&m->config);
+	m->config = c;
+	if (manager_resolve_user(m) < 0)
+		log_warning("Reload: jobs keep running as uid %u", (unsigned)m->limits.uid);
+	budget_reconfigure(&m->budget, c.cpu_ppm, c.burst_ppm, c.window_usec);
+	manager_apply_cap(m);
+	if (m->duty_timer) {
+		duty_stop(m);
+	}
+	log_info("Reloaded %s", m->config_path);
+	manager_evaluate(m, "reload");
+	return 0;
+}
+
+static int on_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata)
+{
+	struct manager *m = userdata;
+
+	if (si->ssi_signo == SIGHUP) {
+		sd_notify(0, "RELOADING=1");
+		manager_reload(m);
+		sd_notify(0, "READY=1");
+		return 0;
+	}
+	log_info("Received %s, stopping", strsignal((int)si->ssi_signo));
+	sd_notify(0, "STOPPING=1");
+	return sd_event_exit(sd_event_source_get_event(s), 0);
+}
+
+/* --- status --------------------------------------------------------------------- */
+
+static json_t *usec_or_null(int64_t v)
+{
+	return v < 0 ? json_null() : json_integer(v);
+}
+
+json_t *manager_budget_json(struct manager *m)
+{
+	struct budget *b = &m->budget;
+	return json_pack("{s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:b, s:I}",
+			 "cpu_ppm", (int)b->cpu_ppm, "burst_ppm", (int)b->burst_ppm,
+			 "window_usec", (json_int_t)m->config.window_usec,
+			 "capacity_usec", (json_int_t)b->capacity_usec,
+			 "tokens_usec", (json_int_t)b->tokens_usec,
+			 "rate_usec_per_sec", (json_int_t)budget_rate_usec_per_sec(b),
+			 "spent_total_usec", (json_int_t)b->spent_total_usec,
+			 "exhausted", b->exhausted,
+			 "resume_in_usec", (json_int_t)budget_usec_until_resume(b));
+}
+
+json_t *manager_status_json(struct manager *m)
+{
+	uint64_t now = now_mono_usec();
+	struct sense_times t = { 0 };
+	struct sense_intrusion in;
+	bool frozen = m->frozen;
+	json_t *intrusion = json_null(), *samples = json_array();
+
+	if (m->sense)
+		sense_read_times(m->sense, &t);
+	if (m->sense && sense_read_intrusion(m->sense, &in) >= 0)
+		intrusion = json_pack("{s:I, s:I, s:I}", "total_usec", (json_int_t)(in.total_ns / 1000),
+				      "count", (json_int_t)in.count, "max_usec", (json_int_t)(in.max_ns / 1000));
+	cg_is_frozen(m->cg_jobs, &frozen);
+
+	unsigned n = m->n_reactions < REACTION_SAMPLES ? m->n_reactions : REACTION_SAMPLES;
+	for (unsigned i = 0; i < n; i++) {
+		struct reaction *rc = &m->reactions[(m->n_reactions - n + i) % REACTION_SAMPLES];
+		json_array_append_new(samples, json_pack("[o, I]", usec_or_null(rc->to_last_run_usec),
+							 (json_int_t)rc->to_frozen_usec));
+	}
+	struct reaction *last = m->n_reactions ? &m->reactions[(m->n_reactions - 1) % REACTION_SAMPLES] : NULL;
+
+	struct rusage ru;
+	getrusage(RUSAGE_SELF, &ru);
+	uint64_t cpu = (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * USEC_PER_SEC +
+		       (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+	long rss_pages = 0;
+	FILE *f = fopen("/proc/self/statm", "re");
+	if (f) {
+		if (fscanf(f, "%*s %ld", &rss_pages) != 1)
+			rss_pages = 0;
+		fclose(f);
+	}
+
+	const char *fallback = m->sense ? sense_fallback_reason(m->sense) : "the probe did not start";
+	return json_pack("{s:s, s:i, s:s, s:s, s:I, s:o, s:s, s:s, s:s?, s:s, s:s, s:b, s:o,"
+			 " s:o, s:{s:i, s:i, s:i, s:i, s:i}, s:{s:I, s:I, s:I}, s:o,"
+			 " s:{s:i, s:o, s:o, s:o}, s:{s:I, s:I}, s:i}",
+			 "version", HARVESTER_VERSION, "pid", (int)getpid(),
+			 "state", policy_state_name(m->policy.state), "reason", m->policy.reason,
+			 "state_for_usec", (json_int_t)(now - m->policy.since_usec),
+			 "last_activity_ago_usec",
+			 m->last_activity_usec ? json_integer((json_int_t)(now - m->last_activity_usec)) : json_null(),
+			 "input_source", m->sense ? sense_input_source(m->sense) : "none",
+			 "time_source", m->sense ? sense_time_source(m->sense) : "none",
+			 "fallback_reason", fallback,
+			 "cap_mechanism", m->have_cpu ? "cpu.max" : "freezer duty cycle",
+			 "cgroup", m->cg_jobs, "frozen", frozen,
+			 "paused_until_usec",
+			 m->paused_until_usec == UINT64_MAX ? json_string("resume") :
+			 m->paused_until_usec > now ? json_integer((json_int_t)(m->paused_until_usec - now)) : json_null(),
+			 "budget", manager_budget_json(m),
+			 "jobs", "queued", (int)jobs_count(m->jobs, JOB_QUEUED),
+			 "running", (int)jobs_count(m->jobs, JOB_RUNNING), "done", (int)jobs_count(m->jobs, JOB_DONE),
+			 "failed", (int)jobs_count(m->jobs, JOB_FAILED),
+			 "cancelled", (int)jobs_count(m->jobs, JOB_CANCELLED),
+			 "times", "idle_ns", (json_int_t)t.idle_ns, "harvest_ns", (json_int_t)t.harvest_ns,
+			 "foreground_ns", (json_int_t)t.foreground_ns,
+			 "intrusion", intrusion,
+			 "reaction", "count", (int)m->n_reactions,
+			 "last_to_last_run_usec", last ? usec_or_null(last->to_last_run_usec) : json_null(),
+			 "last_to_frozen_usec", last ? json_integer(last->to_frozen_usec) : json_null(),
+			 "samples", samples,
+			 "daemon", "cpu_usec", (json_int_t)cpu,
+			 "rss_bytes", (json_int_t)rss_pages * (json_int_t)sysconf(_SC_PAGESIZE),
+			 "foreground_cpu_ppm", (int)m->foreground_ppm);
+}
+
+/* --- run ------------------------------------------------------------------------- */
+
+static int mkdir_mode(const char *path, mode_t mode)
+{
+	if (mkdir(path, mode) < 0 && errno != EEXIST)
+		return negative_errno();
+	return 0;
+}
+
+int manager_run(struct manager *m)
+{
+	sigset_t ss;
+	int r;
+
+	sigemptyset(&ss);
+	sigaddset(&ss, SIGTERM);
+	sigaddset(&ss, SIGINT);
+	sigaddset(&ss, SIGHUP);
+	sigaddset(&ss, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &ss, NULL);
+
+	if ((r = manager_resolve_user(m)) < 0)
+		return r;
+	if ((r = mkdir_mode(m->state_dir, 0755)) < 0)
+		return log_error_errno(r, "Cannot create state folder %s", m->state_dir);
+	if ((r = mkdir_mode(m->runtime_dir, 0755)) < 0)
+		return log_error_errno(r, "Cannot create runtime folder %s", m->runtime_dir);
+	if ((r = sd_event_default(&m->event)) < 0)
+		return log_error_errno(r, "Cannot create the event loop");
+	if ((r = manager_setup_cgroups(m)) < 0)
+		return r;
+	if ((r = manager_load_budget(m)) < 0)
+		return r;
+	manager_apply_cap(m);
+	policy_init(&m->policy, now_mono_usec());
+	if ((r = jobs_open(m->event, m->state_dir, m->cg_jobs, on_job_changed, m, &m->jobs)) < 0)
+		return log_error_errno(r, "Cannot open the job spool in %s", m->state_dir);
+
+	struct sense_opts so = {
+		.harvest_cgroup = m->cg_jobs,
+		.no_bpf = m->no_bpf || !m->config.use_bpf,
+	};
+	r = sense_new(m->event, &so, on_activity, m, &m->sense);
+	if (r < 0)
+		log_error_errno(r, "The probe did not start; no input is seen");
+	else {
+		const char *why = sense_fallback_reason(m->sense);
+		log_info("Input from %s, time split from %s%s%s", sense_input_source(m->sense),
+			 sense_time_source(m->sense), why ? "; fallback because " : "", why ? why : "");
+	}
+
+	if ((r = control_listen(m)) < 0)
+		return r;
+	sd_event_add_signal(m->event, NULL, SIGTERM, on_signal, m);
+	sd_event_add_signal(m->event, NULL, SIGINT, on_signal, m);
+	sd_event_add_signal(m->event, NULL, SIGHUP, on_signal, m);
+	if ((r = sd_event_add_time_relative(m->event, &m->tick, CLOCK_MONOTONIC, TICK_USEC, 0, on_tick, m)) < 0)
+		return log_error_errno(r, "Cannot add the tick timer");
+	sd_event_source_set_description(m->tick, "tick");
+	sd_event_set_watchdog(m->event, true);
+
+	read_host(m);
+	manager_evaluate(m, "start");
+	log_info("Started: state %s (%s); cap by %s", policy_state_name(m->policy.state), m->policy.reason,
+		 m->have_cpu ? "cpu.max" : "freezer duty cycle");
+	sd_notifyf(0, "READY=1\nSTATUS=%s: %s", policy_state_name(m->policy.state), m->policy.reason);
+
+	r = sd_event_loop(m->event);
+
+	/* Stop: nothing lost. Running jobs are killed and queued again. */
+	jobs_requeue_all(m->jobs);
+	uint64_t usage;
+	if (cg_cpu_usage_usec(m->cg_jobs, &usage) >= 0)
+		budget_update(&m->budget, now_mono_usec(), usage);
+	manager_save_ledger(m);
+	cg_freeze(m->cg_jobs, false);
+	return r;
+}
+
+struct manager *manager_free(struct manager *m)
+{
+	if (!m)
+		return NULL;
+	m->sense = m->sense ? sense_free(m->sense) : NULL;
+	m->jobs = m->jobs ? jobs_free(m->jobs) : NULL;
+	sd_event_source_disable_unref(m->tick);
+	sd_event_source_disable_unref(m->policy_timer);
+	sd_event_source_disable_unref(m->duty_timer);
+	sd_event_source_disable_unref(m->events_source);
+	sd_event_source_disable_unref(m->control_source);
+	if (m->control_fd >= 0)
+		close(m->control_fd);
+	sd_event_unref(m->event);
+	config_free(&m->config);
+	free(m->config_path);
+	free(m->state_dir);
+	free(m->runtime_dir);
+	free(m->cg_base);
+	free(m->cg_supervisor);
+	free(m->cg_jobs);
+	free(m);
+	return NULL;
+}
