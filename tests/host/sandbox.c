@@ -8,6 +8,7 @@
  */
 #include <dirent.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <ftw.h>
 #include <linux/sched.h>
 #include <netinet/in.h>
@@ -89,13 +90,14 @@ static int job_main(int argc, char **argv) {
 	} else if (strcmp(mode, "seccomp") == 0) {
 		/* Arguments are chosen so the kernel itself would answer something
 		 * other than EPERM (EFAULT, EINVAL, success) where it can. */
-		say_errno("unshare_user", unshare(CLONE_NEWUSER));
 		long r = syscall(SYS_clone, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0);
 		if (r == 0)
 			_exit(0);
 		say_errno("clone_newuser", r);
 		say_errno("clone3", syscall(SYS_clone3, NULL, 0));
-		say_errno("ptrace", ptrace(PTRACE_TRACEME, 0, 0, 0));
+		/* Not TRACEME: were it allowed, this job would stop on its next
+		 * signal waiting for a tracer that is busy reading its output. */
+		say_errno("ptrace", ptrace(PTRACE_PEEKDATA, getpid(), NULL, NULL));
 		say_errno("mount", mount("none", "/tmp", "tmpfs", 0, NULL));
 		say_errno("io_uring_setup", syscall(SYS_io_uring_setup, 1, NULL));
 		say_errno("perf_event_open", syscall(SYS_perf_event_open, NULL, 0, -1, -1, 0));
@@ -117,6 +119,8 @@ static int job_main(int argc, char **argv) {
 		if (errno == 0)
 			pthread_join(t, NULL);
 		say_errno("pthread", errno == 0 ? 0 : -1);
+		/* Last: were it allowed, the job would be in a new user namespace. */
+		say_errno("unshare_user", unshare(CLONE_NEWUSER));
 	} else if (strcmp(mode, "write") == 0) {
 		for (int i = 3; i < argc; i++) {
 			char p[512];
@@ -328,11 +332,14 @@ static void test_sleeper(bool idle) {
 
 	o.stdout_fd = o.stderr_fd = -1;
 	o.sched_idle = idle;
-	/* The daemon blocks SIGTERM (sd-event); the job must not inherit that. */
+	/* The daemon blocks SIGTERM (sd-event) and may ignore signals; a job
+	 * must inherit neither, both survive execve. */
 	sigemptyset(&term);
 	sigaddset(&term, SIGTERM);
 	sigprocmask(SIG_BLOCK, &term, &old);
+	signal(SIGTERM, SIG_IGN);
 	int r = sandbox_spawn(&o, &pid, &pidfd, &step);
+	signal(SIGTERM, SIG_DFL);
 	sigprocmask(SIG_SETMASK, &old, NULL);
 	check(r == 0 && pidfd >= 0, "sleeper (sched_idle=%d) spawned: r=%d step=%s pidfd=%d", idle, r, step, pidfd);
 	if (r < 0)
@@ -358,9 +365,13 @@ static void test_sleeper(bool idle) {
 	}
 
 	r = (int) syscall(SYS_pidfd_send_signal, pidfd, SIGTERM, NULL, 0);
+	/* A job that ignores SIGTERM would hang the test: wait 5 s at most. */
+	struct pollfd pfd = { .fd = pidfd, .events = POLLIN };
+	if (poll(&pfd, 1, 5000) != 1)
+		(void) syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
 	waitpid(pid, &status, 0);
 	check(r == 0 && WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM,
-	      "SIGTERM through the pidfd ends it (mask reset): status=%#x", status);
+	      "SIGTERM through the pidfd ends it (mask and disposition reset): status=%#x", status);
 	close(pidfd);
 }
 
@@ -558,6 +569,13 @@ int main(int argc, char **argv) {
 
 	/* Children must be reaped by waitpid, not auto-reaped. */
 	signal(SIGCHLD, SIG_DFL);
+	/* What the daemon might carry and a job must not: supplementary
+	 * groups, a core size limit. */
+	if (setgroups(2, (gid_t[]) { 4, 100 }) < 0 ||
+	    setrlimit(RLIMIT_CORE, &(struct rlimit) { 1 << 20, RLIM_INFINITY }) < 0) {
+		printf("cannot set groups or RLIMIT_CORE: %m\n");
+		return 1;
+	}
 
 	snprintf(cg_rel, sizeof cg_rel, "/harvester-test-%d/jobs/j1", (int) getpid());
 	snprintf(cg_root, sizeof cg_root, "%s/harvester-test-%d", mnt, (int) getpid());
