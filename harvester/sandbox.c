@@ -9,6 +9,7 @@
 
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <sched.h>
 #include <seccomp.h>
 #include <signal.h>
@@ -371,7 +372,9 @@ static _Noreturn void child_run(const struct child_ctx *c) {
 		CHECK(c, STEP_CGROUP, write(c->procs_fd, "0", 1));
 
 	/* The daemon's dispositions and mask survive execve: a job must start
-	 * with the default ones, or it could not be stopped by SIGTERM. */
+	 * with the default ones, or it could not be stopped by SIGTERM. The
+	 * parent blocked everything across clone; handlers go first, then the
+	 * mask can open. */
 	for (int sig = 1; sig < _NSIG; sig++) {
 		if (sig == SIGKILL || sig == SIGSTOP)
 			continue;
@@ -485,6 +488,56 @@ static pid_t clone_into_cgroup(int cgroup_fd, int *ret_pidfd) {
 	return (pid_t) pid;
 }
 
+/* clone3 into the cgroup, or fork where the kernel lacks it; returns in
+ * the parent only. */
+static int start_child(struct child_ctx *c, int cgroup_fd, int *procs_fd,
+                       pid_t *ret_pid, int *ret_pidfd, const char **ret_step) {
+	int pidfd = -1;
+	pid_t pid;
+
+	pid = clone_into_cgroup(cgroup_fd, &pidfd);
+	if (pid == 0)
+		child_run(c);
+	if (pid > 0) {
+		*ret_pid = pid;
+		*ret_pidfd = pidfd;
+		return 0;
+	}
+	if (errno != ENOSYS && errno != EINVAL && errno != E2BIG) {
+		*ret_step = "clone3";
+		return negative_errno();
+	}
+
+	/* Kernels before 5.7 (no CLONE_INTO_CGROUP) or 5.3 (no clone3): the
+	 * child moves itself before its first step. */
+	*procs_fd = openat(cgroup_fd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+	if (*procs_fd < 0) {
+		*ret_step = "open cgroup.procs";
+		return negative_errno();
+	}
+	c->procs_fd = *procs_fd;
+	pid = fork();
+	if (pid == 0)
+		child_run(c);
+	if (pid < 0) {
+		*ret_step = "fork";
+		return negative_errno();
+	}
+	/* Before 5.3 there are no pidfds either: the caller gets -1. */
+	pidfd = (int) syscall(SYS_pidfd_open, pid, 0);
+	if (pidfd < 0 && errno != ENOSYS) {
+		int r = negative_errno();
+		(void) kill(pid, SIGKILL);
+		while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+			;
+		*ret_step = "pidfd_open";
+		return r;
+	}
+	*ret_pid = pid;
+	*ret_pidfd = pidfd;
+	return 0;
+}
+
 int sandbox_spawn(const struct sandbox_opts *o, pid_t *ret_pid, int *ret_pidfd, const char **ret_step) {
 	_cleanup_(strv_freep) char **env = NULL;
 	_cleanup_free_ struct sock_filter *filter = NULL;
@@ -493,6 +546,7 @@ int sandbox_spawn(const struct sandbox_opts *o, pid_t *ret_pid, int *ret_pidfd, 
 	struct child_ctx c = { .o = o, .procs_fd = -1 };
 	const char *step;
 	struct report rep;
+	sigset_t all, saved;
 	pid_t pid;
 	int r;
 
@@ -536,36 +590,15 @@ int sandbox_spawn(const struct sandbox_opts *o, pid_t *ret_pid, int *ret_pidfd, 
 	}
 	c.err_fd = pipefd[1];
 
-	pid = clone_into_cgroup(cgroup_fd, &pidfd);
-	if (pid == 0)
-		child_run(&c);
-	if (pid < 0 && (errno == ENOSYS || errno == EINVAL || errno == E2BIG)) {
-		/* Kernels before 5.7 (no CLONE_INTO_CGROUP) or before 5.3 (no
-		 * clone3): the child moves itself before its first step. */
-		procs_fd = openat(cgroup_fd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
-		if (procs_fd < 0) {
-			r = negative_errno(), step = "open cgroup.procs";
-			goto fail_pipe;
-		}
-		c.procs_fd = procs_fd;
-		pid = fork();
-		if (pid == 0)
-			child_run(&c);
-		if (pid > 0) {
-			pidfd = (int) syscall(SYS_pidfd_open, pid, 0);
-			if (pidfd < 0 && errno != ENOSYS) {
-				r = negative_errno();
-				(void) kill(pid, SIGKILL);
-				(void) waitpid(pid, NULL, 0);
-				step = "pidfd_open";
-				goto fail_pipe;
-			}
-		}
-	}
-	if (pid < 0) {
-		r = negative_errno(), step = "clone3";
+	/* Until the child has reset every disposition, a signal must not run
+	 * one of the daemon's handlers in it (they would write to the
+	 * daemon's event loop): block everything across the clone. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &saved);
+	r = start_child(&c, cgroup_fd, &procs_fd, &pid, &pidfd, &step);
+	pthread_sigmask(SIG_SETMASK, &saved, NULL);
+	if (r < 0)
 		goto fail_pipe;
-	}
 
 	close(pipefd[1]);
 	pipefd[1] = -1;
