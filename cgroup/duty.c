@@ -5,26 +5,30 @@
  * calls duty_step, freezes or thaws, and sleeps until the returned time.
  *
  * Each period is thawed first, frozen after: it starts thawed with a budget
- * (the period's allowance less the debt carried in), and is frozen when the
- * budget is spent at the measured rate. At the end of the period the usage
- * actually spent (which includes the CPU burnt while the freeze completes,
- * and any late wake-up) is compared with the allowance for the time that
- * really passed, and the difference is the debt the next period pays. With a
- * steady job the debt settles at the freeze spill and each period uses its
- * allowance exactly; over whole periods the usage converges on the cap.
+ * (the period's allowance, less the debt carried in, less the CPU a freeze
+ * is expected to let through) and is frozen when the budget is spent at the
+ * measured rate (looked at again if the job turns out slower than planned).
+ * At the end of the period the usage actually spent (freeze spill and late
+ * wake-ups included) is compared with the allowance for the time that really
+ * passed, and the difference is the debt the next period pays. Over whole
+ * periods the usage therefore converges on the cap; what is left is one
+ * period's spill jitter.
  *
- * Choosing the period (DUTY_ON_TARGET_USEC, clamp to [100 ms, 1 s]):
+ * Choosing the period (DUTY_ON_TARGET_USEC, clamped to [100 ms, 1 s]):
  * freezing takes 1.3-3.6 ms (p50) and up to 8 ms (p99) on the project's
  * machines, so an on-time near that is all noise; a long period makes the
- * job's bursts visible and makes the usage at an arbitrary moment run ahead
+ * job's bursts visible and lets the usage at an arbitrary moment run ahead
  * of the cap by up to one period's allowance. Aiming at 30 ms of on-time when
  * every CPU is busy (the worst case; a job with fewer threads gets longer)
  * gives: cap 1 % -> 1 s (10 ms on at 2 of 2 CPUs busy, 20 ms at 1), 3 % -> 1 s,
  * 5 % -> 600 ms, 10 % -> 300 ms, 25 % -> 120 ms, >= 30 % -> 100 ms. The p50
- * freeze spill is then 5-15 % of one period's budget, paid back the next
- * period, and the worst run-ahead inside a 10 s window is period/10 s: 10 %
- * at 1 %-3 % caps, 6 % at 5 %, 1 % at caps >= 30 %; measured at period ends
- * it is within about 1 %.
+ * freeze spill is then 5-15 % of one period's budget, and its jitter (up to
+ * 8 ms per busy CPU) is what a window of whole periods can go over by:
+ * under 1 % of a 10 s window at caps >= 5 % on 2 CPUs, up to 8 % at 1 %.
+ * Inside a period the usage runs ahead by up to one period's allowance, i.e.
+ * period/10 s of a 10 s window: 10 % at caps <= 3 %, 6 % at 5 %, 1 % at
+ * caps >= 30 %. Simulated (tests/unit/test-duty.c) the usage from the start
+ * to a period end is within 1 % of the cap after 10 s and 60 s.
  */
 #include <stdint.h>
 
