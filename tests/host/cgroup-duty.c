@@ -11,15 +11,23 @@
  *
  * asserted within [0.90, 1.03]. Also printed: the most the usage ran ahead
  * of cap x elapsed at any step (mid-period it may, by up to one period's
- * allowance) and the worst window of whole periods spanning >= 5 s. The lower bound leaves room
- * for other load on the machine: the cap is a ceiling, and a busy machine
- * may not give the job all of it.
+ * allowance) and the worst window of whole periods spanning >= 5 s. The
+ * lower bound leaves room for other load on the machine: the cap is a
+ * ceiling, and a busy machine may not give the job all of it (a shortfall
+ * while the job was thawed for as long as it needed is reported as such,
+ * not as a failure). The driver runs at nice -10, as the daemon would run
+ * above its jobs, so its wake-ups are not late behind the busy threads.
  */
+#include <sched.h>
+#include <sys/resource.h>
+
 #include "tests/host/cgroup-test.h"
 
 struct figures {
 	double ratio, worst5, ahead_ms;
+	double thawed_frac, need_frac;   /* share of the time thawed; share needed at full speed */
 	unsigned freezes;
+	uint64_t late_max_usec;          /* the driver's latest wake-up */
 	uint64_t period_usec;
 };
 
@@ -27,7 +35,7 @@ static struct figures run_case(const char *jobs, const char *job, uint64_t cap_p
 			       uint64_t seconds) {
 	struct figures f = {};
 	struct duty d;
-	uint64_t t_start, u_start, next, end, usage;
+	uint64_t t_start, u_start, next, end, usage, last, thawed = 0;
 	uint64_t pt[256], pu[256];
 	size_t np = 0;
 	bool cur = false, frozen;
@@ -45,12 +53,17 @@ static struct figures run_case(const char *jobs, const char *job, uint64_t cap_p
 	pt[np] = t_start;
 	pu[np++] = u_start;
 	end = t_start + seconds * 1000000;
-	next = t_start;
+	next = last = t_start;
 	for (;;) {
 		uint64_t now, before = d.period_start_usec;
 
 		sleep_until_usec(next);
 		now = now_usec();
+		if (now - next > f.late_max_usec)
+			f.late_max_usec = now - next;
+		if (!cur)
+			thawed += now - last;
+		last = now;
 		CHECK_R(cg_cpu_usage_usec(jobs, &usage), 0);
 		if ((usage - u_start) / 1e3 - cap_cpus * (now - t_start) / 1e3 > f.ahead_ms)
 			f.ahead_ms = (usage - u_start) / 1e3 - cap_cpus * (now - t_start) / 1e3;
@@ -68,6 +81,8 @@ static struct figures run_case(const char *jobs, const char *job, uint64_t cap_p
 		}
 	}
 	CHECK_R(cg_freeze(jobs, true), 0);
+	f.thawed_frac = (double) thawed / (double) (last - t_start);
+	f.need_frac = cap_cpus / ((unsigned) threads < ncpus ? (unsigned) threads : ncpus);
 	f.ratio = (double) (pu[np - 1] - pu[0]) / (cap_cpus * (double) (pt[np - 1] - pt[0]));
 	for (size_t k = 1, i = 0; k < np; k++) {
 		double r;
@@ -86,10 +101,10 @@ static struct figures run_case(const char *jobs, const char *job, uint64_t cap_p
 	CHECK_R(cg_freeze(jobs, false), 0);
 	CHECK_R(cg_remove(job), 0);
 	printf("duty cap %.0f%% of %u CPUs (%.2f CPUs), %d busy thread%s, period %llu ms: used/cap %.4f over %.2f s "
-	       "(ran ahead by at most %.1f ms of CPU), worst 5 s window %.4f, %u freezes\n",
+	       "(ran ahead by at most %.1f ms of CPU), worst 5 s window %.4f, %u freezes, thawed %.1f%% of the time, wake-ups up to %.1f ms late\n",
 	       cap_ppm / 1e4, ncpus, cap_cpus, threads, threads > 1 ? "s" : "",
 	       (unsigned long long) f.period_usec / 1000, f.ratio, (pt[np - 1] - pt[0]) / 1e6,
-	       f.ahead_ms, f.worst5, f.freezes);
+	       f.ahead_ms, f.worst5, f.freezes, f.thawed_frac * 100, f.late_max_usec / 1e3);
 	fflush(stdout);
 	return f;
 }
@@ -104,6 +119,18 @@ int main(void) {
 	};
 	int fail = 0;
 
+	/* The driver plays the daemon, whose timer wake-ups must not queue
+	 * behind the jobs: a late freeze is CPU the job gets beyond its cap
+	 * (on a loaded machine, wake-ups 30-90 ms late were seen at nice 0).
+	 * The busy children do not inherit it. */
+	{
+		struct sched_param sp = { .sched_priority = 10 };
+
+		if (sched_setscheduler(0, SCHED_FIFO | SCHED_RESET_ON_FORK, &sp) < 0) {
+			printf("note: no SCHED_FIFO (%s): driving at nice -10\n", strerror(errno));
+			(void) setpriority(PRIO_PROCESS, 0, -10);
+		}
+	}
 	CHECK_R(cg_create(jobs), 0);
 	{
 		uint64_t u;
@@ -115,6 +142,13 @@ int main(void) {
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
 		struct figures f = run_case(jobs, job, cases[i].cap_ppm, ncpus, cases[i].threads, 10);
 
+		/* Short of the cap although thawed as long as the job needed at
+		 * full speed: other load took the CPU; not the duty cycle's doing. */
+		if (f.ratio < 0.90 && f.thawed_frac >= f.need_frac * 0.98) {
+			printf("note: the machine is busy: the job was thawed %.1f%% of the time (needs %.1f%% at full speed) "
+			       "and still got only %.2f of its cap\n", f.thawed_frac * 100, f.need_frac * 100, f.ratio);
+			continue;
+		}
 		if (f.ratio < 0.90 || f.ratio > 1.03) {
 			fprintf(stderr, "FAILED: cap %.0f%% %d threads: used/cap %.4f outside [0.90, 1.03]\n",
 				cases[i].cap_ppm / 1e4, cases[i].threads, f.ratio);
