@@ -50,6 +50,7 @@ struct sense {
 
 	/* procstat */
 	struct procstat_sample base;
+	bool harvest_unknown;    /* jobs/ has no cpu.stat: all busy time is foreground */
 
 	/* evdev */
 	bool evdev_running;
@@ -62,6 +63,7 @@ struct sense {
 	unsigned evdev_candidates; /* event* names looked at (scan or hot-plug) */
 
 	/* terminals */
+	char *tty_dir;
 	int tty_inotify_fd;
 	int tty_wd_dir;
 	sd_event_source *tty_source;

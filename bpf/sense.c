@@ -271,6 +271,12 @@ int sense_new(sd_event *e, const struct sense_opts *o, sense_activity_fn fn, voi
 		if (r < 0)
 			goto fail;
 		r = procstat_read("/proc/stat", cpu_stat, &s->base);
+		if (r < 0 && r != -ENOMEM) {
+			/* No cpu.stat (not a cgroup2 folder): split without harvest. */
+			sense_add_reason(s, "%s: %s, harvest time unknown", cpu_stat, strerror(-r));
+			s->harvest_unknown = true;
+			r = procstat_read("/proc/stat", NULL, &s->base);
+		}
 		if (r < 0)
 			goto fail;
 	}
@@ -394,7 +400,7 @@ int sense_read_times(struct sense *s, struct sense_times *ret)
 		r = cpu_stat_path(s, &cpu_stat);
 		if (r < 0)
 			return r;
-		r = procstat_read("/proc/stat", cpu_stat, &now);
+		r = procstat_read("/proc/stat", s->harvest_unknown ? NULL : cpu_stat, &now);
 		if (r < 0)
 			return r;
 		/* Counters may step back a little (nohz iowait): clamp. */

@@ -2,21 +2,40 @@
 /*
  * Terminal input, seen without polling: a read(2) that returns data from a
  * tty raises IN_ACCESS on its device node, and on a terminal a read only
- * returns data when someone typed (or pasted) it. So inotify on the pty
- * folder (one watch covers every /dev/pts/N, present and future) and on the
- * console and serial ttys catches ssh sessions and local consoles. The
- * daemon itself never reads a tty, so it never triggers this.
+ * returns data when someone typed (or pasted) it. So an IN_ACCESS watch on
+ * every /dev/pts/N and on the console and serial ttys catches ssh sessions
+ * and local consoles. The kernel does not pass a device's IN_ACCESS up to a
+ * watch on its folder (measured on 6.18: IN_OPEN is passed, IN_ACCESS is
+ * not; a folder watch would leak other users' keystroke timing), so the
+ * folder is watched for IN_CREATE only, to put a watch on each new pty.
+ * The daemon itself never reads a tty, so it never triggers this.
  */
 #include <errno.h>
+#include <dirent.h>
 #include <glob.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/inotify.h>
+#include <limits.h>
 #include <unistd.h>
 
 #include "bpf/sense-internal.h"
 #include "harvester/macro.h"
+
+static void watch_pty(int fd, const char *dir, const char *name)
+{
+	char path[PATH_MAX];
+
+	/* ptmx is the master side: its reads are terminal output. */
+	if (name[0] == '.' || strcmp(name, "ptmx") == 0)
+		return;
+	if (snprintf(path, sizeof(path), "%s/%s", dir, name) >= (int)sizeof(path))
+		return;
+	/* Fails for a pty already gone again: nothing to watch then. */
+	(void)inotify_add_watch(fd, path, IN_ACCESS);
+}
 
 static int on_inotify(sd_event_source *src, int fd, uint32_t revents, void *userdata)
 {
@@ -35,15 +54,13 @@ static int on_inotify(sd_event_source *src, int fd, uint32_t revents, void *user
 			const struct inotify_event *ev = (const struct inotify_event *)p;
 
 			p += sizeof(*ev) + ev->len;
-			if (!(ev->mask & IN_ACCESS) || (ev->mask & IN_ISDIR))
-				continue;
 			if (ev->wd == s->tty_wd_dir) {
-				/* A readdir of the folder has no name; ptmx is the
-				 * master side, whose reads are terminal output. */
-				if (!ev->len || !ev->name[0] || strcmp(ev->name, "ptmx") == 0)
-					continue;
+				if ((ev->mask & IN_CREATE) && ev->len && !(ev->mask & IN_ISDIR))
+					watch_pty(fd, s->tty_dir, ev->name);
+				continue;
 			}
-			typed = true;
+			if (ev->mask & IN_ACCESS)
+				typed = true;
 		}
 	}
 	if (typed)
@@ -57,12 +74,24 @@ int tty_start(struct sense *s, const char *pts_dir)
 	_cleanup_close_ int fd = -1;
 	int r, watches = 0;
 
+	s->tty_dir = strdup(pts_dir);
+	if (!s->tty_dir)
+		return -ENOMEM;
 	fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
 	if (fd < 0)
 		return negative_errno();
-	s->tty_wd_dir = inotify_add_watch(fd, pts_dir, IN_ACCESS | IN_ONLYDIR);
-	if (s->tty_wd_dir >= 0)
+	/* Folder watch first, so a pty created during the scan is not missed. */
+	s->tty_wd_dir = inotify_add_watch(fd, pts_dir, IN_CREATE | IN_ONLYDIR);
+	if (s->tty_wd_dir >= 0) {
+		DIR *d = opendir(pts_dir);
+		struct dirent *de;
+
 		watches++;
+		while (d && (de = readdir(d)))
+			watch_pty(fd, pts_dir, de->d_name);
+		if (d)
+			closedir(d);
+	}
 	for (size_t i = 0; i < ELEMENTSOF(patterns); i++) {
 		glob_t g = {};
 
@@ -89,4 +118,6 @@ void tty_stop(struct sense *s)
 		close(s->tty_inotify_fd);
 	s->tty_inotify_fd = -1;
 	s->tty_wd_dir = -1;
+	free(s->tty_dir);
+	s->tty_dir = NULL;
 }
