@@ -144,6 +144,42 @@ static void check_hotplug(sd_event *e)
 		printf("a real hot-plugged input device is not tested here: no /dev/uinput\n");
 }
 
+/* The parser, on files of known content. */
+static void check_procstat_parser(void)
+{
+	char dir[] = "/tmp/probe-procstat-XXXXXX", stat[64], cpu[64];
+	struct procstat_sample p;
+	long hz = sysconf(_SC_CLK_TCK);
+	FILE *f;
+
+	CHECK(mkdtemp(dir), "mkdtemp: %m");
+	snprintf(stat, sizeof(stat), "%s/stat", dir);
+	snprintf(cpu, sizeof(cpu), "%s/cpu.stat", dir);
+	f = fopen(stat, "we");
+	CHECK(f, "fopen: %m");
+	/* user nice system idle iowait irq softirq steal guest guest_nice */
+	fprintf(f, "cpu  100 2 30 500 7 1 4 0 50 0\ncpu0 1 2 3 4 5 6 7 8 9 0\n");
+	fclose(f);
+	f = fopen(cpu, "we");
+	CHECK(f, "fopen: %m");
+	fprintf(f, "usage_usec 123456\nuser_usec 100000\nsystem_usec 23456\n");
+	fclose(f);
+	CHECK(procstat_read(stat, cpu, &p) == 0, "procstat_read");
+	CHECK(p.idle_ns == 507ULL * (1000000000ULL / (uint64_t)hz), "idle is idle+iowait");
+	CHECK(p.busy_ns == 137ULL * (1000000000ULL / (uint64_t)hz), "busy is user+nice+system+irq+softirq+steal");
+	CHECK(p.harvest_ns == 123456000ULL, "harvest is usage_usec");
+	CHECK(procstat_read(stat, NULL, &p) == 0 && p.harvest_ns == 0, "no cpu.stat: harvest 0");
+	unlink(cpu);
+	CHECK(procstat_read(stat, cpu, &p) == -ENOENT, "a missing cpu.stat is -ENOENT");
+	f = fopen(stat, "we");
+	fprintf(f, "intr 1 2 3\n");
+	fclose(f);
+	CHECK(procstat_read(stat, NULL, &p) == -EBADMSG, "a bad /proc/stat is -EBADMSG");
+	unlink(stat);
+	rmdir(dir);
+	printf("procstat parser: ok\n");
+}
+
 static void check_procstat(sd_event *e)
 {
 	struct sense_opts o = { .harvest_cgroup = tree_jobs, .tty_dir = "", .no_logind = true,
@@ -198,6 +234,7 @@ int main(void)
 	CHECK(sd_event_new(&e) >= 0, "sd_event_new");
 	check_bpf_fallback(e);
 	check_hotplug(e);
+	check_procstat_parser();
 	check_procstat(e);
 	sd_event_unref(e);
 	printf("ok\n");
