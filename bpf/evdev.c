@@ -123,7 +123,7 @@ int sense_evdev_add_fd(struct sense *s, int fd, const char *name)
 
 static int device_open(struct sense *s, const char *name)
 {
-	unsigned long bits[EV_MAX / LONG_BITS + 1] = {};
+	unsigned long bits[EV_MAX / LONG_BITS + 1] = {}, props[INPUT_PROP_MAX / LONG_BITS + 1];
 	_cleanup_free_ char *path = NULL;
 	_cleanup_close_ int fd = -1;
 	int r;
@@ -142,6 +142,10 @@ static int device_open(struct sense *s, const char *name)
 		return negative_errno();
 	/* Switches, LEDs, sound: not a person at the keyboard. */
 	if (!bit_set(bits, EV_KEY) && !bit_set(bits, EV_REL) && !bit_set(bits, EV_ABS))
+		return 0;
+	/* An accelerometer reports EV_ABS all the time: not a person either. */
+	memset(props, 0, sizeof(props));
+	if (ioctl(fd, EVIOCGPROP(sizeof(props)), props) >= 0 && bit_set(props, INPUT_PROP_ACCELEROMETER))
 		return 0;
 	r = sense_evdev_add_fd(s, fd, name);
 	if (r < 0)

@@ -18,6 +18,7 @@
 #define EV_KEY 0x01
 #define EV_REL 0x02
 #define EV_ABS 0x03
+#define INPUT_PROP_ACCELEROMETER 0x06
 
 #define TASK_RUNNING 0
 
@@ -196,6 +197,9 @@ int BPF_PROG(handle_input, struct input_dev *dev, unsigned int type, unsigned in
 	__u64 now;
 
 	if (type != EV_KEY && type != EV_REL && type != EV_ABS)
+		return 0;
+	/* A laptop's accelerometer reports EV_ABS all the time: not a person. */
+	if (BPF_CORE_READ(dev, propbit[0]) & (1UL << INPUT_PROP_ACCELEROMETER))
 		return 0;
 	now = bpf_ktime_get_ns();
 	last_input_ns = now;
