@@ -46,7 +46,7 @@ static int path_join(const char *a, const char *b, char **ret) {
 	while (*b == '/')
 		b++;
 	if (*b == '\0') {
-		if (asprintf(&p, "%.*s", (int) la, la ? a : "/") < 0)
+		if (la == 0 ? asprintf(&p, "/") < 0 : asprintf(&p, "%.*s", (int) la, a) < 0)
 			return -ENOMEM;
 	} else if (asprintf(&p, "%.*s/%s", (int) la, a, b) < 0)
 		return -ENOMEM;

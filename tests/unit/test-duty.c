@@ -18,6 +18,8 @@
 
 struct sim {
 	double rate;            /* CPUs used while running */
+	double rate_full;       /* with contention: rate varies in [0.25, 1] x this every 20 ms */
+	uint64_t next_change;
 	uint64_t t;             /* time the usage is accounted up to */
 	double usage;           /* usec */
 	bool running;
@@ -45,7 +47,7 @@ static uint64_t freeze_latency(struct sim *s) {
 	return 1300 + rnd(s) % 2300;
 }
 
-static void sim_advance(struct sim *s, uint64_t to) {
+static void sim_run(struct sim *s, uint64_t to) {
 	if (s->pend && s->pend_t <= to) {
 		if (s->running && s->pend_t > s->t)
 			s->usage += s->rate * (double) (s->pend_t - s->t);
@@ -58,6 +60,17 @@ static void sim_advance(struct sim *s, uint64_t to) {
 		s->usage += s->rate * (double) (to - s->t);
 	if (to > s->t)
 		s->t = to;
+}
+
+static void sim_advance(struct sim *s, uint64_t to) {
+	/* Other load comes and goes: the job's speed changes between the
+	 * duty cycle's looks, which is what it must survive. */
+	while (s->rate_full > 0 && s->next_change <= to) {
+		sim_run(s, s->next_change);
+		s->rate = s->rate_full * (0.25 + (double) (rnd(s) % 1000) / 1333.0);
+		s->next_change += 20000;
+	}
+	sim_run(s, to);
 }
 
 static void sim_set(struct sim *s, bool frozen) {
@@ -112,9 +125,16 @@ struct result {
 	unsigned steps;
 };
 
+static bool contended;
+
 static struct result run(uint64_t cap_ppm, unsigned ncpus, double threads, uint64_t seconds, uint64_t seed) {
 	const uint64_t t0 = 5000000;  /* a clock that does not start at 0 */
 	struct sim s = { .rate = threads < ncpus ? threads : ncpus, .t = t0, .running = true, .rng = seed };
+
+	if (contended) {
+		s.rate_full = s.rate;
+		s.next_change = t0;
+	}
 	struct duty d;
 	struct result res = {};
 	double cap_cpus = (double) cap_ppm * ncpus / PPM_ONE;
@@ -177,9 +197,9 @@ static struct result run(uint64_t cap_ppm, unsigned ncpus, double threads, uint6
 		if (r > res.worst10_end)
 			res.worst10_end = r;
 	}
-	print_message("duty sim cap=%.1f%% ncpus=%u threads=%.1f period=%llums: used/cap 10s %.4f 60s %.4f (at 10.000s %.4f); "
+	print_message("duty sim%s cap=%.1f%% ncpus=%u threads=%.1f period=%llums: used/cap 10s %.4f 60s %.4f (at 10.000s %.4f); "
 		      "worst 10s window: of whole periods %.4f, ending anywhere %.4f; %.1f steps/s\n",
-		      cap_ppm / 1e4, ncpus, threads, (unsigned long long) res.period_usec / 1000,
+		      contended ? " (contended)" : "", cap_ppm / 1e4, ncpus, threads, (unsigned long long) res.period_usec / 1000,
 		      res.r10, res.r60, res.at10, res.worst10_end, res.worst10, res.steps / (double) seconds);
 	free(s.ts);
 	free(s.us);
@@ -207,6 +227,25 @@ static void check(uint64_t cap_ppm, double threads) {
 	 * period's allowance. */
 	assert_true(r.worst10 <= 1.01 + jitter + (double) r.period_usec / 10e6);
 }
+
+/* Under other load the job's speed swings 4x every 20 ms; the cap must hold
+ * all the same (the job may get less: that is the load's doing). */
+static void check_contended(uint64_t cap_ppm, double threads) {
+	struct result r;
+	double jitter = (threads < 2 ? threads : 2) * 8000 / (cap_ppm / 1e6 * 2 * 10e6);
+
+	contended = true;
+	r = run(cap_ppm, 2, threads, 60, 0x1234567ULL ^ cap_ppm ^ (uint64_t) (threads * 7));
+	contended = false;
+	assert_true(r.r60 <= 1.01);
+	assert_true(r.r10 <= 1.01 + jitter);
+	assert_true(r.worst10_end <= 1.01 + jitter);
+}
+
+static void test_contended_cap5_1thread(void **state) { check_contended(50000, 1); }
+static void test_contended_cap5_2threads(void **state) { check_contended(50000, 2); }
+static void test_contended_cap25_2threads(void **state) { check_contended(250000, 2); }
+static void test_contended_cap1_2threads(void **state) { check_contended(10000, 2); }
 
 static void test_cap1_1thread(void **state) { check(10000, 1); }
 static void test_cap1_2threads(void **state) { check(10000, 2); }
@@ -252,60 +291,75 @@ static void test_extremes(void **state) {
 	assert_false(frozen);
 }
 
-/* The first decision: thawed for the time the whole allowance (less the
- * spill a freeze costs, 3 ms per busy CPU) lasts when every CPU is busy,
- * then frozen for the rest of the period. */
+/* Step a thawed job that uses `rate` CPUs until duty freezes it; returns
+ * the time of the freeze and counts the looks. */
+static uint64_t until_frozen(struct duty *d, uint64_t now, uint64_t *usage, double rate, unsigned *looks) {
+	bool frozen;
+	uint64_t next = duty_step(d, now, *usage, &frozen);
+
+	*looks = 1;
+	while (!frozen) {
+		*usage += (uint64_t) (rate * (double) (next - now));
+		now = next;
+		next = duty_step(d, now, *usage, &frozen);
+		++*looks;
+		assert_true(*looks < 20);
+	}
+	return now;
+}
+
+/* The first period: thawed until the allowance less the spill a freeze
+ * costs (3 ms per busy CPU) is spent, then frozen to the period's end. */
 static void test_first_period(void **state) {
 	struct duty d;
 	bool frozen;
-	uint64_t next;
+	uint64_t next, t, usage = 777;
+	unsigned looks;
 
 	duty_init(&d, 50000, 2, 1000000, 777);   /* 0.1 CPU, period 600 ms */
+	assert_false(d.frozen);
+	/* the first look plans 27 ms (54 ms of CPU at 2 CPUs) and looks
+	 * again halfway */
 	next = duty_step(&d, 1000000, 777, &frozen);
 	assert_false(frozen);
-	/* 60 ms of CPU less 6 ms of spill, at 2 CPUs */
-	assert_int_equal(next, 1000000 + 27000);
-	/* It used both CPUs all along: freeze until the period ends. */
-	next = duty_step(&d, 1027000, 777 + 54000, &frozen);
-	assert_true(frozen);
-	assert_int_equal(next, 1600000);
+	assert_int_equal(next, 1000000 + 13500);
+	duty_init(&d, 50000, 2, 1000000, 777);
+	t = until_frozen(&d, 1000000, &usage, 2, &looks);
+	print_message("first period: frozen after %llu us, %u looks\n", (unsigned long long) (t - 1000000), looks);
+	assert_int_equal(t, 1000000 + 27000);
+	assert_int_equal(usage - 777, 54000);
+	assert_true(looks <= 5);
 	/* An early call while frozen changes nothing. */
-	next = duty_step(&d, 1100000, 777 + 60000, &frozen);
+	next = duty_step(&d, 1100000, usage + 6000, &frozen);
 	assert_true(frozen);
 	assert_int_equal(next, 1600000);
 	/* Period end: the freeze took 4 ms, not 3 (8 ms of CPU at 2 CPUs):
-	 * 2 ms of debt come off the next budget. */
-	next = duty_step(&d, 1600000, 777 + 62000, &frozen);
-	assert_false(frozen);
+	 * 2 ms of debt come off the next budget (52 ms of CPU: 26 ms). */
+	usage += 8000;
+	t = until_frozen(&d, 1600000, &usage, 2, &looks);
 	assert_int_equal(d.debt_usec, 2000);
-	assert_int_equal(next, 1600000 + 26000);
+	assert_int_equal(t, 1600000 + 26000);
 	/* Freezing faster than planned leaves credit, which is spent. */
-	next = duty_step(&d, 1626000, 777 + 62000 + 52000, &frozen);
-	assert_true(frozen);
-	next = duty_step(&d, 2200000, 777 + 62000 + 52000 + 2000, &frozen);
-	assert_false(frozen);
+	usage += 2000;
+	t = until_frozen(&d, 2200000, &usage, 2, &looks);
 	assert_int_equal(d.debt_usec, -4000);
-	assert_int_equal(next, 2200000 + 29000);
+	assert_int_equal(t, 2200000 + 29000);
 }
 
 /* A job that used only one of two CPUs is not frozen at the planned point
  * but given the rest of its budget. */
 static void test_slow_job_extended(void **state) {
 	struct duty d;
-	bool frozen;
-	uint64_t next;
+	uint64_t t, usage = 0;
+	unsigned looks;
 
 	duty_init(&d, 50000, 2, 0, 0);
-	next = duty_step(&d, 0, 0, &frozen);
-	assert_int_equal(next, 27000);
-	next = duty_step(&d, 27000, 27000, &frozen);  /* 1 CPU: half the budget */
-	assert_false(frozen);
-	/* The rate estimate falls by halves (2 -> 1.5 CPUs): 28.5 ms of CPU
-	 * left (after 4.5 ms of spill) lasts 19 ms at that rate. */
-	assert_int_equal(next, 46000);
-	next = duty_step(&d, 46000, 46000, &frozen);
-	assert_false(frozen);
-	assert_true(next > 46000 && next <= 60000);
+	t = until_frozen(&d, 0, &usage, 1, &looks);
+	print_message("1 of 2 CPUs busy: frozen after %llu us, %u looks\n", (unsigned long long) t, looks);
+	/* 60 ms of CPU less a spill of 3 ms x the (falling) rate estimate */
+	assert_true(usage >= 55000 && usage <= 57500);
+	assert_true(looks <= 8);
+	assert_true(d.frozen);
 }
 
 /* No saving up: a job idle for a minute keeps at most 100 ms worth of its
@@ -375,6 +429,10 @@ int main(void) {
 		cmocka_unit_test(test_cap25_half_thread),
 		cmocka_unit_test(test_cap50_1thread),
 		cmocka_unit_test(test_cap50_2threads),
+		cmocka_unit_test(test_contended_cap1_2threads),
+		cmocka_unit_test(test_contended_cap5_1thread),
+		cmocka_unit_test(test_contended_cap5_2threads),
+		cmocka_unit_test(test_contended_cap25_2threads),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
