@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -156,8 +157,8 @@ static inline void spin_until(uint64_t deadline)
 }
 
 /* A child that burns CPU (duty_pct of each 10 ms) for secs, pinned to cpu
- * (-1: anywhere), in cgroup dir (NULL: stays where it is). */
-static inline pid_t spawn_hog(const char *cgroup, int cpu, int duty_pct, double secs)
+ * (-1: anywhere), in cgroup dir (NULL: stays where it is), at nice. */
+static inline pid_t spawn_hog_nice(const char *cgroup, int cpu, int duty_pct, double secs, int nice)
 {
 	pid_t pid = fork();
 
@@ -175,6 +176,8 @@ static inline pid_t spawn_hog(const char *cgroup, int cpu, int duty_pct, double 
 		}
 		if (cgroup && write_file(cgroup, "cgroup.procs", "0") < 0)
 			_exit(3);
+		if (nice && setpriority(PRIO_PROCESS, 0, nice) < 0)
+			_exit(4);
 		while (now_ns() < end) {
 			uint64_t t = now_ns();
 
@@ -185,6 +188,11 @@ static inline pid_t spawn_hog(const char *cgroup, int cpu, int duty_pct, double 
 		_exit(0);
 	}
 	return pid;
+}
+
+static inline pid_t spawn_hog(const char *cgroup, int cpu, int duty_pct, double secs)
+{
+	return spawn_hog_nice(cgroup, cpu, duty_pct, secs, 0);
 }
 
 /* Run the loop until deadline (CLOCK_MONOTONIC ns) or *stop. */
