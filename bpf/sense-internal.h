@@ -74,6 +74,7 @@ struct sense {
 	bool logind;
 	int idle_hint;           /* -1 unknown, 0, 1 */
 
+	struct sense_times last_times; /* last returned by sense_read_times() */
 	uint64_t last_activity_ns;
 	uint64_t last_report_ns[SENSE_ACT_LOGIND_IDLE + 1];
 };

@@ -376,10 +376,12 @@ int sense_read_times(struct sense *s, struct sense_times *ret)
 		_cleanup_free_ struct probe_cpu *v = NULL;
 		uint64_t now;
 
+		/* The clock first: a switch that lands between it and the copy
+		 * is then in the copy, never counted twice. */
+		now = sense_now_ns();
 		r = read_cpus(s, &v);
 		if (r < 0)
 			return r;
-		now = sense_now_ns();
 		for (int i = 0; i < s->ncpus; i++) {
 			uint64_t ns[PROBE_KINDS];
 
@@ -413,6 +415,17 @@ int sense_read_times(struct sense *s, struct sense_times *ret)
 			t.harvest_ns = busy;
 		t.foreground_ns = busy - t.harvest_ns;
 	}
+	/* Callers take deltas: never step back. The per-CPU copy is not
+	 * atomic against the probe, and in procstat mode the tick-counted
+	 * busy time can lag the exact harvest usage, so a field may read a
+	 * little lower than last time; hold it at the last value instead. */
+	if (t.idle_ns < s->last_times.idle_ns)
+		t.idle_ns = s->last_times.idle_ns;
+	if (t.harvest_ns < s->last_times.harvest_ns)
+		t.harvest_ns = s->last_times.harvest_ns;
+	if (t.foreground_ns < s->last_times.foreground_ns)
+		t.foreground_ns = s->last_times.foreground_ns;
+	s->last_times = t;
 	*ret = t;
 	return 0;
 }

@@ -109,13 +109,14 @@ static inline uint64_t cgroup_usage_usec(const char *dir)
 
 static inline void kill_cgroup(const char *dir)
 {
-	char path[1024];
-
-	snprintf(path, sizeof(path), "%s/cgroup.freeze", dir);
 	(void)write_file(dir, "cgroup.freeze", "0");
 	(void)write_file(dir, "cgroup.kill", "1");
-	for (int i = 0; i < 200 && rmdir(dir) < 0 && errno == EBUSY; i++)
+	/* A killed child stays in the cgroup until it is reaped. */
+	for (int i = 0; i < 200 && rmdir(dir) < 0 && errno == EBUSY; i++) {
+		while (waitpid(-1, NULL, WNOHANG) > 0)
+			;
 		usleep(10000);
+	}
 }
 
 static inline void cleanup_tree(void)
