@@ -97,6 +97,12 @@ void logind_stop(struct sense *s);
 /* procstat.c: read both files (cpu_stat may be NULL: harvest 0). */
 int procstat_read(const char *proc_stat, const char *cpu_stat, struct procstat_sample *ret);
 
+/* The probe's own cost, summed over its programs (bpf_prog_info run_time_ns
+ * and run_cnt). The kernel counts only while stats are enabled
+ * (sysctl kernel.bpf_stats_enabled=1, or an fd from bpf_enable_stats()).
+ * -EOPNOTSUPP without the probe. */
+int sense_probe_cost(struct sense *s, uint64_t *ret_run_ns, uint64_t *ret_run_cnt);
+
 /* Test hooks. */
 /* Treat fd as an evdev device (no capability check): events read from it are input. */
 int sense_evdev_add_fd(struct sense *s, int fd, const char *name);

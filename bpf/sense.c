@@ -492,3 +492,32 @@ uint64_t sense_last_activity_ns(const struct sense *s)
 		last = s->skel->bss->last_input_ns;
 	return last;
 }
+
+int sense_probe_cost(struct sense *s, uint64_t *ret_run_ns, uint64_t *ret_run_cnt)
+{
+	struct bpf_program *progs[] = {
+		s->skel ? s->skel->progs.handle_switch : NULL,
+		s->skel ? s->skel->progs.handle_wakeup : NULL,
+		s->skel ? s->skel->progs.handle_wakeup_new : NULL,
+		s->skel ? s->skel->progs.handle_input : NULL,
+	};
+	uint64_t ns = 0, cnt = 0;
+
+	if (!s->skel)
+		return -EOPNOTSUPP;
+	for (size_t i = 0; i < ELEMENTSOF(progs); i++) {
+		struct bpf_prog_info info = {};
+		uint32_t len = sizeof(info);
+		int fd = bpf_program__fd(progs[i]);
+
+		if (fd < 0) /* not loaded (fentry refused) */
+			continue;
+		if (bpf_obj_get_info_by_fd(fd, &info, &len) < 0)
+			return negative_errno();
+		ns += info.run_time_ns;
+		cnt += info.run_cnt;
+	}
+	*ret_run_ns = ns;
+	*ret_run_cnt = cnt;
+	return 0;
+}

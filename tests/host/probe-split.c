@@ -6,7 +6,10 @@
  * jobs/ cpu.stat usage_usec, its foreground the rest of /proc/stat's busy
  * time, each within TOLERANCE of the interval's CPU time.
  */
+#include <bpf/bpf.h>
+
 #include "tests/host/probe-util.h"
+#include "bpf/sense-internal.h"
 
 #define SECONDS 3.0
 #define TOLERANCE 0.05 /* of ncpu x interval */
@@ -41,6 +44,11 @@ int main(void)
 	fg = spawn_hog(NULL, -1, 30, SECONDS + 1);
 	usleep(300000); /* let both settle into their cgroups */
 
+	/* Count the probe's own run time over the interval. */
+	int stats_fd = bpf_enable_stats(BPF_STATS_RUN_TIME);
+	uint64_t cost_ns0 = 0, cost_cnt0 = 0, cost_ns1 = 0, cost_cnt1 = 0;
+	(void)sense_probe_cost(s, &cost_ns0, &cost_cnt0);
+
 	w0 = now_ns();
 	CHECK(sense_read_times(s, &t0) == 0, "sense_read_times");
 	proc_stat(&idle0, &busy0);
@@ -51,6 +59,14 @@ int main(void)
 	proc_stat(&idle1, &busy1);
 	use1 = cgroup_usage_usec(tree_jobs);
 	CHECK(use0 != UINT64_MAX && use1 != UINT64_MAX, "cannot read %s/cpu.stat", tree_jobs);
+	CHECK(sense_probe_cost(s, &cost_ns1, &cost_cnt1) == 0, "sense_probe_cost");
+	if (stats_fd >= 0) {
+		close(stats_fd);
+		printf("probe cost: %" PRIu64 " runs, %.0f ns per run, %.3f%% of the interval's CPU time\n",
+		       cost_cnt1 - cost_cnt0,
+		       cost_cnt1 > cost_cnt0 ? (double)(cost_ns1 - cost_ns0) / (double)(cost_cnt1 - cost_cnt0) : 0.0,
+		       100.0 * (double)(cost_ns1 - cost_ns0) / ((double)ncpu * (double)(now_ns() - w0)));
+	}
 
 	cap = (uint64_t)ncpu * (w1 - w0);
 	/* /proc/stat is tick-sampled; where ticks are lost (an emulated
