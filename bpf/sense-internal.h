@@ -74,6 +74,7 @@ struct sense {
 	bool logind;
 	int idle_hint;           /* -1 unknown, 0, 1 */
 
+	struct sense_times last_times; /* last returned by sense_read_times() */
 	uint64_t last_activity_ns;
 	uint64_t last_report_ns[SENSE_ACT_LOGIND_IDLE + 1];
 };
@@ -95,6 +96,12 @@ int logind_start(struct sense *s);
 void logind_stop(struct sense *s);
 /* procstat.c: read both files (cpu_stat may be NULL: harvest 0). */
 int procstat_read(const char *proc_stat, const char *cpu_stat, struct procstat_sample *ret);
+
+/* The probe's own cost, summed over its programs (bpf_prog_info run_time_ns
+ * and run_cnt). The kernel counts only while stats are enabled
+ * (sysctl kernel.bpf_stats_enabled=1, or an fd from bpf_enable_stats()).
+ * -EOPNOTSUPP without the probe. */
+int sense_probe_cost(struct sense *s, uint64_t *ret_run_ns, uint64_t *ret_run_cnt);
 
 /* Test hooks. */
 /* Treat fd as an evdev device (no capability check): events read from it are input. */

@@ -376,10 +376,12 @@ int sense_read_times(struct sense *s, struct sense_times *ret)
 		_cleanup_free_ struct probe_cpu *v = NULL;
 		uint64_t now;
 
+		/* The clock first: a switch that lands between it and the copy
+		 * is then in the copy, never counted twice. */
+		now = sense_now_ns();
 		r = read_cpus(s, &v);
 		if (r < 0)
 			return r;
-		now = sense_now_ns();
 		for (int i = 0; i < s->ncpus; i++) {
 			uint64_t ns[PROBE_KINDS];
 
@@ -413,6 +415,17 @@ int sense_read_times(struct sense *s, struct sense_times *ret)
 			t.harvest_ns = busy;
 		t.foreground_ns = busy - t.harvest_ns;
 	}
+	/* Callers take deltas: never step back. The per-CPU copy is not
+	 * atomic against the probe, and in procstat mode the tick-counted
+	 * busy time can lag the exact harvest usage, so a field may read a
+	 * little lower than last time; hold it at the last value instead. */
+	if (t.idle_ns < s->last_times.idle_ns)
+		t.idle_ns = s->last_times.idle_ns;
+	if (t.harvest_ns < s->last_times.harvest_ns)
+		t.harvest_ns = s->last_times.harvest_ns;
+	if (t.foreground_ns < s->last_times.foreground_ns)
+		t.foreground_ns = s->last_times.foreground_ns;
+	s->last_times = t;
 	*ret = t;
 	return 0;
 }
@@ -478,4 +491,33 @@ uint64_t sense_last_activity_ns(const struct sense *s)
 	if (s->fentry && s->skel->bss->last_input_ns > last)
 		last = s->skel->bss->last_input_ns;
 	return last;
+}
+
+int sense_probe_cost(struct sense *s, uint64_t *ret_run_ns, uint64_t *ret_run_cnt)
+{
+	struct bpf_program *progs[] = {
+		s->skel ? s->skel->progs.handle_switch : NULL,
+		s->skel ? s->skel->progs.handle_wakeup : NULL,
+		s->skel ? s->skel->progs.handle_wakeup_new : NULL,
+		s->skel ? s->skel->progs.handle_input : NULL,
+	};
+	uint64_t ns = 0, cnt = 0;
+
+	if (!s->skel)
+		return -EOPNOTSUPP;
+	for (size_t i = 0; i < ELEMENTSOF(progs); i++) {
+		struct bpf_prog_info info = {};
+		uint32_t len = sizeof(info);
+		int fd = bpf_program__fd(progs[i]);
+
+		if (fd < 0) /* not loaded (fentry refused) */
+			continue;
+		if (bpf_obj_get_info_by_fd(fd, &info, &len) < 0)
+			return negative_errno();
+		ns += info.run_time_ns;
+		cnt += info.run_cnt;
+	}
+	*ret_run_ns = ns;
+	*ret_run_cnt = cnt;
+	return 0;
 }

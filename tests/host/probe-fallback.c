@@ -187,7 +187,7 @@ static void check_procstat(sd_event *e)
 	struct sense *s = NULL;
 	struct sense_times t0, t1;
 	struct sense_intrusion in;
-	uint64_t w0, w1, cap, sum, use0, use1, last;
+	uint64_t w0, w1, cap, sum, use0, use1, last, idle0, busy0, idle1, busy1;
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	pid_t hog;
 
@@ -204,6 +204,7 @@ static void check_procstat(sd_event *e)
 	usleep(200000);
 	w0 = now_ns();
 	use0 = cgroup_usage_usec(tree_jobs);
+	proc_stat(&idle0, &busy0);
 	CHECK(sense_read_times(s, &t0) == 0, "sense_read_times");
 	usleep(1500000);
 	w1 = now_ns();
@@ -219,10 +220,21 @@ static void check_procstat(sd_event *e)
 	       ms(t1.harvest_ns - t0.harvest_ns), ms(t1.foreground_ns - t0.foreground_ns),
 	       (double)(use1 - use0) / 1e3);
 	/* /proc/stat moves in USER_HZ ticks per CPU: allow a few of them. */
-	CHECK(fabs((double)sum - (double)cap) < 0.05 * (double)cap, "procstat times do not add up");
-	CHECK(t1.harvest_ns - t0.harvest_ns > (w1 - w0) / 4, "harvest time missing from procstat");
-	CHECK(fabs((double)(t1.harvest_ns - t0.harvest_ns) - (double)(use1 - use0) * 1e3) < 0.05 * (double)cap,
-	      "procstat harvest is not jobs/ cpu.stat");
+	CHECK(t1.idle_ns >= t0.idle_ns && t1.harvest_ns >= t0.harvest_ns &&
+		      t1.foreground_ns >= t0.foreground_ns, "procstat times stepped back");
+	/* Where ticks are lost (an emulated guest) /proc/stat itself does not
+	 * account for the interval: the sums cannot be checked there. */
+	proc_stat(&idle1, &busy1);
+	if (fabs((double)(idle1 - idle0 + busy1 - busy0) - (double)(w1 - w0) * (double)ncpu) >
+	    0.1 * (double)(w1 - w0) * (double)ncpu) {
+		printf("procstat sums not checked: /proc/stat itself accounts for %.0f of %.0f ms\n",
+		       ms(idle1 - idle0 + busy1 - busy0), ms((w1 - w0) * (uint64_t)ncpu));
+	} else {
+		CHECK(fabs((double)sum - (double)cap) < 0.05 * (double)cap, "procstat times do not add up");
+		CHECK(t1.harvest_ns - t0.harvest_ns > (w1 - w0) / 4, "harvest time missing from procstat");
+		CHECK(fabs((double)(t1.harvest_ns - t0.harvest_ns) - (double)(use1 - use0) * 1e3) <
+			      0.05 * (double)cap, "procstat harvest is not jobs/ cpu.stat");
+	}
 	sense_free(s);
 }
 

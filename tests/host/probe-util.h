@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -108,13 +109,14 @@ static inline uint64_t cgroup_usage_usec(const char *dir)
 
 static inline void kill_cgroup(const char *dir)
 {
-	char path[1024];
-
-	snprintf(path, sizeof(path), "%s/cgroup.freeze", dir);
 	(void)write_file(dir, "cgroup.freeze", "0");
 	(void)write_file(dir, "cgroup.kill", "1");
-	for (int i = 0; i < 200 && rmdir(dir) < 0 && errno == EBUSY; i++)
+	/* A killed child stays in the cgroup until it is reaped. */
+	for (int i = 0; i < 200 && rmdir(dir) < 0 && errno == EBUSY; i++) {
+		while (waitpid(-1, NULL, WNOHANG) > 0)
+			;
 		usleep(10000);
+	}
 }
 
 static inline void cleanup_tree(void)
@@ -156,8 +158,8 @@ static inline void spin_until(uint64_t deadline)
 }
 
 /* A child that burns CPU (duty_pct of each 10 ms) for secs, pinned to cpu
- * (-1: anywhere), in cgroup dir (NULL: stays where it is). */
-static inline pid_t spawn_hog(const char *cgroup, int cpu, int duty_pct, double secs)
+ * (-1: anywhere), in cgroup dir (NULL: stays where it is), at nice. */
+static inline pid_t spawn_hog_nice(const char *cgroup, int cpu, int duty_pct, double secs, int nice)
 {
 	pid_t pid = fork();
 
@@ -175,6 +177,8 @@ static inline pid_t spawn_hog(const char *cgroup, int cpu, int duty_pct, double 
 		}
 		if (cgroup && write_file(cgroup, "cgroup.procs", "0") < 0)
 			_exit(3);
+		if (nice && setpriority(PRIO_PROCESS, 0, nice) < 0)
+			_exit(4);
 		while (now_ns() < end) {
 			uint64_t t = now_ns();
 
@@ -185,6 +189,11 @@ static inline pid_t spawn_hog(const char *cgroup, int cpu, int duty_pct, double 
 		_exit(0);
 	}
 	return pid;
+}
+
+static inline pid_t spawn_hog(const char *cgroup, int cpu, int duty_pct, double secs)
+{
+	return spawn_hog_nice(cgroup, cpu, duty_pct, secs, 0);
 }
 
 /* Run the loop until deadline (CLOCK_MONOTONIC ns) or *stop. */
