@@ -32,7 +32,7 @@ MemoryMax=256M
 TasksMax=32
 
 [Daemon]
-CgroupRoot=harvester-demo
+CgroupRoot=/harvester-demo
 EOF
 
 echo "== harvesterd --check-config"
