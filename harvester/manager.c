@@ -18,6 +18,7 @@
 #include "harvester/manager.h"
 
 #define TICK_USEC USEC_PER_SEC
+#define LEDGER_IDLE_SAVE_USEC (300 * USEC_PER_SEC)
 /* Foreground share is smoothed over about 5 ticks: "sustained" load. */
 #define FOREGROUND_EWMA_NUM 1
 #define FOREGROUND_EWMA_DEN 5
@@ -106,6 +107,7 @@ static int manager_save_ledger(struct manager *m)
 	if (r < 0)
 		return log_warning_errno(r, "Cannot save the budget ledger %s", path);
 	m->last_ledger_save_usec = now_mono_usec();
+	m->last_saved_spent_usec = m->budget.spent_total_usec;
 	return 0;
 }
 
@@ -501,7 +503,12 @@ static int on_tick(sd_event_source *s, uint64_t usec, void *userdata)
 		budget_update(&m->budget, now, usage);
 	read_host(m);
 	manager_evaluate(m, "tick");
-	if (now - m->last_ledger_save_usec >= LEDGER_SAVE_USEC)
+	/* Save while jobs spend (at most LEDGER_SAVE_USEC of spending can be
+	 * unrecorded, and that is charged at start-up); an idle bucket only
+	 * fills, so a stale ledger errs low and rarely needs writing. */
+	uint64_t since = now - m->last_ledger_save_usec;
+	if ((since >= LEDGER_SAVE_USEC && m->budget.spent_total_usec != m->last_saved_spent_usec) ||
+	    since >= LEDGER_IDLE_SAVE_USEC)
 		manager_save_ledger(m);
 
 	sd_event_source_set_time(s, usec + TICK_USEC);

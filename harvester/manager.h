@@ -63,7 +63,7 @@ struct manager {
 	unsigned n_reactions;          /* total ever; ring index = n % REACTION_SAMPLES */
 
 	sd_event_source *tick, *policy_timer, *control_source;
-	uint64_t last_ledger_save_usec;
+	uint64_t last_ledger_save_usec, last_saved_spent_usec;
 	int control_fd;
 };
 
