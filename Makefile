@@ -5,6 +5,7 @@
 #   make check      install what it needs, run every test (unit, host, VM)
 #   make deb        build the Debian package
 #   make vmtest     the VM suite alone
+#   make bench      benchmarks beside the real BOINC client (slow; not in check)
 #
 # SAN=1 builds with AddressSanitizer and UndefinedBehaviorSanitizer (make
 # check uses it for the unit and host tests, in $(BUILD)/san).
@@ -50,7 +51,7 @@ HOST_BINS := $(HOST_SRCS:tests/host/%.c=$(BUILD)/tests/host-%)
 PROGS := $(BUILD)/harvesterd $(BUILD)/harvestctl
 
 .PHONY: all tests deps-build deps-test demo check check-unit check-host \
-        vmtest deb install clean
+        vmtest bench deb install clean
 .DELETE_ON_ERROR:
 
 all: $(PROGS)
@@ -119,6 +120,11 @@ check: deps-test
 	$(MAKE) BUILD=$(BUILD)/san SAN=1 tests
 	$(MAKE) deb
 	sh tests/run.sh all $(BUILD)/san $(BUILD)
+
+bench: deps-build
+	@sh packaging/install-deps.sh bench
+	$(MAKE) all
+	sh tests/bench/run.sh $(BUILD)
 
 # --- package --------------------------------------------------------------------
 deb:

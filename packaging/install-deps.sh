@@ -1,7 +1,7 @@
 #!/bin/sh
 # Install the Debian packages a target needs, quietly and only when missing,
 # so repeated runs are fast and work with no network at all.
-# usage: install-deps.sh build|test|vm|deb ...
+# usage: install-deps.sh build|test|vm|deb|bench ...
 set -eu
 
 build="make gcc clang llvm libbpf-dev bpftool pkg-config libsystemd-dev
@@ -13,6 +13,8 @@ libnanomsg-dev util-linux procps python3 socat"
 vm="mmdebstrap qemu-system-x86 qemu-utils e2fsprogs debhelper lintian
 dpkg-dev fakeroot systemd"
 deb="debhelper lintian dpkg-dev fakeroot"
+bench="rt-tests linux-perf sysbench boinc-client libboinc-app-dev g++ gnuplot-nox
+python3 bpftool"
 
 want=""
 for g in "$@"; do
@@ -21,7 +23,8 @@ for g in "$@"; do
 	test) want="$want $test" ;;
 	vm) want="$want $vm" ;;
 	deb) want="$want $deb" ;;
-	*) echo "install-deps.sh: unknown group '$g' (build, test, vm, deb)" >&2; exit 2 ;;
+	bench) want="$want $bench" ;;
+	*) echo "install-deps.sh: unknown group '$g' (build, test, vm, deb, bench)" >&2; exit 2 ;;
 	esac
 done
 
