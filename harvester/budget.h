@@ -26,7 +26,9 @@ struct budget {
 	bool     exhausted;
 };
 
-/* Start a bucket with tokens_usec (a fresh ledger starts empty: 0). */
+/* Start a bucket with tokens_usec (a fresh ledger starts empty: 0), clamped
+ * to the capacity; it starts exhausted unless it holds the resume level.
+ * spent_total_usec starts at 0: set it from the ledger after init. */
 void budget_init(struct budget *b, uint32_t cpu_ppm, uint32_t burst_ppm, uint64_t window_usec,
 		 unsigned ncpus, int64_t tokens_usec, uint64_t now_usec, uint64_t usage_usec);
 /* New CPU/Burst/Window (SIGHUP): keeps the tokens, clamped to the new capacity. */
@@ -37,9 +39,11 @@ void budget_reconfigure(struct budget *b, uint32_t cpu_ppm, uint32_t burst_ppm, 
 void budget_update(struct budget *b, uint64_t now_usec, uint64_t usage_usec);
 /* Charge CPU time that the kernel can no longer tell us (spent before a crash). */
 void budget_charge(struct budget *b, uint64_t usec);
-/* cpu.max quota for jobs/ per BUDGET_CPU_PERIOD_USEC: Burst x ncpus. */
+/* cpu.max quota for jobs/ per BUDGET_CPU_PERIOD_USEC: Burst x ncpus, at
+ * least 1000 (the kernel refuses a smaller quota). */
 uint64_t budget_cpu_max_quota_usec(const struct budget *b);
 /* Fill rate in CPU-usec per wall second. */
 uint64_t budget_rate_usec_per_sec(const struct budget *b);
-/* When exhausted: wall usec until it resumes; else 0. */
+/* When exhausted: wall usec after the last update at which an update with
+ * no further usage resumes it (exact to the usec); else 0. */
 uint64_t budget_usec_until_resume(const struct budget *b);

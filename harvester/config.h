@@ -10,6 +10,7 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 struct config {
@@ -21,16 +22,16 @@ struct config {
 
 	/* [Idle] */
 	uint64_t input_idle_usec;    /* InputIdleSec=3min */
-	uint32_t max_foreground_cpu_ppm; /* MaxForegroundCPU=20% (0 = no limit) */
+	uint32_t max_foreground_cpu_ppm; /* MaxForegroundCPU=50% (0% = no limit) */
 	bool on_battery;             /* OnBattery=no: harvest while on battery? */
-	int32_t max_temperature_mc;  /* MaxTemperature=80C, millidegrees (0 = no limit) */
-	uint32_t max_memory_pressure_ppm; /* MaxMemoryPressure=10%: PSI memory "some" avg10 (0 = none) */
+	int32_t max_temperature_mc;  /* MaxTemperature=85C, millidegrees (0C = no limit) */
+	uint32_t max_memory_pressure_ppm; /* MaxMemoryPressure=10%: PSI memory "some" avg10 (0% = none) */
 
 	/* [Jobs] */
 	char *job_user;              /* User=harvester */
 	uint64_t job_memory_max_bytes;   /* MemoryMax=512M per job */
 	uint64_t job_tasks_max;      /* TasksMax=64 per job */
-	uint64_t job_runtime_max_usec;   /* RuntimeMaxSec=1d of wall time, 0 = none */
+	uint64_t job_runtime_max_usec;   /* RuntimeMaxSec=0 (none); wall time */
 	unsigned max_jobs;           /* MaxJobs=1 running at once */
 
 	/* [Daemon] */
@@ -51,7 +52,9 @@ void config_free(struct config *c);
 
 /* Load path, then every *.conf in dropin_dir (NULL: path + ".d"). A missing
  * main file is not an error (defaults hold); an unreadable one is. Returns 0,
- * or -EINVAL after reporting every error through fn, or -errno. */
+ * or -EINVAL after reporting every error through fn (may be NULL), or -errno.
+ * *ret need not be initialised and is written only on success (free it with
+ * config_free). An empty value ("CPU=") resets the key to its default. */
 int config_load(const char *path, const char *dropin_dir, struct config *ret,
 		config_error_fn fn, void *userdata);
 
@@ -62,5 +65,10 @@ int parse_timespan_usec(const char *s, uint64_t *ret);    /* "90s", "3min", "1h 
 int parse_bytes(const char *s, uint64_t *ret);            /* "512M", "2G" (1024-based), bare = bytes */
 int parse_temperature_mc(const char *s, int32_t *ret);    /* "80C" -> 80000 */
 int parse_boolean(const char *s, bool *ret);              /* yes/no/true/false/on/off/1/0 */
-/* Format usec as a systemd-style span ("3min 20s") into buf. */
+/* Format usec as a systemd-style span ("3min 20s", "0", "infinity" for
+ * UINT64_MAX) into buf; parse_timespan_usec reads it back. Returns buf. */
+#define FORMAT_TIMESPAN_MAX 64
 const char *format_timespan(char *buf, size_t len, uint64_t usec);
+/* Format ppm as a percentage without trailing zeros ("14.2%", "10%"). Returns buf. */
+#define FORMAT_PERCENT_MAX 16
+const char *format_percent(char *buf, size_t len, uint32_t ppm);

@@ -23,14 +23,17 @@ struct ledger {
 	uint64_t jobs_usage_usec;      /* its cpu.stat usage_usec at save */
 };
 
-/* 0, -ENOENT if there is no ledger yet, -EBADMSG if it is corrupt, -errno. */
+/* 0, -ENOENT if there is no ledger yet, -EBADMSG if it is corrupt, -errno.
+ * The file is one JSON object; *ret is written only on success. */
 int ledger_load(const char *path, struct ledger *ret);
+/* Write path.tmp (mode 0600), fsync it, rename it over path, fsync the
+ * directory. 0 or -errno (-ERANGE for a count above INT64_MAX). */
 int ledger_save(const char *path, const struct ledger *l);
-
-/* CPU spent since the save that the ledger does not hold: exact from cpu.stat
- * when the kernel still knows it (same boot, same jobs/ cgroup, usage not
- * gone backwards), else the worst case: the time since the save (at most
- * LEDGER_SAVE_USEC; a clock gone backwards counts as all of it) at the
- * burst rate. Pure. */
+/* CPU usec spent by jobs since l was saved and not in it, at start-up:
+ * exact (usage_now - saved usage) when the boot, the jobs/ cgroup id are the
+ * same and the usage did not go backwards; else the worst case, Burst
+ * (burst_cpu_usec_per_sec = burst_ppm x ncpus) for the wall time since the
+ * save, at most LEDGER_SAVE_USEC (all of it if the clock went backwards). */
 int64_t ledger_unrecorded_usec(const struct ledger *l, const char *boot_id_now, uint64_t jobs_cgroup_id_now,
-			       uint64_t jobs_usage_now, uint64_t realtime_now_usec, uint64_t burst_cpu_usec_per_sec);
+			       uint64_t jobs_usage_now, uint64_t realtime_now_usec,
+			       uint64_t burst_cpu_usec_per_sec);

@@ -41,15 +41,22 @@ struct policy_inputs {
 struct policy {
 	enum policy_state state;
 	uint64_t since_usec;            /* when state was entered */
-	char reason[160];               /* why, for the log and status: "input 12s ago (< InputIdleSec=3min)" */
+	char reason[160];               /* why, for the log and status: "input 12s ago (InputIdleSec=3min)" */
+	/* Hysteresis latches, kept up to date even while a higher rule holds. */
+	bool hot, pressure;
+	bool evaluated;                 /* the first policy_update always reports a change */
 };
 
+/* Start in POLICY_ACTIVE (jobs may not run) until the first policy_update. */
 void policy_init(struct policy *p, uint64_t now_usec);
-/* Evaluate; returns 1 if the state changed (log it), 0 if not. *ret_next_usec
- * (may be NULL) gets the time at which the state would change by the clock
- * alone (the end of InputIdleSec or of a pause), or UINT64_MAX. */
+/* Evaluate; returns 1 if the state changed (log it), 0 if not; the first call
+ * after policy_init returns 1. The reason is refreshed on every call.
+ * *ret_next_usec (may be NULL) gets the time at which the state may change
+ * by the clock alone, or UINT64_MAX: the end of a pause while paused, else
+ * the end of InputIdleSec while active by input (even if logind also says
+ * the session is busy: a wake-up that changes nothing is harmless). */
 int policy_update(struct policy *p, const struct config *c, const struct policy_inputs *in,
 		  uint64_t *ret_next_usec);
 /* May jobs run (thawed) in this state? Only POLICY_IDLE. */
 bool policy_allows_harvest(enum policy_state s);
-const char *policy_state_name(enum policy_state s); /* "idle", "active", "on-battery", ... */
+const char *policy_state_name(enum policy_state s); /* "idle", "active", "on-battery", ...; "unknown" if out of range */

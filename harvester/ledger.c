@@ -1,0 +1,211 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* The budget ledger: one small JSON object, replaced atomically. */
+#include "harvester/ledger.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <libgen.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "harvester/macro.h"
+
+#define LEDGER_VERSION 1
+#define LEDGER_MAX_BYTES 4096 /* a real ledger is ~250 bytes; more is not ours */
+
+static int get_i64(json_t *o, const char *key, int64_t *ret)
+{
+	json_t *v = json_object_get(o, key);
+
+	if (!json_is_integer(v))
+		return -EBADMSG;
+	*ret = (int64_t)json_integer_value(v);
+	return 0;
+}
+
+static int get_u64(json_t *o, const char *key, uint64_t *ret)
+{
+	int64_t v;
+
+	if (get_i64(o, key, &v) < 0 || v < 0)
+		return -EBADMSG;
+	*ret = (uint64_t)v;
+	return 0;
+}
+
+static int read_all(const char *path, char *buf, size_t size, size_t *ret_len)
+{
+	_cleanup_close_ int fd = -1;
+	size_t len = 0;
+	struct stat st;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	if (fd < 0)
+		return negative_errno();
+	if (fstat(fd, &st) < 0)
+		return negative_errno();
+	if (S_ISDIR(st.st_mode))
+		return -EISDIR;
+	for (;;) {
+		ssize_t n = read(fd, buf + len, size - len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return negative_errno();
+		}
+		if (n == 0)
+			break;
+		len += (size_t)n;
+		if (len == size)
+			return -EBADMSG; /* too big to be a ledger */
+	}
+	*ret_len = len;
+	return 0;
+}
+
+int ledger_load(const char *path, struct ledger *ret)
+{
+	json_auto_t *root = NULL;
+	char buf[LEDGER_MAX_BYTES];
+	struct ledger l = {};
+	json_error_t err;
+	const char *boot;
+	int64_t version;
+	size_t len;
+	int r;
+
+	r = read_all(path, buf, sizeof(buf), &len);
+	if (r < 0)
+		return r;
+	/* A truncated file is invalid JSON, so a torn write cannot pass. */
+	root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &err);
+	if (!json_is_object(root))
+		return -EBADMSG;
+	if (get_i64(root, "version", &version) < 0 || version != LEDGER_VERSION)
+		return -EBADMSG;
+	if (get_i64(root, "tokens_usec", &l.tokens_usec) < 0 ||
+	    get_u64(root, "spent_total_usec", &l.spent_total_usec) < 0 ||
+	    get_u64(root, "saved_realtime_usec", &l.saved_realtime_usec) < 0 ||
+	    get_u64(root, "jobs_cgroup_id", &l.jobs_cgroup_id) < 0 ||
+	    get_u64(root, "jobs_usage_usec", &l.jobs_usage_usec) < 0)
+		return -EBADMSG;
+	boot = json_string_value(json_object_get(root, "boot_id"));
+	if (!boot || strlen(boot) >= sizeof(l.boot_id))
+		return -EBADMSG;
+	strcpy(l.boot_id, boot);
+	*ret = l;
+	return 0;
+}
+
+static int write_all(int fd, const char *buf, size_t len)
+{
+	while (len > 0) {
+		ssize_t n = write(fd, buf, len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return negative_errno();
+		}
+		buf += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static int fsync_parent(const char *path)
+{
+	_cleanup_free_ char *copy = strdup(path);
+	_cleanup_close_ int fd = -1;
+
+	if (!copy)
+		return -ENOMEM;
+	fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return negative_errno();
+	if (fsync(fd) < 0)
+		return negative_errno();
+	return 0;
+}
+
+int ledger_save(const char *path, const struct ledger *l)
+{
+	json_auto_t *root = NULL;
+	_cleanup_free_ char *text = NULL, *tmp = NULL;
+	_cleanup_close_ int fd = -1;
+	size_t boot_len = strnlen(l->boot_id, sizeof(l->boot_id));
+	int r;
+
+	if (l->spent_total_usec > INT64_MAX || l->saved_realtime_usec > INT64_MAX ||
+	    l->jobs_cgroup_id > INT64_MAX || l->jobs_usage_usec > INT64_MAX)
+		return -ERANGE; /* JSON integers here are int64 */
+	if (boot_len == sizeof(l->boot_id))
+		return -EINVAL;
+
+	root = json_pack("{s:i, s:I, s:I, s:I, s:s%, s:I, s:I}",
+			 "version", LEDGER_VERSION,
+			 "tokens_usec", (json_int_t)l->tokens_usec,
+			 "spent_total_usec", (json_int_t)l->spent_total_usec,
+			 "saved_realtime_usec", (json_int_t)l->saved_realtime_usec,
+			 "boot_id", l->boot_id, boot_len,
+			 "jobs_cgroup_id", (json_int_t)l->jobs_cgroup_id,
+			 "jobs_usage_usec", (json_int_t)l->jobs_usage_usec);
+	if (!root)
+		return -ENOMEM; /* or a boot_id that is not UTF-8 */
+	text = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	if (!text || asprintf(&tmp, "%s.tmp", path) < 0)
+		return -ENOMEM;
+
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0)
+		return negative_errno();
+	r = write_all(fd, text, strlen(text));
+	if (r >= 0)
+		r = write_all(fd, "\n", 1);
+	/* The data must be on disk before the rename makes it the ledger, or
+	 * a crash could leave an empty file under the real name. */
+	if (r >= 0 && fsync(fd) < 0)
+		r = negative_errno();
+	if (r >= 0 && close(TAKE_FD(fd)) < 0)
+		r = negative_errno();
+	if (r >= 0 && rename(tmp, path) < 0)
+		r = negative_errno();
+	if (r < 0) {
+		(void)unlink(tmp);
+		return r;
+	}
+	/* And the rename itself must survive a crash. */
+	return fsync_parent(path);
+}
+
+int64_t ledger_unrecorded_usec(const struct ledger *l, const char *boot_id_now, uint64_t jobs_cgroup_id_now,
+			       uint64_t jobs_usage_now, uint64_t realtime_now_usec,
+			       uint64_t burst_cpu_usec_per_sec)
+{
+	uint64_t elapsed, worst;
+
+	if (l->boot_id[0] != '\0' && boot_id_now && strcmp(l->boot_id, boot_id_now) == 0 &&
+	    l->jobs_cgroup_id != 0 && l->jobs_cgroup_id == jobs_cgroup_id_now &&
+	    jobs_usage_now >= l->jobs_usage_usec) {
+		/* The kernel still counts for the same cgroup: exact. */
+		uint64_t d = jobs_usage_now - l->jobs_usage_usec;
+		return d > INT64_MAX ? INT64_MAX : (int64_t)d;
+	}
+
+	/* The counter is gone (reboot, cgroup recreated): the jobs may have run
+	 * at Burst from the save until the crash, at most one save interval. */
+	if (realtime_now_usec < l->saved_realtime_usec)
+		elapsed = LEDGER_SAVE_USEC; /* the clock was set back: assume the worst */
+	else
+		elapsed = realtime_now_usec - l->saved_realtime_usec;
+	if (elapsed > LEDGER_SAVE_USEC)
+		elapsed = LEDGER_SAVE_USEC;
+	if (burst_cpu_usec_per_sec != 0 && elapsed > UINT64_MAX / burst_cpu_usec_per_sec)
+		return INT64_MAX;
+	worst = elapsed * burst_cpu_usec_per_sec / USEC_PER_SEC;
+	return worst > INT64_MAX ? INT64_MAX : (int64_t)worst;
+}
