@@ -8,6 +8,9 @@
  * writable scratch folder as its working directory and its /tmp, a seccomp
  * filter, stdin from /dev/null. Failures in the child before exec come back
  * to the parent as -errno with the step that failed, never as a silent exit.
+ * /home, /root and /run are covered by empty read-only tmpfs mounts, /proc
+ * shows only the job user's processes (hidepid=invisible), /dev/shm is a
+ * fresh private tmpfs.
  */
 #pragma once
 
@@ -21,7 +24,7 @@ struct sandbox_opts {
 	gid_t gid;
 	const char *cgroup;         /* absolute cgroup2 path of jobs/<id> (must exist) */
 	const char *scratch_dir;    /* owned by uid; becomes cwd, $HOME, and /tmp */
-	int stdout_fd, stderr_fd;   /* where output goes */
+	int stdout_fd, stderr_fd;   /* where output goes; < 0: /dev/null */
 	bool sched_idle;            /* no cpu controller: SCHED_IDLE + nice 19 */
 	bool no_sandbox;            /* only for tests run as a non-root user: skip namespaces/uid */
 };

@@ -12,7 +12,7 @@ if [ "$(id -u)" != 0 ]; then
 	exit 1
 fi
 
-tmp=$(mktemp -d /tmp/harvester-demo.XXXXXX)
+tmp=$(mktemp -d /var/tmp/harvester-demo.XXXXXX)
 chmod 755 "$tmp"
 sock=$tmp/run/control.sock
 cat >"$tmp/harvester.conf" <<EOF

@@ -115,7 +115,7 @@ def main():
     if not mnt:
         print("no cgroup2 mount")
         return 77
-    tmp = tempfile.mkdtemp(prefix="harvester-host-")
+    tmp = tempfile.mkdtemp(prefix="harvester-host-", dir="/var/tmp")
     os.chmod(tmp, 0o755)
     cg_root = f"harvester-test-{os.getpid()}"
     conf = os.path.join(tmp, "harvester.conf")
