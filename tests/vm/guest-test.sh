@@ -300,7 +300,7 @@ if [ "$phase" = 1 ]; then
 	jq -n --argjson b "$b2" --arg t "$t2" '$b + {t: ($t|tonumber)}' >"$S/budget.json"
 	echo 2 >"$S/phase"
 	sync
-	note "rebooting"
+	echo "VMTEST REBOOT"
 	systemctl reboot
 	sleep infinity
 fi
