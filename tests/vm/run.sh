@@ -41,7 +41,8 @@ echo "vm: image $image ($(( t1 - t0 )) s here; built in $(cat "$image/build-seco
 work=$build/vm
 rm -rf "$work"
 mkdir -p "$work/data"
-cp "$here/guest-test.sh" "$work/data/"
+# HARVESTER_VM_GUEST: another guest script, for debugging the suite.
+cp "${HARVESTER_VM_GUEST:-$here/guest-test.sh}" "$work/data/guest-test.sh"
 cp "$deb" "$work/data/"
 mkfs.ext4 -q -L vmtest -d "$work/data" "$work/data.ext4" 64M
 
