@@ -31,8 +31,8 @@ HARVESTERD = os.path.join(BUILD, "harvesterd")
 HARVESTCTL = os.path.join(BUILD, "harvestctl")
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2" if QUICK else "5"))
-CYC_S = 3 if QUICK else 10          # cyclictest run per arm
-SYSB_S = 2 if QUICK else 5          # sysbench run per arm
+CYC_S = 3 if QUICK else 8           # cyclictest run per arm
+SYSB_S = 2 if QUICK else 4          # sysbench run per arm
 HACK_LOOPS = 200 if QUICK else 500  # perf bench sched messaging -l
 PREC_S = 20 if QUICK else 60        # budget precision: the long window
 REACT_N = 10 if QUICK else 50       # keystrokes
@@ -318,9 +318,9 @@ class Boinc:
             time.sleep(0.1)
         if len(self.tasks()) < self.ntasks:
             raise RuntimeError("BOINC did not start its tasks: " + open(self.log.name).read()[-2000:])
-        # Started is not running: wait for the tasks' first CPU (their API
-        # library's start, the client's first throttle decision).
-        u0, end = self.usage_usec(), time.monotonic() + 12
+        # Started is not running yet: give the tasks' API library its start
+        # (a few seconds at most; the throttle may hold them anyway).
+        u0, end = self.usage_usec(), time.monotonic() + 4
         while time.monotonic() < end and self.usage_usec() - u0 < 20000:
             time.sleep(0.1)
         return self
@@ -457,15 +457,15 @@ def intrusion(tmp, results):
     results["intrusion"] = {"runs": runs, "rounds": ROUNDS, "cap_pct": CAP}
     results["intrusion"]["not_run"] = {
         "c: plain cgroup cpu.max (systemd CPUQuota=)":
-            "not run on the host: its cgroup v2 has no cpu controller (cpu.max absent); this arm belongs in the "
-            "Debian guest of the VM suite, not run by this bench yet"}
+            "not run on the host: its cgroup v2 has no cpu controller (cpu.max absent); run in the "
+            "Debian guest instead (section 5)"}
 
 
-def summarize_intrusion(intr):
+def summarize_intrusion(intr, metrics=None):
     runs = intr["runs"]
     alone = runs["alone"]
     table = []
-    for mname, unit, better, get in METRICS:
+    for mname, unit, better, get in metrics or METRICS:
         a_vals = [get(r) for r in alone]
         a_med = statistics.median(a_vals)
         band = (min(a_vals) / a_med, max(a_vals) / a_med) if a_med else (1, 1)
@@ -594,6 +594,12 @@ def reaction(tmp, results):
         os.close(master)
         os.close(slave)
         d.stop()
+    results["reaction"] = reaction_stats(ev)
+    log(f"reaction over {len(ev)} keystrokes: to frozen p50 {results['reaction']['to_frozen_us']['p50']} us, "
+        f"p99 {results['reaction']['to_frozen_us']['p99']} us")
+
+
+def reaction_stats(ev):
     res = {"events": ev, "n": len(ev)}
     for key in ("to_last_run_us", "to_frozen_us"):
         v = sorted(e[key] for e in ev if e[key] is not None)
@@ -608,9 +614,58 @@ def reaction(tmp, results):
             lat += [((phase - e["t"]) % period) * 1e6 for e in ev]
         lat.sort()
         res[name] = {"p50": pct(lat, 50), "p99": pct(lat, 99), "max": lat[-1] if lat else None, "n": len(ev)}
-    results["reaction"] = res
-    log(f"reaction over {len(ev)} keystrokes: to frozen p50 {res['to_frozen_us']['p50']} us, "
-        f"p99 {res['to_frozen_us']['p99']} us")
+    return res
+
+
+# --- the guest: cpu.max, systemd CPUQuota=, keystrokes ---------------------------------------
+
+GUEST_METRICS = [m for m in METRICS if not m[0].startswith("hackbench")]
+GUEST_ARMS = {"alone": "alone", "a": "a: harvesterd (cpu.max)", "c": "c: systemd CPUQuota= (cpu.max)",
+              "d": "d: nice 19 + SCHED_IDLE, no cap"}
+
+
+def guest(results):
+    """Boot the VM suite's guest and run guest-bench.sh there (tests/bench/guest.sh)."""
+    if os.environ.get("BENCH_GUEST", "1") == "0":
+        results["guest"] = {"not_run": "BENCH_GUEST=0"}
+        return
+    logf = os.path.join(OUT, "guest.log")
+    with open(logf, "w") as f:
+        r = subprocess.run(["sh", "tests/bench/guest.sh", BUILD], stdout=f, stderr=subprocess.STDOUT)
+    tail = open(logf).read().strip().splitlines()
+    figs = os.path.join(OUT, "vm", "figures")
+    if r.returncode == 77 or not os.path.exists(figs):
+        results["guest"] = {"not_run": (tail[-1] if tail else "guest.sh gave no output") + f" (see {logf})"}
+        return
+    g = {"runs": {v: [] for v in GUEST_ARMS.values()}, "react": [], "rc": r.returncode}
+    with open(figs) as f:
+        for line in f:
+            w = line.split()
+            if not w:
+                continue
+            if w[0] == "g_intr" and len(w) == 8:
+                _, rnd, arm, p50, p99, p999, sysb, got = w
+                run = {"cyc": {"p50": int(p50), "p99": int(p99), "p99.9": int(p999)}, "sysb": float(sysb)}
+                if got != "-":
+                    run["harvest_share"] = float(got)
+                g["runs"][GUEST_ARMS[arm]].append(run)
+            elif w[0] == "g_react" and len(w) == 5:
+                g["react"].append({"t": float(w[2]),
+                                   "to_last_run_us": None if w[3] in ("null", "none") else int(w[3]),
+                                   "to_frozen_us": None if w[4] in ("null", "none") else int(w[4])})
+            elif w[0] in ("g_cap_mechanism", "g_input_source"):
+                g[w[0][2:]] = " ".join(w[1:])
+            elif w[0] == "g_daemon_cpu_usec" and len(w) == 3:
+                g["daemon_cpu_s_per_h"] = int(w[1]) / 1e6 / float(w[2]) * 3600
+            elif w[0] == "host_guest_wall_s":
+                g["wall_s"] = float(w[1])
+    if g["runs"]["alone"]:
+        g["rounds"] = len(g["runs"]["alone"])
+        g["table"] = summarize_intrusion(g, GUEST_METRICS)
+    g["reaction"] = reaction_stats([e for e in g["react"] if e["to_frozen_us"] is not None])
+    g["reaction"]["missed"] = sum(1 for e in g["react"] if e["to_frozen_us"] is None)
+    results["guest"] = g
+    log(f"guest: {len(g['runs']['alone'])} rounds, {g['reaction']['n']} keystrokes, rc {r.returncode}")
 
 
 # --- output ---------------------------------------------------------------------------------------
@@ -647,18 +702,7 @@ def write_outputs(results, elapsed):
               "default policy so that the benchmark's own foreground load does not pause it; a' keeps the default "
               "(20%). Harvest got = share of the machine the harvest load actually used during the arm.")
     md.append("")
-    md.append("| workload | arm | median | min-max | ratio to alone | ratio min-max | harvest got |")
-    md.append("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
-    for row in results["intrusion_table"]:
-        u = row["unit"]
-        r = "1" if row["arm"] == "alone" else f"{row['ratio']:.3f}{' ~' if row['inside_noise'] else ''}"
-        rr = "-" if row["arm"] == "alone" else f"{row['ratio_min']:.2f}-{row['ratio_max']:.2f}"
-        hg = f"{row['harvest_share'] * 100:.2f} %" if "harvest_share" in row else "-"
-        md.append(f"| {row['metric']} ({u}) | {row['arm']} | {fmt(row['median'], u)} | "
-                  f"{fmt(row['min'], u)}-{fmt(row['max'], u)} | {r} | {rr} | {hg} |")
-    for arm, why in intr["not_run"].items():
-        md.append(f"| all | {arm} | not run | | | | |")
-    md.append("")
+    intrusion_md(md, results["intrusion_table"], intr["not_run"])
     for arm, why in intr["not_run"].items():
         md.append(f"- {arm}: {why}.")
     la = [r["loadavg"] for rs in intr["runs"].values() for r in rs]
@@ -717,7 +761,44 @@ def write_outputs(results, elapsed):
                        ("poll 5 s (HTCondor)", "polling every 5 s (HTCondor)")):
         x = rc[key]
         md.append(f"| {label} | {ms(x['p50'])} | {ms(x['p99'])} | {ms(x['max'])} |")
-    md.append("| keystrokes in the guest (QMP) | not run: the VM suite's guest harness is not used by this bench yet | | |")
+    g = results.get("guest", {})
+    if "not_run" in g:
+        md.append(f"| keystrokes in the guest (QMP) | not run: {g['not_run']} | | |")
+    md.append("")
+    md.append("## 5. In the Debian guest (QEMU TCG, systemd 252, cgroup v2 cpu controller, fentry)")
+    md.append("")
+    if "not_run" in g:
+        md.append(f"Not run: {g['not_run']}. Arms c (systemd CPUQuota=) and harvesterd with cpu.max, and "
+                  "keystroke reaction, need the guest.")
+    else:
+        md.append(f"harvesterd from the .deb under systemd, cap mechanism `{g.get('cap_mechanism', '?')}`, input "
+                  f"`{g.get('input_source', '?')}`; CPU=Burst=10 %, MaxForegroundCPU=100 % (not the default). "
+                  f"c = `systemd-run -p CPUQuota={10 * NCPU}%` (10 % of the machine), normal priority. "
+                  f"The guest CPU is emulated: absolute latencies are not comparable with the host's, only "
+                  f"ratios within this run. No BOINC and no hackbench (perf) in the guest. Guest ran "
+                  f"{g.get('wall_s', 0):.0f} s" + ("" if g.get("rc") == 0 else f" (driver exit {g.get('rc')})") + ".")
+        md.append("")
+        if "table" in g:
+            md.append(f"{g['rounds']} interleaved rounds (alone, a, c, d, ...).")
+            md.append("")
+            intrusion_md(md, g["table"], {})
+        rc = g["reaction"]
+        md.append(f"Reaction over {rc['n']} keystrokes sent with QMP input-send-event "
+                  f"({rc.get('missed', 0)} without a recorded reaction):")
+        md.append("")
+        md.append("| measure | p50 (ms) | p99 (ms) | max (ms) |")
+        md.append("| --- | ---: | ---: | ---: |")
+        for key, label in (("to_last_run_us", "input_event() to last harvest run on a CPU (probe)"),
+                           ("to_frozen_us", "input_event() to cgroup frozen"),
+                           ("poll 1 s (BOINC)", "polling every 1 s (BOINC)"),
+                           ("poll 5 s (HTCondor)", "polling every 5 s (HTCondor)")):
+            x = rc.get(key)
+            if x:
+                md.append(f"| {label} | {ms(x['p50'])} | {ms(x['p99'])} | {ms(x['max'])} |")
+        if "daemon_cpu_s_per_h" in g:
+            md.append("")
+            md.append(f"harvesterd CPU in the guest since boot (harvesting most of the time, emulated CPU): "
+                      f"{g['daemon_cpu_s_per_h']:.1f} s/h.")
     md.append("")
     text = "\n".join(md) + "\n"
     with open(os.path.join(OUT, "results.md"), "w") as f:
@@ -726,6 +807,21 @@ def write_outputs(results, elapsed):
         json.dump(results, f, indent=1, default=str)
     plot(results)
     return text
+
+
+def intrusion_md(md, table, not_run):
+    md.append("| workload | arm | median | min-max | ratio to alone | ratio min-max | harvest got |")
+    md.append("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for row in table:
+        u = row["unit"]
+        r = "1" if row["arm"] == "alone" else f"{row['ratio']:.3f}{' ~' if row['inside_noise'] else ''}"
+        rr = "-" if row["arm"] == "alone" else f"{row['ratio_min']:.2f}-{row['ratio_max']:.2f}"
+        hg = f"{row['harvest_share'] * 100:.2f} %" if "harvest_share" in row else "-"
+        md.append(f"| {row['metric']} ({u}) | {row['arm']} | {fmt(row['median'], u)} | "
+                  f"{fmt(row['min'], u)}-{fmt(row['max'], u)} | {r} | {rr} | {hg} |")
+    for arm in not_run:
+        md.append(f"| all | {arm} | not run | | | | |")
+    md.append("")
 
 
 def cpu_model():
@@ -825,6 +921,8 @@ def main():
         precision(tmp, results)
         log("reaction")
         reaction(tmp, results)
+        log("guest arms (VM suite's Debian guest under QEMU)")
+        guest(results)
     finally:
         with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
             f.write(stats_was)
