@@ -61,7 +61,10 @@ static void cu_load(void)
 	case GCU_ERROR_INVALID_DEVICE:
 		cu_error = -ENODEV;
 		break;
-	case GCU_ERROR_INSUFFICIENT_DRIVER:
+	case GCU_ERROR_STUB_LIBRARY:
+		cu_error = -ENOENT;
+		break;
+	case GCU_ERROR_SYSTEM_DRIVER_MISMATCH:
 		cu_error = -ENOSYS;
 		break;
 	default:
