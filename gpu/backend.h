@@ -22,6 +22,13 @@ struct gpu_backend_ops {
 	void (*free)(struct gpu_device *d);
 };
 
+/* 1-D OpenCL tasks that leave the work-group size to the runtime are cut
+ * into multiples of this, and launched with it as their work-group size
+ * (the short tail excepted): runtimes that compile a kernel per work-group
+ * size (PoCL does, taking tens of ms, inside the command's profiled time)
+ * would otherwise compile anew for nearly every chunk size. */
+#define GPU_OPENCL_AUTO_GRANULE 64
+
 /* Every backend's device starts with this. */
 struct gpu_device {
 	const struct gpu_backend_ops *ops;
@@ -41,5 +48,7 @@ int gpu_drm_busy_sample(struct gpu_drm_busy *b);
 bool gpu_drm_is_drm_device(const char *sys, const char *pdev);
 
 /* NVML (cuda.c): 1 if processes other than self use the GPU at this PCI
- * address, 0 if not; -ENOENT without NVML, -ENODEV for an unknown device. */
-int gpu_nvml_others_busy(const char *pci_bus_id);
+ * address, 0 if not; -ENOENT without NVML, -ENODEV for an unknown device.
+ * self_present: we hold a context on it (so one compute process is us,
+ * whatever pid NVML, which sees the host's pid namespace, gives it). */
+int gpu_nvml_others_busy(const char *pci_bus_id, bool self_present);

@@ -101,6 +101,7 @@ static int cu_errno(gcu_result r)
 		return -ENOMEM;
 	case GCU_ERROR_INVALID_VALUE:
 		return -EINVAL;
+	case GCU_ERROR_INVALID_IMAGE:
 	case GCU_ERROR_NO_BINARY_FOR_GPU:
 	case GCU_ERROR_INVALID_PTX:
 	case GCU_ERROR_UNSUPPORTED_PTX_VERSION:
@@ -139,33 +140,17 @@ static void nv_load(void)
 	nv_error = 0;
 }
 
-/* Any pid but ours in a process list: 1, none: 0. */
-static int others_in(gnv_return (*query)(gnv_device, unsigned int *, gnv_process_info *), gnv_device dev,
-		     bool *ret_supported)
+#define MAX_PROCS 64
+
+int gpu_nvml_others_busy(const char *pci_bus_id, bool self_present)
 {
-	gnv_process_info infos[64];
-	unsigned int n = ELEMENTSOF(infos);
-	gnv_return r = query(dev, &n, infos);
+	gnv_process_info procs[MAX_PROCS];
+	gnv_process_utilization samples[MAX_PROCS];
+	unsigned int n = MAX_PROCS, ns = MAX_PROCS, others;
 	pid_t self = getpid();
-
-	*ret_supported = r != GNV_ERROR_NOT_SUPPORTED;
-	if (r == GNV_ERROR_INSUFFICIENT_SIZE)
-		return 1;
-	if (r != GNV_SUCCESS)
-		return 0;
-	for (unsigned i = 0; i < n && i < ELEMENTSOF(infos); i++)
-		if ((pid_t) infos[i].pid != self)
-			return 1;
-	return 0;
-}
-
-int gpu_nvml_others_busy(const char *pci_bus_id)
-{
-	gnv_process_utilization samples[64];
-	unsigned int n = ELEMENTSOF(samples);
+	bool self_seen = false;
 	gnv_device dev;
 	struct timeval tv;
-	bool supported;
 	gnv_return r;
 
 	pthread_once(&nv_once, nv_load);
@@ -174,28 +159,57 @@ int gpu_nvml_others_busy(const char *pci_bus_id)
 	if (!pci_bus_id || !*pci_bus_id || nv.DeviceGetHandleByPciBusId(pci_bus_id, &dev) != GNV_SUCCESS)
 		return -ENODEV;
 
-	/* A CUDA program of someone else's is foreground GPU work. */
-	if (others_in(nv.DeviceGetComputeRunningProcesses, dev, &supported) > 0)
+	/* Someone else's CUDA program is foreground GPU work. NVML reports
+	 * pids of the host's namespace: inside a container none is ours by
+	 * number, so while we hold a context one entry is taken to be ours. */
+	r = nv.DeviceGetComputeRunningProcesses(dev, &n, procs);
+	if (r == GNV_ERROR_INSUFFICIENT_SIZE)
+		return 1;
+	if (r != GNV_SUCCESS)
+		n = 0;
+	if (n > MAX_PROCS)
+		n = MAX_PROCS;
+	for (unsigned i = 0; i < n; i++)
+		self_seen |= (pid_t) procs[i].pid == self;
+	others = n - (self_seen || (self_present && n > 0) ? 1 : 0);
+	if (others > 0)
 		return 1;
 
 	/* Graphics clients are different: a desktop's display server and
-	 * compositor hold the GPU all the time. They count as busy only while
-	 * they spend SM time (utilization samples of the last second); where
-	 * the device keeps no samples, their presence alone does. */
+	 * compositor hold the GPU all the time. They count only while they
+	 * spend SM time (utilization samples of the last second); compute
+	 * processes (ours) were judged above. Where the device keeps no
+	 * samples, a graphics client's presence alone counts. */
 	gettimeofday(&tv, NULL);
-	r = nv.DeviceGetProcessUtilization(dev, samples, &n,
+	r = nv.DeviceGetProcessUtilization(dev, samples, &ns,
 					   (unsigned long long) tv.tv_sec * USEC_PER_SEC + tv.tv_usec - USEC_PER_SEC);
+	if (r == GNV_ERROR_NOT_FOUND)   /* no samples in that second: nothing ran */
+		return 0;
 	if (r == GNV_SUCCESS) {
-		for (unsigned i = 0; i < n && i < ELEMENTSOF(samples); i++)
-			if ((pid_t) samples[i].pid != getpid() && samples[i].smUtil > 0)
+		if (ns > MAX_PROCS)
+			ns = MAX_PROCS;
+		for (unsigned i = 0; i < ns; i++) {
+			bool compute = (pid_t) samples[i].pid == self;
+			for (unsigned j = 0; j < n; j++)
+				compute |= samples[i].pid == procs[j].pid;
+			if (!compute && samples[i].smUtil > 0)
 				return 1;
+		}
 		return 0;
 	}
-	if (r == GNV_ERROR_NOT_FOUND)  /* no samples in that second: nothing ran */
-		return 0;
 	if (r == GNV_ERROR_INSUFFICIENT_SIZE)
 		return 1;
-	return others_in(nv.DeviceGetGraphicsRunningProcesses, dev, &supported) > 0;
+
+	ns = MAX_PROCS;
+	r = nv.DeviceGetGraphicsRunningProcesses(dev, &ns, procs);
+	if (r == GNV_ERROR_INSUFFICIENT_SIZE)
+		return 1;
+	if (r != GNV_SUCCESS)
+		return 0;
+	for (unsigned i = 0; i < ns && i < MAX_PROCS; i++)
+		if ((pid_t) procs[i].pid != self)
+			return 1;
+	return 0;
 }
 
 /* --- the backend -------------------------------------------------------------- */
@@ -373,7 +387,10 @@ static int cuda_finish(struct gpu_device *dev, void *state, const struct gpu_tas
 
 static int cuda_others_busy(struct gpu_device *dev)
 {
-	return dev->info.busy_source == GPU_BUSY_NVML ? gpu_nvml_others_busy(dev->info.pci_bus_id) : -EOPNOTSUPP;
+	struct cuda_device *d = (struct cuda_device *) dev;
+
+	return dev->info.busy_source == GPU_BUSY_NVML ? gpu_nvml_others_busy(dev->info.pci_bus_id, d->ctx != NULL)
+						    : -EOPNOTSUPP;
 }
 
 static void cuda_free(struct gpu_device *dev)
@@ -448,7 +465,7 @@ int gpu_cuda_devices(struct gpu_device ***ret_devices)
 			info->pci_bus_id[0] = 0;
 		info->pci_bus_id[sizeof(info->pci_bus_id) - 1] = 0;
 		info->low_priority = true;   /* confirmed (or not) when the stream is made */
-		info->busy_source = gpu_nvml_others_busy(info->pci_bus_id) >= 0 ? GPU_BUSY_NVML : GPU_BUSY_NONE;
+		info->busy_source = gpu_nvml_others_busy(info->pci_bus_id, false) >= 0 ? GPU_BUSY_NVML : GPU_BUSY_NONE;
 	}
 	*ret_devices = v;
 	return n;

@@ -163,7 +163,10 @@ struct gpu_queue_hooks {
 
 struct gpu_queue_config {
 	uint64_t slice_ns;        /* most device time a chunk may take; 0: run unsliced */
-	uint64_t busy_poll_ns;    /* while others use the device, recheck this often */
+	uint64_t busy_poll_ns;    /* while others use the device, recheck this often;
+				   * a "nobody else" is trusted this long */
+	bool ignore_others_busy;  /* benchmarks only: measure what slicing alone costs
+				   * a foreground job, with the queue not yielding */
 };
 
 struct gpu_queue_stats {

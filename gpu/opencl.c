@@ -204,8 +204,10 @@ static int cl_run_chunk(struct gpu_device *dev, void *state, const struct gpu_ta
 	}
 	goff[last] = offset;
 	gsize[last] = count;
+	if (task->work_dim == 1 && !task->local[0] && count % GPU_OPENCL_AUTO_GRANULE == 0)
+		lsize[0] = GPU_OPENCL_AUTO_GRANULE;
 	e = clEnqueueNDRangeKernel(d->queue, t->kernel, task->work_dim, goff, gsize,
-				   task->local[0] ? lsize : NULL, 0, NULL, &ev);
+				   lsize[0] ? lsize : NULL, 0, NULL, &ev);
 	if (e != CL_SUCCESS)
 		return cl_errno(e);
 	e = clWaitForEvents(1, &ev);
@@ -244,7 +246,7 @@ static int cl_others_busy(struct gpu_device *dev)
 
 	switch (dev->info.busy_source) {
 	case GPU_BUSY_NVML:
-		return gpu_nvml_others_busy(d->base.info.pci_bus_id);
+		return gpu_nvml_others_busy(d->base.info.pci_bus_id, d->context != NULL);
 	case GPU_BUSY_DRM_FDINFO:
 		return gpu_drm_busy_sample(dev->drm);
 	default:
@@ -342,7 +344,7 @@ static int make_device(cl_platform_id platform, cl_device_id device, unsigned pi
 	}
 	info->busy_source = GPU_BUSY_NONE;
 	/* NVIDIA's driver keeps its clients out of DRM fdinfo; NVML knows them. */
-	if (info->pci_bus_id[0] && d->vendor_id == 0x10de && gpu_nvml_others_busy(info->pci_bus_id) >= 0)
+	if (info->pci_bus_id[0] && d->vendor_id == 0x10de && gpu_nvml_others_busy(info->pci_bus_id, false) >= 0)
 		info->busy_source = GPU_BUSY_NVML;
 	else if (gpu_drm_is_drm_device("/sys", info->pci_bus_id) &&
 		 gpu_drm_busy_new("/proc", info->pci_bus_id, getpid(), &d->base.drm) >= 0)

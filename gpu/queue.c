@@ -159,7 +159,8 @@ static void *worker(void *userdata)
 
 		/* Fresh enough a "nobody else" is trusted for busy_poll_ns: a
 		 * check costs an NVML call or a scan of /proc. */
-		if (q->dev->info.busy_source != GPU_BUSY_NONE && now_ns() - last_check_ns >= q->config.busy_poll_ns) {
+		if (q->dev->info.busy_source != GPU_BUSY_NONE && !q->config.ignore_others_busy &&
+		    now_ns() - last_check_ns >= q->config.busy_poll_ns) {
 			r = ops->others_busy(q->dev);
 			last_check_ns = now_ns();
 			if (r > 0) {
@@ -326,8 +327,8 @@ int gpu_queue_submit(struct gpu_queue *q, const struct gpu_task *task)
 	if (task->n_args)
 		memcpy((void *) t->t.args, task->args, task->n_args * sizeof(*task->args));
 	last = task->work_dim - 1;
-	gpu_slicer_init(&t->slicer, task->global[last], task->local[last] ? task->local[last] : 1,
-			q->config.slice_ns);
+	gpu_slicer_init(&t->slicer, task->global[last], task->local[last] ? task->local[last] :
+			task->work_dim == 1 ? GPU_OPENCL_AUTO_GRANULE : 1, q->config.slice_ns);
 	t->seq = q->seq++;
 	t->next = q->tasks;
 	q->tasks = t;

@@ -18,6 +18,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "gpu/backend.h"
 #include "gpu/cuda-api.h"
 #include "gpu/gpu.h"
 
@@ -50,6 +51,7 @@ _Static_assert(GCU_ERROR_NO_DEVICE == CUDA_ERROR_NO_DEVICE, "CUDA_ERROR_NO_DEVIC
 _Static_assert(GCU_ERROR_INVALID_DEVICE == CUDA_ERROR_INVALID_DEVICE, "CUDA_ERROR_INVALID_DEVICE");
 _Static_assert(GCU_ERROR_STUB_LIBRARY == CUDA_ERROR_STUB_LIBRARY, "CUDA_ERROR_STUB_LIBRARY");
 _Static_assert(GCU_ERROR_SYSTEM_DRIVER_MISMATCH == CUDA_ERROR_SYSTEM_DRIVER_MISMATCH, "driver mismatch");
+_Static_assert(GCU_ERROR_INVALID_IMAGE == CUDA_ERROR_INVALID_IMAGE, "CUDA_ERROR_INVALID_IMAGE");
 _Static_assert(GCU_ERROR_NO_BINARY_FOR_GPU == CUDA_ERROR_NO_BINARY_FOR_GPU, "CUDA_ERROR_NO_BINARY_FOR_GPU");
 _Static_assert(GCU_ERROR_INVALID_PTX == CUDA_ERROR_INVALID_PTX, "CUDA_ERROR_INVALID_PTX");
 _Static_assert(GCU_ERROR_UNSUPPORTED_PTX_VERSION == CUDA_ERROR_UNSUPPORTED_PTX_VERSION, "PTX version");
@@ -121,8 +123,7 @@ static void test_absent_is_clean(void **state)
 		assert_int_equal(gpu_cuda_devices(&devs), n);
 	/* NVML absent here as well: -ENOENT, not a crash or a "busy". */
 	if (!dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_NOLOAD) && !lib) {
-		extern int gpu_nvml_others_busy(const char *);
-		assert_int_equal(gpu_nvml_others_busy("0000:01:00.0"), -ENOENT);
+		assert_int_equal(gpu_nvml_others_busy("0000:01:00.0", false), -ENOENT);
 	}
 }
 
