@@ -201,6 +201,7 @@ void gpu_queue_pause(struct gpu_queue *q);
 void gpu_queue_resume(struct gpu_queue *q);
 /* The loop's step: take what the worker finished (charge and done hooks),
  * then grant the next chunk if the dispatch rule allows. Never blocks.
+ * Hooks may call submit, cancel, pause and resume, not gpu_queue_free().
  * Call on EPOLLIN of the fd and whenever may_dispatch()/owner_idle() may
  * have changed. Returns 1 if a chunk is in flight afterwards, 0 if not. */
 int gpu_queue_kick(struct gpu_queue *q);

@@ -48,15 +48,18 @@ static uint32_t mix_host(uint32_t in, uint32_t i, uint32_t rounds)
 	return x;
 }
 
-/* 2-D, with work-groups: the result names each item's group and local id,
- * so it is only right if every chunk starts on a work-group boundary. */
+/* 2-D, with work-groups: the result names each item's group and local id
+ * and the ND-range's size and group count, so it is only right if every
+ * chunk starts on a work-group boundary and the queue makes the builtins
+ * describe the whole range, not the chunk. */
 #define W2 48u
 #define H2 1000u
 static const char *src_2d =
 	"__kernel void grid(__global uint *out) {\n"
 	"	uint x = get_global_id(0), y = get_global_id(1);\n"
 	"	out[y * get_global_size(0) + x] = (get_group_id(1) << 20) ^ (get_local_id(1) << 16) ^\n"
-	"		(get_group_id(0) << 8) ^ get_local_id(0) ^ (x * 7919u + y * 104729u);\n"
+	"		(get_group_id(0) << 8) ^ get_local_id(0) ^ (x * 7919u + y * 104729u) ^\n"
+	"		(get_global_size(1) * 31u + get_num_groups(1) * 17u);\n"
 	"}\n";
 
 struct ctx {
@@ -252,7 +255,7 @@ static void test_2d_workgroups(void **state)
 	for (uint32_t y = 0; y < H2; y++)
 		for (uint32_t x = 0; x < W2; x++) {
 			uint32_t want = ((y / 8) << 20) ^ ((y % 8) << 16) ^ ((x / 8) << 8) ^ (x % 8) ^
-					(x * 7919u + y * 104729u);
+					(x * 7919u + y * 104729u) ^ (H2 * 31u + H2 / 8 * 17u);
 			assert_int_equal(out[y * W2 + x], want);
 		}
 	printf("2-D 48x1000 in 8x8 groups: %u chunks\n", c.charges);
