@@ -284,7 +284,7 @@ static int foreground_main(unsigned frames)
 	gcu_module mod;
 	gcu_function fn;
 	gcu_deviceptr din, dout;
-	uint32_t n = 1u << 20, rounds = 2048, zero = 0;
+	uint32_t n = 1u << 20, rounds = 32768, zero = 0;   /* about 1 ms on an H100 */
 	uint64_t *t = calloc(frames, sizeof(*t)), sum = 0;
 	void *params[7];
 
@@ -355,7 +355,7 @@ static void bench_foreground(struct gpu_device *dev)
 	struct job j = {};
 
 	printf("\n== foreground GPU job (300 frames of a ~1 ms kernel, default-priority stream, own process)\n");
-	job_setup(&j, dev, 16u << 20 | 3, 4096);
+	job_setup(&j, dev, 16u << 20, 65536);   /* tens of ms a task on an H100 */
 	if (run_foreground(&j, NULL, &a[0], &a[1], &a[2]) < 0 ||
 	    run_foreground(&j, &yielding, &y[0], &y[1], &y[2]) < 0 ||
 	    run_foreground(&j, &forced, &f[0], &f[1], &f[2]) < 0) {

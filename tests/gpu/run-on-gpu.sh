@@ -20,7 +20,7 @@ else
 	say "no nvidia-smi: the CUDA checks below will skip (no driver)"
 fi
 
-BINS="$B/tests/test-gpu-slice $B/tests/test-gpu-drm $B/tests/test-gpu-cuda $B/tests/test-gpu-cuda-run $B/tests/test-gpu-queue $B/tests/bench/gpu-bench"
+BINS="$B/tests/test-gpu-slice $B/tests/test-gpu-queue-mock $B/tests/test-gpu-drm $B/tests/test-gpu-cuda $B/tests/test-gpu-cuda-run $B/tests/test-gpu-queue $B/tests/bench/gpu-bench"
 if [ "${PREBUILT:-0}" != 1 ]; then
 	say "build ($B)"
 	# shellcheck disable=SC2086
@@ -48,6 +48,7 @@ run cuda-declarations-and-absence "$B/tests/test-gpu-cuda"
 run cuda-sliced-kernel "$B/tests/test-gpu-cuda-run"
 run opencl-sliced-kernel "$B/tests/test-gpu-queue"
 run chunk-sizing "$B/tests/test-gpu-slice"
+run queue-logic "$B/tests/test-gpu-queue-mock"
 run drm-fdinfo "$B/tests/test-gpu-drm"
 
 say "make bench-gpu"
