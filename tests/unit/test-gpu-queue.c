@@ -203,7 +203,7 @@ static void test_sliced_equals_unsliced(void **state)
 		assert_int_equal(out_sliced[i], mix_host(in[i], i, rounds));
 	assert_int_equal(out_sliced[N_1D - 1], mix_host(in[N_1D - 1], N_1D - 1, rounds));
 
-	/* Every chunk was charged, with its own device time. */
+	/* Every chunk was charged, with its own device time, and nothing else. */
 	assert_true(cs.charges > 10);
 	assert_int_equal(cs.charges, st.chunks);
 	assert_int_equal(cs.charged_ns, st.device_ns);
@@ -211,19 +211,23 @@ static void test_sliced_equals_unsliced(void **state)
 		assert_true(list[i] > 0);
 	/* Device time is within the wall time the run took, and about what
 	 * the same work took unsliced (slicing adds launches, not work). */
+	/* The device time is within the wall time the run took, and most of
+	 * it on an idle machine; loosely here, where the 2 cores are shared
+	 * and PoCL's device time is the wall time of its worker threads. It is
+	 * not compared with the unsliced run's: for a prime-sized range PoCL
+	 * picks a work-group size of 1 and so runs that one several times
+	 * slower (test-gpu-queue-mock checks exact sums; make bench-gpu the
+	 * cost of slicing on a fair size). */
 	assert_true(cs.charged_ns <= wall_ns);
-	/* Loose: this machine's 2 cores are shared, and PoCL's device time is
-	 * the wall time of its worker threads. */
-	assert_true(cs.charged_ns * 4 >= cw.charged_ns);
-	assert_true(cs.charged_ns <= cw.charged_ns * 4);
+	assert_true(cs.charged_ns * 20 >= wall_ns);
 
 	/* Chunks keep to the slice once sized (the first ones are growing):
 	 * the median at least, on a machine shared with other work. */
 	unsigned over = 0, n = 0;
 	for (unsigned i = 8; i + 1 < cs.charges && i < 4096; i++, n++)
 		over += list[i] > GPU_SLICE_DEFAULT_NS;
-	printf("sliced: %u chunks, %.1f ms device (unsliced %.1f ms), max chunk %.3f ms, "
-	       "%u of %u sized chunks over 2 ms\n", cs.charges, cs.charged_ns / 1e6, cw.charged_ns / 1e6,
+	printf("sliced: %u chunks, %.1f ms device in %.1f ms wall (unsliced %.1f ms device), max chunk %.3f ms, "
+	       "%u of %u sized chunks over 2 ms\n", cs.charges, cs.charged_ns / 1e6, wall_ns / 1e6, cw.charged_ns / 1e6,
 	       cs.max_charge_ns / 1e6, over, n);
 	assert_true(over * 2 < n);
 	free(in);
