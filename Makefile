@@ -27,7 +27,7 @@ CFLAGS   += -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter \
             -DHARVESTER_VERSION='"$(VERSION)"' \
             -DCL_TARGET_OPENCL_VERSION=300 \
             -I. -I$(BUILD) $(shell pkg-config --cflags $(PKGS))
-LDLIBS   += $(shell pkg-config --libs $(PKGS)) -lelf -lz -lm
+LDLIBS   += $(shell pkg-config --libs $(PKGS)) -lelf -lz -lm -lOpenCL -ldl -lpthread
 
 ifeq ($(SAN),1)
 CFLAGS   += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
@@ -38,7 +38,7 @@ endif
 # two programs' mains. Each layer folder adds its files by existing; nothing
 # here needs editing when one is added.
 LIB_SRCS := $(filter-out %.bpf.c harvester/harvesterd.c harvester/harvestctl.c, \
-              $(wildcard bpf/*.c cgroup/*.c harvester/*.c))
+              $(wildcard bpf/*.c cgroup/*.c harvester/*.c gpu/*.c))
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o)
 BPF_SRCS := $(wildcard bpf/*.bpf.c)
 BPF_SKELS := $(BPF_SRCS:bpf/%.bpf.c=$(BUILD)/bpf/%.skel.h)
@@ -51,7 +51,7 @@ HOST_BINS := $(HOST_SRCS:tests/host/%.c=$(BUILD)/tests/host-%)
 PROGS := $(BUILD)/harvesterd $(BUILD)/harvestctl
 
 .PHONY: all tests deps-build deps-test demo check check-unit check-host \
-        vmtest bench deb install clean
+        vmtest bench deb install clean bench-gpu
 .DELETE_ON_ERROR:
 
 all: $(PROGS)
@@ -91,6 +91,14 @@ $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libharvester.a
 $(BUILD)/tests/host-%: $(BUILD)/tests/host/%.o $(BUILD)/libharvester.a
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -lutil -o $@
+
+# GPU queue benchmark: chunk times against the slice, cost of slicing.
+$(BUILD)/tests/bench/gpu-bench: tests/bench/gpu-bench.c $(BUILD)/libharvester.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+bench-gpu: $(BUILD)/tests/bench/gpu-bench
+	$(BUILD)/tests/bench/gpu-bench
 
 # --- set-up -------------------------------------------------------------------
 deps-build:
