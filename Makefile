@@ -130,8 +130,9 @@ check: deps-test
 	sh tests/run.sh all $(BUILD)/san $(BUILD)
 
 bench: deps-build
-	@sh packaging/install-deps.sh bench
+	@sh packaging/install-deps.sh bench vm deb
 	$(MAKE) all
+	$(MAKE) deb
 	sh tests/bench/run.sh $(BUILD)
 
 # --- package --------------------------------------------------------------------

@@ -14,7 +14,8 @@ deb=$(ls "$build"/harvester_*_*.deb 2>/dev/null | grep -v dbgsym | head -n 1 || 
 # the image differs from the suite's only by the benchmark's tools.
 deps=$(dpkg-deb -f "$deb" Pre-Depends Depends | sed 's/^[A-Za-z-]*: //' | tr ',' '\n' |
 	sed 's/|.*//; s/(.*)//; s/:any//; s/[[:space:]]//g' | grep -v '^$' | sort -u)
-image=$(sh tests/vm/image.sh $deps rt-tests sysbench)
+# The last line: a fresh build also lets mkfs.ext4 speak on stdout.
+image=$(sh tests/vm/image.sh $deps rt-tests sysbench | tail -n 1)
 work=$build/bench/vm
 rm -rf "$work"
 mkdir -p "$work/data"
