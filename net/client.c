@@ -351,7 +351,10 @@ int link_client_call(LinkClient *c, const Hlink__Body *req, LinkMsg **ret, int *
 static int call_expect(LinkClient *c, const Hlink__Body *req, Hlink__Body__MsgCase want, LinkMsg **ret)
 {
         LinkMsg *m = NULL;
-        int r = link_client_call(c, req, &m, NULL);
+        int code = 0;
+        int r = link_client_call(c, req, &m, &code);
+        if (r == -EPROTO)
+                return link_errno_from_error(code);
         if (r < 0)
                 return r;
         if (m->body->msg_case != want) {

@@ -750,3 +750,27 @@ int link_error_from_errno(int err)
                 return HLINK__ERROR_CODE__ERR_INTERNAL;
         }
 }
+
+int link_errno_from_error(int code)
+{
+        switch (code) {
+        case HLINK__ERROR_CODE__ERR_UNKNOWN_WORKER:
+                return -ENOTCONN;
+        case HLINK__ERROR_CODE__ERR_UNKNOWN_TASK:
+                return -ENOENT;
+        case HLINK__ERROR_CODE__ERR_LEASE_EXPIRED:
+                return -ETIMEDOUT;
+        case HLINK__ERROR_CODE__ERR_REPLAY:
+                return -ESTALE;
+        case HLINK__ERROR_CODE__ERR_BAD_SIGNATURE:
+                return -EKEYREJECTED;
+        case HLINK__ERROR_CODE__ERR_TOO_LARGE:
+                return -EMSGSIZE;
+        case HLINK__ERROR_CODE__ERR_MALFORMED:
+                return -EBADMSG;
+        case HLINK__ERROR_CODE__ERR_VERSION:
+                return -EPROTONOSUPPORT;
+        default:
+                return -EPROTO;
+        }
+}

@@ -127,6 +127,12 @@ bool link_id_ok(const char *s);
 const char *link_error_name(int code);
 /* The ErrorCode that answers a -errno from the decoder. */
 int link_error_from_errno(int err);
+/* The -errno a blocking client call returns for an Error reply's CODE:
+ * ERR_UNKNOWN_WORKER -ENOTCONN (say hello again), ERR_UNKNOWN_TASK -ENOENT,
+ * ERR_LEASE_EXPIRED -ETIMEDOUT, ERR_REPLAY -ESTALE, ERR_BAD_SIGNATURE
+ * -EKEYREJECTED, ERR_TOO_LARGE -EMSGSIZE, ERR_MALFORMED -EBADMSG,
+ * ERR_VERSION -EPROTONOSUPPORT, anything else -EPROTO. */
+int link_errno_from_error(int code);
 /* The -errno for an NNG error number (NNG_ETIMEDOUT -> -ETIMEDOUT, ...). */
 int link_nng_errno(int nng_err);
 
@@ -180,13 +186,17 @@ int link_client_dispatch(LinkClient *c);
  * returned as -EPROTO with *RET_ERROR_CODE (optional) set to its code. */
 int link_client_call(LinkClient *c, const Hlink__Body *req, LinkMsg **ret, int *ret_error_code);
 
-/* Blocking conveniences over link_client_call(). */
+/* Blocking conveniences over link_client_call(). An Error reply comes back
+ * as link_errno_from_error() of its code; a reply of the wrong type as
+ * -EPROTO. */
 int link_client_hello(LinkClient *c, const Hlink__Capabilities *caps, const char *agent,
                       uint32_t *ret_lease_sec);
 
 /* One verified task, as link_client_fetch() hands it out. */
 typedef struct LinkTask {
-        Hlink__TaskSpec *spec;          /* decoded from the signed bytes */
+        Hlink__TaskSpec *spec;          /* decoded from the signed bytes; its
+                                         * argv has n_argv entries and no NULL
+                                         * at the end (protobuf-c) */
         uint8_t spec_sha256[LINK_HASH_BYTES];
         uint64_t lease_expires_usec;
 } LinkTask;
