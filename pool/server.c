@@ -130,7 +130,17 @@ static int errno_reply(PoolServer *s, int err, const uint8_t *reply_to, nng_msg 
         default:
                 code = link_error_from_errno(err);
         }
-        return error_reply(s, code, strerror(-err), reply_to, ret);
+        static const char *const why[] = {
+                [HLINK__ERROR_CODE__ERR_MALFORMED] = "malformed message",
+                [HLINK__ERROR_CODE__ERR_TOO_LARGE] = "a size or count limit was exceeded",
+                [HLINK__ERROR_CODE__ERR_VERSION] = "wire format version not supported",
+                [HLINK__ERROR_CODE__ERR_BAD_SIGNATURE] = "signature does not verify",
+                [HLINK__ERROR_CODE__ERR_REPLAY] = "sequence number not above the last one seen: replay",
+                [HLINK__ERROR_CODE__ERR_UNKNOWN_WORKER] = "unknown worker: say hello first",
+                [HLINK__ERROR_CODE__ERR_INTERNAL] = "internal error",
+        };
+        return error_reply(s, code, code < (int) ELEMENTSOF(why) && why[code] ? why[code] : strerror(-err),
+                           reply_to, ret);
 }
 
 static int do_fetch(PoolServer *s, const uint8_t *key, const Hlink__Fetch *f, const uint8_t *nonce, nng_msg **ret)

@@ -70,6 +70,7 @@ static const char schema[] =
         " body BLOB NOT NULL,"
         " signature BLOB NOT NULL,"
         " verdict TEXT NOT NULL DEFAULT 'pending',"     /* pending agree disagree */
+        " accepted INTEGER NOT NULL DEFAULT 0,"         /* one of the quorum that decided the task */
         " PRIMARY KEY(task_id, worker));"
         "CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);";
 
@@ -566,8 +567,8 @@ static int judge(PoolStore *s, const char *task_id, uint64_t now)
                 acc = NULL;
                 if (r < 0)
                         return r;
-                r = prep(s, "UPDATE results SET verdict = CASE WHEN hash = ?2 THEN 'agree' ELSE 'disagree' END"
-                            " WHERE task_id = ?1 AND verdict = 'pending'", &acc);
+                r = prep(s, "UPDATE results SET verdict = CASE WHEN hash = ?2 THEN 'agree' ELSE 'disagree' END,"
+                            " accepted = (hash = ?2) WHERE task_id = ?1 AND verdict = 'pending'", &acc);
                 if (r < 0)
                         return r;
                 sqlite3_bind_text(acc, 1, task_id, -1, SQLITE_STATIC);
@@ -821,7 +822,7 @@ static const char *status_name(int st)
 static json_t *result_row(sqlite3_stmt *st, void *ud)
 {
         bool with_data = *(bool *) ud;
-        json_t *o = json_pack("{s:s, s:o, s:s, s:i, s:o, s:I, s:I, s:s}",
+        json_t *o = json_pack("{s:s, s:o, s:s, s:i, s:o, s:I, s:I, s:s, s:b}",
                               "task", (const char *) sqlite3_column_text(st, 0),
                               "worker", key_json(sqlite3_column_blob(st, 1), sqlite3_column_bytes(st, 1)),
                               "status", status_name(sqlite3_column_int(st, 2)),
@@ -829,7 +830,8 @@ static json_t *result_row(sqlite3_stmt *st, void *ud)
                               "hash", hex_json(sqlite3_column_blob(st, 4), sqlite3_column_bytes(st, 4)),
                               "cpu_usec", (json_int_t) sqlite3_column_int64(st, 5),
                               "received_usec", (json_int_t) sqlite3_column_int64(st, 6),
-                              "verdict", (const char *) sqlite3_column_text(st, 7));
+                              "verdict", (const char *) sqlite3_column_text(st, 7),
+                              "accepted", sqlite3_column_int(st, 9));
         Hlink__ResultBody *b = hlink__result_body__unpack(NULL, (size_t) sqlite3_column_bytes(st, 8),
                                                            sqlite3_column_blob(st, 8));
         json_t *outs = json_array();
@@ -858,10 +860,10 @@ static json_t *result_row(sqlite3_stmt *st, void *ud)
 int pool_store_results_json(PoolStore *s, const char *task_id, bool with_data, json_t **ret)
 {
         return list(s,
-                    task_id ? "SELECT task_id, worker, status, exit_code, hash, cpu_usec, received_usec, verdict, body"
-                              " FROM results WHERE task_id = :id ORDER BY rowid"
-                            : "SELECT task_id, worker, status, exit_code, hash, cpu_usec, received_usec, verdict, body"
-                              " FROM results ORDER BY rowid",
+                    task_id ? "SELECT task_id, worker, status, exit_code, hash, cpu_usec, received_usec, verdict, body,"
+                              " accepted FROM results WHERE task_id = :id ORDER BY rowid"
+                            : "SELECT task_id, worker, status, exit_code, hash, cpu_usec, received_usec, verdict, body,"
+                              " accepted FROM results ORDER BY rowid",
                     task_id, 0, result_row, &with_data, ret);
 }
 

@@ -11,6 +11,9 @@
  *       --hold: fetch once, print the tasks, exit without answering (a worker
  *       that vanished holding leases).
  *       --once: one fetch round, then exit.
+ *   pool-worker encode-hello FILE --state-dir DIR --pool-key B64
+ *       write one signed hello request to FILE, for a raw peer (nngcat) to
+ *       send, and send again: a replay.
  *   pool-worker decode FILE --pool-key B64
  *       decode a reply received by another peer (nanocat), print its type
  *       and error code; exit 0 if it is a well-formed, pool-signed message.
@@ -212,6 +215,34 @@ int main(int argc, char **argv)
         setvbuf(stdout, NULL, _IOLBF, 0);
         if (!strcmp(verb, "decode"))
                 return optind < argc ? cmd_decode(argv[optind], cfg.pool_key) : 2;
+        if (!strcmp(verb, "encode-hello") && optind < argc && cfg.state_dir) {
+                LinkIdentity id;
+                Hlink__Body b = HLINK__BODY__INIT;
+                Hlink__Hello h = HLINK__HELLO__INIT;
+                Hlink__Capabilities cp = HLINK__CAPABILITIES__INIT;
+                struct timespec ts;
+                void *buf;
+                size_t len;
+                mkdir(cfg.state_dir, 0700);
+                if (link_identity_worker(cfg.state_dir, &id) < 0)
+                        return 1;
+                cp.arch = (char *) arch;
+                cp.cores = cores;
+                h.caps = &cp;
+                h.agent = "pool-worker/raw";
+                b.msg_case = HLINK__BODY__MSG_HELLO;
+                b.hello = &h;
+                clock_gettime(CLOCK_REALTIME, &ts);
+                if (link_encode(&id, &b, NULL, (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / 1000,
+                                NULL, &buf, &len) < 0)
+                        return 1;
+                FILE *f = fopen(argv[optind], "we");
+                if (!f || fwrite(buf, 1, len, f) != len)
+                        return 1;
+                fclose(f);
+                free(buf);
+                return 0;
+        }
         if (strcmp(verb, "run") || !cfg.url || !cfg.state_dir) {
                 fprintf(stderr, "pool-worker run: --url and --state-dir are required\n");
                 return 2;
