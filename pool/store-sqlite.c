@@ -689,7 +689,8 @@ int pool_store_release(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], uint64_t
         int r = begin(s);
         if (r < 0)
                 return r;
-        r = simple(s, "UPDATE leases SET state = 'released' WHERE worker = :key AND state = 'active'", NULL, key, now);
+        r = simple(s, "UPDATE leases SET state = 'released' WHERE worker = :key AND state = 'active'"
+                      " AND expires_usec > :now", NULL, key, now);
         return end(s, r);
 }
 

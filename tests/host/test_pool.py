@@ -91,8 +91,13 @@ class Pool:
     def stop(self, sig=signal.SIGTERM):
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
-            self.proc.wait(timeout=10)
+            rc = self.proc.wait(timeout=10)
+            if sig == signal.SIGTERM:
+                check(rc == 0, "%s: serve stops cleanly on SIGTERM (exit %d)" % (os.path.basename(self.dir), rc))
         self.proc = None
+        log = open(self.dir + "/serve.log").read()
+        check("Sanitizer" not in log and "runtime error" not in log, "%s: no sanitizer report from serve"
+              % os.path.basename(self.dir))
 
     def cli(self, *args, check_rc=True):
         out = subprocess.run([POOL, "--state-dir", self.dir, *args], capture_output=True, text=True)
@@ -115,7 +120,13 @@ def worker(pool, name, root, *args, url=None, key=None, wait=True, timeout=40):
     if not wait:
         return p
     out, _ = p.communicate(timeout=timeout)
+    sane(out, "worker " + name)
     return p.returncode, out
+
+
+def sane(out, who):
+    if "Sanitizer" in out or "runtime error" in out:
+        check(False, "%s: sanitizer report:\n%s" % (who, out))
 
 
 def worker_key(root, name):
@@ -141,6 +152,7 @@ def case_basic(root):
     ids = [pool.submit("--id", "b%d" % i, "--", "sh", "-c", "echo square $((%d * %d))" % (i, i))[0] for i in range(12)]
     ws = [worker(pool, "w%d" % i, root, "--idle-exit", "2", "--max-fetch", "2", wait=False) for i in range(3)]
     outs = [w.communicate(timeout=40)[0] for w in ws]
+    [sane(o, "worker") for o in outs]
     tasks = {t["id"]: t for t in pool.json("tasks")}
     check(all(tasks[i]["state"] == "done" for i in ids), "basic: all 12 tasks done")
     check(accepted_per_task(pool) == {i: 1 for i in ids}, "basic: exactly one accepted result per task")
@@ -224,9 +236,13 @@ def case_kill9(root):
     pool = Pool(root, lease=3)
     pool.serve()
     n = 30
-    for i in range(n):
-        pool.submit("--id", "k%d" % i, "--", "sh", "-c", "sleep 0.05; echo %d" % i)
-    ws = [worker(pool, "kw%d" % i, root, "--idle-exit", "6", "--max-fetch", "2", wait=False) for i in range(2)]
+    batch = os.path.join(root, "batch.jsonl")
+    with open(batch, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"id": "k%d" % i, "argv": ["sh", "-c", "sleep 0.05; cat in"],
+                                "inputs": {"in": "%d\n" % i}}) + "\n")
+    check(pool.submit("--batch", batch) == ["k%d" % i for i in range(n)], "kill9: a batch of %d submitted" % n)
+    ws = [worker(pool, "kw%d" % i, root, "--idle-exit", "4", "--max-fetch", "2", wait=False) for i in range(2)]
     deadline = time.time() + 20
     before = {}
     while time.time() < deadline:
@@ -240,6 +256,7 @@ def case_kill9(root):
     time.sleep(0.5)
     pool.serve()
     outs = [w.communicate(timeout=60)[0] for w in ws]
+    [sane(o, "worker") for o in outs]
     after = accepted_per_task(pool)
     tasks = pool.json("tasks")
     check(tasks_before == n and len(tasks) == n, "kill9: all %d submitted tasks survive" % n)
@@ -247,6 +264,9 @@ def case_kill9(root):
     check(all(after.get(k) == 1 for k in before), "kill9: every result accepted before the kill is still there")
     check(all(t["state"] == "done" for t in tasks) and after == {"k%d" % i: 1 for i in range(n)},
           "kill9: after restart every task is done, accepted exactly once")
+    outs_ok = all(base64.b64decode(r["outputs"][0]["data_base64"]) == b"%s\n" % r["task"][1:].encode()
+                  for r in pool.json("results", "--outputs"))
+    check(outs_ok, "kill9: each output is the task's own input file")
     check(any("error:" in o for o in outs), "kill9: the workers saw the pool go away and carried on")
     pool.stop()
 
@@ -341,7 +361,7 @@ def case_relay(root):
             pool.submit("--id", "r%d" % i, "--", "echo", "via relay %d" % i)
         ws = [worker(pool, "rw%d" % i, root, "--idle-exit", "2", url="tcp://127.0.0.1:%d" % port, wait=False)
               for i in range(2)]
-        [w.communicate(timeout=40) for w in ws]
+        [sane(w.communicate(timeout=40)[0], "worker") for w in ws]
         check(accepted_per_task(pool) == {"r%d" % i: 1 for i in range(4)}, "relay: all tasks done through the relay")
         keys = {r["worker"] for r in pool.json("results")}
         check(keys <= {worker_key(root, "rw0"), worker_key(root, "rw1")},
