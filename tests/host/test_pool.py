@@ -150,7 +150,7 @@ def case_basic(root):
           "init prints the 32-byte public key, base64")
     pool.serve()
     ids = [pool.submit("--id", "b%d" % i, "--", "sh", "-c", "echo square $((%d * %d))" % (i, i))[0] for i in range(12)]
-    ws = [worker(pool, "w%d" % i, root, "--idle-exit", "2", "--max-fetch", "2", wait=False) for i in range(3)]
+    ws = [worker(pool, "w%d" % i, root, "--idle-exit", "1", "--max-fetch", "2", wait=False) for i in range(3)]
     outs = [w.communicate(timeout=40)[0] for w in ws]
     [sane(o, "worker") for o in outs]
     tasks = {t["id"]: t for t in pool.json("tasks")}
@@ -173,14 +173,14 @@ def case_replicas(root):
     pool.submit("--id", "rep", "--replicas", "3", "--quorum", "2", "--", "sh", "-c", "echo 42")
     pool.submit("--id", "duo", "--replicas", "2", "--quorum", "2", "--", "sh", "-c", "echo 7")
     # The liar first, so its wrong answer is in before the quorum forms.
-    worker(pool, "liar", root, "--idle-exit", "1", "--lie")
-    worker(pool, "h1", root, "--idle-exit", "1")
-    rc, again = worker(pool, "h1", root, "--idle-exit", "1")
+    worker(pool, "liar", root, "--idle-exit", "0.5", "--lie")
+    worker(pool, "h1", root, "--idle-exit", "0.5")
+    rc, again = worker(pool, "h1", root, "--idle-exit", "0.5")
     check("task rep" not in again, "replicas: a worker never gets the same task twice")
     t = {x["id"]: x for x in pool.json("tasks")}
     check(t["duo"]["state"] == "pending" and t["duo"]["wanted"] == 3,
           "replicas: 2/2 with a liar has no quorum and asks for a third replica")
-    worker(pool, "h2", root, "--idle-exit", "1")
+    worker(pool, "h2", root, "--idle-exit", "0.5")
     t = {x["id"]: x for x in pool.json("tasks")}
     check(t["rep"]["state"] == "done" and t["duo"]["state"] == "done", "replicas: both decided")
     res = pool.json("results", "--task", "rep")
@@ -203,13 +203,13 @@ def case_matching(root):
     pool.submit("--id", "big", "--cores", "4", "--", "echo", "big")
     pool.submit("--id", "gpu", "--gpu", "opencl", "--", "echo", "gpu")
     pool.submit("--id", "any", "--", "echo", "any")
-    rc, out = worker(pool, "small", root, "--idle-exit", "1", "--cores", "2")
+    rc, out = worker(pool, "small", root, "--idle-exit", "0.5", "--cores", "2")
     got = sorted(l.split()[1] for l in out.splitlines() if l.startswith("task "))
     check(got == ["any"], "matching: a 2-core x86_64 worker without GPU gets only 'any' (got %s)" % got)
-    rc, out = worker(pool, "gpuw", root, "--idle-exit", "1", "--cores", "8", "--opencl")
+    rc, out = worker(pool, "gpuw", root, "--idle-exit", "0.5", "--cores", "8", "--opencl")
     got = sorted(l.split()[1] for l in out.splitlines() if l.startswith("task "))
     check(got == ["big", "gpu"], "matching: an 8-core OpenCL worker gets 'big' and 'gpu' (got %s)" % got)
-    rc, out = worker(pool, "armw", root, "--idle-exit", "1", "--arch", "aarch64")
+    rc, out = worker(pool, "armw", root, "--idle-exit", "0.5", "--arch", "aarch64")
     check("task arm" in out, "matching: the aarch64 worker gets 'arm'")
     pool.stop()
 
@@ -224,7 +224,7 @@ def case_lease(root):
     check("task held" not in out, "lease: while the lease runs nobody else gets it")
     t0 = time.time()
     time.sleep(2.3)
-    rc, out = worker(pool, "other", root, "--idle-exit", "1")
+    rc, out = worker(pool, "other", root, "--idle-exit", "0.5")
     check("result held accepted" in out, "lease: after %.1fs the lapsed lease is handed to another worker" % (time.time() - t0))
     res = pool.json("results", "--task", "held")
     check(len(res) == 1 and res[0]["worker"] == worker_key(root, "other") and res[0]["accepted"],
@@ -242,7 +242,7 @@ def case_kill9(root):
             f.write(json.dumps({"id": "k%d" % i, "argv": ["sh", "-c", "sleep 0.05; cat in"],
                                 "inputs": {"in": "%d\n" % i}}) + "\n")
     check(pool.submit("--batch", batch) == ["k%d" % i for i in range(n)], "kill9: a batch of %d submitted" % n)
-    ws = [worker(pool, "kw%d" % i, root, "--idle-exit", "4", "--max-fetch", "2", wait=False) for i in range(2)]
+    ws = [worker(pool, "kw%d" % i, root, "--idle-exit", "3", "--max-fetch", "2", wait=False) for i in range(2)]
     deadline = time.time() + 20
     before = {}
     while time.time() < deadline:
@@ -311,7 +311,7 @@ def case_raw_peers(root):
         check(replies[0].startswith("reply type 2") and replies[1].startswith("error-reply replay"),
               "raw: a signed hello is welcomed once, its replay refused (%s)" % replies)
     pool.submit("--id", "after", "--", "echo", "still")
-    rc, out = worker(pool, "real", root, "--idle-exit", "1")
+    rc, out = worker(pool, "real", root, "--idle-exit", "0.5")
     check("result after accepted" in out, "raw: real workers are still served")
     time.sleep(1.3)     # counters reach the database once a second
     c = pool.json("status")["counters"]
@@ -327,7 +327,7 @@ def case_wrong_pool(root):
     other = Pool(root, "other")
     pool.serve()
     pool.submit("--id", "x", "--", "echo", "x")
-    rc, out = worker(pool, "pinned", root, "--idle-exit", "1", key=other.key)
+    rc, out = worker(pool, "pinned", root, "--idle-exit", "0.5", key=other.key)
     check(rc == 3 and "task " not in out, "wrong pool: a worker pinned to another key refuses every reply, runs nothing")
     check(pool.json("results") == [], "wrong pool: no result")
     pool.stop()
@@ -341,7 +341,7 @@ def case_cancel(root):
     pool.cli("cancel", "c1")
     again = pool.cli("cancel", "c1", check_rc=False)
     check(again.returncode == 1, "cancel: cancelling twice fails")
-    rc, out = worker(pool, "w", root, "--idle-exit", "1")
+    rc, out = worker(pool, "w", root, "--idle-exit", "0.5")
     check("task c1" not in out and "result c2 accepted" in out, "cancel: the cancelled task is never handed out")
     t = {x["id"]: x["state"] for x in pool.json("tasks")}
     check(t == {"c1": "cancelled", "c2": "done"}, "cancel: states %s" % t)
@@ -359,7 +359,7 @@ def case_relay(root):
         time.sleep(0.3)
         for i in range(4):
             pool.submit("--id", "r%d" % i, "--", "echo", "via relay %d" % i)
-        ws = [worker(pool, "rw%d" % i, root, "--idle-exit", "2", url="tcp://127.0.0.1:%d" % port, wait=False)
+        ws = [worker(pool, "rw%d" % i, root, "--idle-exit", "1", url="tcp://127.0.0.1:%d" % port, wait=False)
               for i in range(2)]
         [sane(w.communicate(timeout=40)[0], "worker") for w in ws]
         check(accepted_per_task(pool) == {"r%d" % i: 1 for i in range(4)}, "relay: all tasks done through the relay")
@@ -390,9 +390,9 @@ def case_tls(root):
     pool.url = "tls+tcp://127.0.0.1:%d" % pool.port
     pool.serve(["--tls-cert", pem])
     pool.submit("--id", "tls1", "--", "echo", "secret")
-    rc, out = worker(pool, "mitm", root, "--idle-exit", "1", "--tls-ca", os.path.join(root, "other.crt"))
+    rc, out = worker(pool, "mitm", root, "--idle-exit", "0.5", "--tls-ca", os.path.join(root, "other.crt"))
     check("task tls1" not in out, "tls: a worker that does not trust the certificate gets nothing")
-    rc, out = worker(pool, "tw", root, "--idle-exit", "1", "--tls-ca", crt)
+    rc, out = worker(pool, "tw", root, "--idle-exit", "0.5", "--tls-ca", crt)
     check("result tls1 accepted" in out, "tls: with the certificate pinned as CA the task runs over tls+tcp")
     pool.stop()
 

@@ -150,7 +150,8 @@ int main(int argc, char **argv)
         };
         LinkClientConfig cfg = { .timeout_ms = 2000 };
         const char *key = NULL, *arch = "x86_64";
-        unsigned want_results = 0, idle_sec = 3, max_fetch = 4, cores = 2;
+        unsigned want_results = 0, max_fetch = 4, cores = 2;
+        uint64_t idle_usec = 3 * USEC_PER_SEC;
         bool lie = false, hold = false, once = false, opencl = false;
         int c;
 
@@ -175,7 +176,7 @@ int main(int argc, char **argv)
                         want_results = (unsigned) atoi(optarg);
                         break;
                 case 'i':
-                        idle_sec = (unsigned) atoi(optarg);
+                        idle_usec = (uint64_t) (atof(optarg) * USEC_PER_SEC);
                         break;
                 case 'm':
                         max_fetch = (unsigned) atoi(optarg);
@@ -361,9 +362,9 @@ int main(int argc, char **argv)
                 if (n > 0)
                         continue;
         idle:
-                if (mono_usec() - last_work > (uint64_t) idle_sec * USEC_PER_SEC)
+                if (mono_usec() - last_work > idle_usec)
                         break;
-                usleep(100 * 1000);
+                usleep(50 * 1000);
         }
         /* A holding worker vanishes: no goodbye, its leases must lapse. */
         if (!hold)
