@@ -60,7 +60,7 @@ NET_TESTS  := $(patsubst tests/net/%.c,$(BUILD)/tests/%,$(wildcard tests/net/tes
 POOL_TESTS := $(patsubst tests/pool/%.c,$(BUILD)/tests/%,$(wildcard tests/pool/test-*.c))
 FUZZERS    := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(wildcard tests/fuzz/fuzz-*.c))
 
-.PHONY: all pool fuzz tests deps-build deps-test demo check check-unit check-host \
+.PHONY: all pool fuzz bench-pool tests deps-build deps-test demo check check-unit check-host \
         vmtest deb install clean
 .DELETE_ON_ERROR:
 
@@ -132,6 +132,13 @@ $(POOL_TESTS): $(BUILD)/tests/%: $(BUILD)/tests/pool/%.o $(BUILD)/libharvest-poo
 # A simulated worker for the pool's end-to-end tests.
 $(BUILD)/tests/pool-worker: $(BUILD)/tests/pool/worker.o $(BUILD)/libharvester-net.a
 	$(CC) $(LDFLAGS) $^ $(NET_LIBS) -o $@
+
+# Dispatch + result round trips per second, 1 to 1000 simulated workers.
+$(BUILD)/tests/bench-pool: $(BUILD)/tests/pool/bench-pool.o $(BUILD)/libharvest-pool.a $(BUILD)/libharvester-net.a
+	$(CC) $(LDFLAGS) $^ $(POOL_LIBS) -o $@
+
+bench-pool: $(BUILD)/tests/bench-pool
+	$(BUILD)/tests/bench-pool
 
 # libFuzzer targets for the decoder: make fuzz, then tests/host/fuzz-link.sh.
 fuzz: $(FUZZERS)

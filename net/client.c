@@ -458,6 +458,12 @@ int link_client_renew(LinkClient *c, const char *const *task_ids, size_t n, bool
         return 0;
 }
 
+int link_client_sign_result(LinkClient *c, Hlink__ResultBody *body, void **ret_body, size_t *ret_body_len,
+                            uint8_t ret_sig[LINK_SIG_BYTES])
+{
+        return link_result_sign(&c->id, body, ret_body, ret_body_len, ret_sig);
+}
+
 int link_client_send_result(LinkClient *c, Hlink__ResultBody *body, bool *ret_accepted)
 {
         Hlink__Body b = HLINK__BODY__INIT;

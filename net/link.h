@@ -212,6 +212,11 @@ void link_tasks_free(LinkTask *t, size_t n);
  * the pool still wants task i. */
 int link_client_renew(LinkClient *c, const char *const *task_ids, size_t n, bool *ret_valid);
 
+/* For the asynchronous path: sign BODY with the client's identity, as
+ * link_result_sign() does, to put in a Result for link_client_submit(). */
+int link_client_sign_result(LinkClient *c, Hlink__ResultBody *body, void **ret_body, size_t *ret_body_len,
+                            uint8_t ret_sig[LINK_SIG_BYTES]);
+
 /* Sign and send a result; *RET_ACCEPTED says whether the pool stored it
  * (false: it was not wanted any more, and may be forgotten). */
 int link_client_send_result(LinkClient *c, Hlink__ResultBody *body, bool *ret_accepted);

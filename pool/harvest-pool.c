@@ -619,9 +619,13 @@ static int verb_submit(int argc, char **argv)
         if (r < 0)
                 return fail(r, "pool.db");
         json_t *ids = json_array();
-        if (batch)
-                r = submit_batch(store, &id, batch, ids);
-        else {
+        r = 0;
+        /* A batch is one transaction: all of it is stored, or none. */
+        if (batch && (r = pool_store_begin(store)) >= 0)
+                r = pool_store_end(store, submit_batch(store, &id, batch, ids));
+        if (batch && r < 0)
+                json_array_clear(ids);
+        if (!batch) {
                 char tid[LINK_ID_MAX + 1];
                 r = submit_one(store, &id, &s, tid, sizeof(tid));
                 if (r >= 0)

@@ -245,11 +245,19 @@ static int handle(PoolServer *s, const void *data, size_t len, nng_msg **ret)
                 return errno_reply(s, r, NULL, ret);
 
         const uint8_t *key = m->env->sender.data, *nonce = m->env->nonce.data;
+        /* The replay check and the request's own changes commit together:
+         * one fsync a request. */
+        int t = pool_store_begin(s->store);
+        if (t < 0) {
+                r = error_reply(s, HLINK__ERROR_CODE__ERR_INTERNAL, "storage busy", nonce, ret);
+                goto out;
+        }
         if (m->body->msg_case == HLINK__BODY__MSG_HELLO)
                 r = pool_store_hello(s->store, key, m->body->hello, m->env->seq, now);
         else
                 r = pool_store_check_seq(s->store, key, m->env->seq, now);
         if (r < 0) {
+                pool_store_end(s->store, r);
                 r = errno_reply(s, r, nonce, ret);
                 goto out;
         }
@@ -286,6 +294,13 @@ static int handle(PoolServer *s, const void *data, size_t len, nng_msg **ret)
         }
         default:
                 r = error_reply(s, HLINK__ERROR_CODE__ERR_UNEXPECTED, "not a request", nonce, ret);
+        }
+        /* A reply that reports success must not go out before its changes
+         * are durable: if the commit fails, answer with an error instead. */
+        if (pool_store_end(s->store, 0) < 0 && r >= 0) {
+                nng_msg_free(*ret);
+                *ret = NULL;
+                r = error_reply(s, HLINK__ERROR_CODE__ERR_INTERNAL, "storage failed", nonce, ret);
         }
 out:
         link_msg_free(m);

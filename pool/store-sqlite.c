@@ -12,9 +12,19 @@
 #include "harvester/macro.h"
 #include "pool/store.h"
 
+#define STMT_CACHE 64
+
 struct PoolStore {
         sqlite3 *db;
-        pthread_mutex_t lock;
+        pthread_mutex_t lock;           /* recursive: pool_store_begin() nests calls */
+        unsigned depth;                 /* transactions open: 1 BEGIN, then SAVEPOINTs */
+        /* Statements compiled once, keyed by their SQL text's address
+         * (every statement here is a string literal). Compiling the lease
+         * query cost more than running it. */
+        struct {
+                const char *sql;
+                sqlite3_stmt *st;
+        } cache[STMT_CACHE];
 };
 
 static const char schema[] =
@@ -108,16 +118,34 @@ static int exec(PoolStore *s, const char *sql)
         return sql_err(s->db, sqlite3_exec(s->db, sql, NULL, NULL, NULL));
 }
 
+/* Statements belong to the cache: done with one is a reset, not a finalize. */
 static void finalizep(sqlite3_stmt **st)
 {
-        if (*st)
-                sqlite3_finalize(*st);
+        if (*st) {
+                sqlite3_reset(*st);
+                sqlite3_clear_bindings(*st);
+        }
 }
 #define _cleanup_stmt_ _cleanup_(finalizep)
 
 static int prep(PoolStore *s, const char *sql, sqlite3_stmt **ret)
 {
-        return sql_err(s->db, sqlite3_prepare_v2(s->db, sql, -1, ret, NULL));
+        size_t i;
+        for (i = 0; i < STMT_CACHE && s->cache[i].sql; i++)
+                if (s->cache[i].sql == sql) {
+                        sqlite3_reset(s->cache[i].st);
+                        sqlite3_clear_bindings(s->cache[i].st);
+                        *ret = s->cache[i].st;
+                        return 0;
+                }
+        if (i == STMT_CACHE)
+                return -ENOSPC;         /* more statements than the cache: raise STMT_CACHE */
+        int r = sql_err(s->db, sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, ret, NULL));
+        if (r < 0)
+                return r;
+        s->cache[i].sql = sql;
+        s->cache[i].st = *ret;
+        return 0;
 }
 
 static void bind_now(sqlite3_stmt *st, uint64_t now)
@@ -136,25 +164,40 @@ static int step_done(sqlite3_stmt *st)
 static int begin(PoolStore *s)
 {
         pthread_mutex_lock(&s->lock);
-        int r = exec(s, "BEGIN IMMEDIATE");
-        if (r < 0)
+        int r = exec(s, s->depth == 0 ? "BEGIN IMMEDIATE" : "SAVEPOINT sp");
+        if (r < 0) {
                 pthread_mutex_unlock(&s->lock);
-        return r;
+                return r;
+        }
+        s->depth++;
+        return 0;
 }
 
-/* Commit on success, roll back on failure; returns R or the commit's error. */
+/* Commit (or release the savepoint) on success, roll back on failure;
+ * returns R or the commit's error. */
 static int end(PoolStore *s, int r)
 {
+        bool outer = --s->depth == 0;
         if (r >= 0) {
-                int k = exec(s, "COMMIT");
+                int k = exec(s, outer ? "COMMIT" : "RELEASE sp");
                 if (k < 0) {
-                        exec(s, "ROLLBACK");
+                        exec(s, outer ? "ROLLBACK" : "ROLLBACK TO sp; RELEASE sp");
                         r = k;
                 }
         } else
-                exec(s, "ROLLBACK");
+                exec(s, outer ? "ROLLBACK" : "ROLLBACK TO sp; RELEASE sp");
         pthread_mutex_unlock(&s->lock);
         return r;
+}
+
+int pool_store_begin(PoolStore *s)
+{
+        return begin(s);
+}
+
+int pool_store_end(PoolStore *s, int r)
+{
+        return end(s, r);
 }
 
 int pool_store_open(const char *path, bool create, PoolStore **ret)
@@ -162,9 +205,13 @@ int pool_store_open(const char *path, bool create, PoolStore **ret)
         int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX | (create ? SQLITE_OPEN_CREATE : 0);
         PoolStore *s = calloc(1, sizeof(*s));
         int r;
+        pthread_mutexattr_t a;
         if (!s)
                 return -ENOMEM;
-        pthread_mutex_init(&s->lock, NULL);
+        pthread_mutexattr_init(&a);
+        pthread_mutexattr_settype(&a, PTHREAD_MUTEX_RECURSIVE);
+        pthread_mutex_init(&s->lock, &a);
+        pthread_mutexattr_destroy(&a);
         r = sql_err(NULL, sqlite3_open_v2(path, &s->db, flags, NULL));
         if (r < 0)
                 goto fail;
@@ -185,6 +232,8 @@ void pool_store_close(PoolStore *s)
 {
         if (!s)
                 return;
+        for (size_t i = 0; i < STMT_CACHE && s->cache[i].sql; i++)
+                sqlite3_finalize(s->cache[i].st);
         sqlite3_close_v2(s->db);
         pthread_mutex_destroy(&s->lock);
         free(s);

@@ -4,7 +4,8 @@
  * that a PostgreSQL backend can stand beside the SQLite one (store-sqlite.c)
  * later; nothing outside pool/store-*.c sees SQL.
  *
- * Every call is one transaction: when it returns 0 its effect is durable
+ * Every call is one transaction (or a part of one opened with
+ * pool_store_begin()): when it returns its effect is durable
  * (SQLite WAL, synchronous=FULL), so a kill -9 or a crash at any moment loses
  * no submitted task and no accepted result. Calls are safe from several
  * threads (one lock per store) and several processes (the CLI beside a
@@ -41,6 +42,14 @@ typedef struct PoolTaskNew {
         int need_gpu;                   /* Hlink__DeviceApi */
         uint64_t deadline_usec;         /* 0: none */
 } PoolTaskNew;
+
+/* Group the calls between these two into one transaction: one commit (one
+ * fsync) instead of one each. Calls nest; a failed inner call rolls back
+ * only its own part. pool_store_end() commits when R >= 0 and returns R or
+ * the commit's error; otherwise rolls back and returns R. The store's lock
+ * is held in between: keep it short. */
+int pool_store_begin(PoolStore *s);
+int pool_store_end(PoolStore *s, int r);
 
 /* Store a new task. -EEXIST if the id is taken. */
 int pool_store_add_task(PoolStore *s, const PoolTaskNew *t, uint64_t now_usec);
