@@ -233,12 +233,12 @@ static int verb_serve(int argc, char **argv)
                        cfg.contexts ? cfg.contexts : 64);
         fflush(stdout);
         int sig = wait_for_signal();
-        uint64_t req, err;
-        pool_server_stats(srv, &req, &err);
+        uint64_t req, err, commits;
+        pool_server_stats(srv, &req, &err, &commits);
         pool_server_free(srv);
         pool_store_close(store);
-        printf("harvest-pool: stopped by signal %d after %llu requests, %llu error replies\n", sig,
-               (unsigned long long) req, (unsigned long long) err);
+        printf("harvest-pool: stopped by signal %d after %llu requests, %llu error replies, %llu commits\n", sig,
+               (unsigned long long) req, (unsigned long long) err, (unsigned long long) commits);
         return 0;
 }
 

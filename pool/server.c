@@ -20,13 +20,18 @@
 
 #define N_CODES 11
 
-enum { RECEIVING, SENDING };
+enum { RECEIVING, COMMITTING, SENDING };
 
 typedef struct Ctx {
         struct PoolServer *server;
         nng_ctx ctx;
         nng_aio *aio;
         int state;
+        /* While COMMITTING: the reply, held until its changes are durable. */
+        nng_msg *reply;
+        uint8_t nonce[LINK_NONCE_BYTES];
+        bool has_nonce;
+        struct Ctx *next;
 } Ctx;
 
 struct PoolServer {
@@ -44,6 +49,16 @@ struct PoolServer {
         atomic_uint_fast64_t requests, errors;
         atomic_uint_fast64_t codes[N_CODES];        /* error replies by code, not yet flushed */
         atomic_uint_fast64_t unflushed_requests;
+
+        /* Group commit: handlers queue their replies here; one thread
+         * commits everything done so far (one fsync) and sends them. */
+        pthread_t committer;
+        bool committer_running;
+        pthread_mutex_t qlock;
+        pthread_cond_t qcond;
+        Ctx *queue;
+        bool stopping;
+        atomic_uint_fast64_t commits, committed_replies;
 };
 
 static uint64_t now_usec(void)
@@ -69,7 +84,7 @@ static void flush_counters(PoolServer *s)
                 names[n] = buf[c];
                 deltas[n++] = atomic_exchange(&s->codes[c], 0);
         }
-        if (pool_store_count(s->store, names, deltas, n) < 0) {
+        if (pool_store_count(s->store, names, deltas, n) < 0 || pool_store_commit(s->store) < 0) {
                 /* Keep them for the next try. */
                 atomic_fetch_add(&s->unflushed_requests, deltas[0]);
                 for (int c = 1; c < N_CODES; c++)
@@ -231,7 +246,7 @@ static int do_result(PoolServer *s, const uint8_t *key, const Hlink__Result *res
 
 /* One request in, one reply out, always: a REQ peer is never left waiting,
  * whatever it sent. */
-static int handle(PoolServer *s, const void *data, size_t len, nng_msg **ret)
+static int handle(PoolServer *s, Ctx *c, const void *data, size_t len, nng_msg **ret)
 {
         LinkMsg *m = NULL;
         Hlink__Body b = HLINK__BODY__INIT;
@@ -245,6 +260,8 @@ static int handle(PoolServer *s, const void *data, size_t len, nng_msg **ret)
                 return errno_reply(s, r, NULL, ret);
 
         const uint8_t *key = m->env->sender.data, *nonce = m->env->nonce.data;
+        memcpy(c->nonce, nonce, LINK_NONCE_BYTES);
+        c->has_nonce = true;
         /* The replay check and the request's own changes commit together:
          * one fsync a request. */
         int t = pool_store_begin(s->store);
@@ -295,8 +312,8 @@ static int handle(PoolServer *s, const void *data, size_t len, nng_msg **ret)
         default:
                 r = error_reply(s, HLINK__ERROR_CODE__ERR_UNEXPECTED, "not a request", nonce, ret);
         }
-        /* A reply that reports success must not go out before its changes
-         * are durable: if the commit fails, answer with an error instead. */
+        /* Durable only once the committer has committed: it holds the
+         * reply until then. */
         if (pool_store_end(s->store, 0) < 0 && r >= 0) {
                 nng_msg_free(*ret);
                 *ret = NULL;
@@ -327,7 +344,8 @@ static void ctx_done(void *arg)
                 return;
         }
         nng_msg *req = nng_aio_get_msg(c->aio), *reply = NULL;
-        int r = handle(s, nng_msg_body(req), nng_msg_len(req), &reply);
+        c->has_nonce = false;
+        int r = handle(s, c, nng_msg_body(req), nng_msg_len(req), &reply);
         nng_msg_free(req);
         if (r < 0 || !reply) {
                 /* Could not even build an error reply (out of memory):
@@ -335,9 +353,62 @@ static void ctx_done(void *arg)
                 nng_ctx_recv(c->ctx, c->aio);
                 return;
         }
-        c->state = SENDING;
-        nng_aio_set_msg(c->aio, reply);
-        nng_ctx_send(c->ctx, c->aio);
+        if (!c->has_nonce) {
+                /* Refused before touching the store: nothing to wait for. */
+                c->state = SENDING;
+                nng_aio_set_msg(c->aio, reply);
+                nng_ctx_send(c->ctx, c->aio);
+                return;
+        }
+        c->state = COMMITTING;
+        c->reply = reply;
+        pthread_mutex_lock(&s->qlock);
+        c->next = s->queue;
+        s->queue = c;
+        pthread_cond_signal(&s->qcond);
+        pthread_mutex_unlock(&s->qlock);
+}
+
+/* Every reply queued before this commit began answers a request whose
+ * changes the commit covers: send them once it succeeded, or turn them
+ * into errors if it failed (their changes are gone). */
+static void *committer(void *arg)
+{
+        PoolServer *s = arg;
+        for (;;) {
+                pthread_mutex_lock(&s->qlock);
+                while (!s->queue && !s->stopping)
+                        pthread_cond_wait(&s->qcond, &s->qlock);
+                Ctx *list = s->queue;
+                s->queue = NULL;
+                bool stopping = s->stopping;
+                pthread_mutex_unlock(&s->qlock);
+                if (!list && stopping)
+                        return NULL;
+
+                int r = pool_store_commit(s->store);
+                atomic_fetch_add(&s->commits, 1);
+                for (Ctx *c = list, *next; c; c = next) {
+                        next = c->next;
+                        nng_msg *reply = TAKE_PTR(c->reply);
+                        if (r < 0) {
+                                nng_msg_free(reply);
+                                reply = NULL;
+                                if (error_reply(s, HLINK__ERROR_CODE__ERR_INTERNAL, "storage failed", c->nonce,
+                                                &reply) < 0)
+                                        reply = NULL;
+                        }
+                        if (stopping || !reply) {
+                                /* The aios are stopped: the peer retries. */
+                                nng_msg_free(reply);
+                                continue;
+                        }
+                        atomic_fetch_add(&s->committed_replies, 1);
+                        c->state = SENDING;
+                        nng_aio_set_msg(c->aio, reply);
+                        nng_ctx_send(c->ctx, c->aio);
+                }
+        }
 }
 
 static int listen_on(nng_socket sock, const char *url, nng_tls_config *tls)
@@ -378,6 +449,8 @@ int pool_server_new(PoolStore *store, const LinkIdentity *id, const PoolServerCo
         s->lease_sec = cfg->lease_sec ? cfg->lease_sec : 300;
         s->n_ctxs = cfg->contexts ? cfg->contexts : 64;
         pthread_mutex_init(&s->id_lock, NULL);
+        pthread_mutex_init(&s->qlock, NULL);
+        pthread_cond_init(&s->qcond, NULL);
 
         if ((rv = nng_rep0_open(&s->sock)) != 0) {
                 free(s);
@@ -406,6 +479,12 @@ int pool_server_new(PoolStore *store, const LinkIdentity *id, const PoolServerCo
                 if (r < 0)
                         goto fail;
         }
+        pool_store_set_group(store, true);
+        if (pthread_create(&s->committer, NULL, committer, s) != 0) {
+                r = -EAGAIN;
+                goto fail;
+        }
+        s->committer_running = true;
         for (unsigned i = 0; i < s->n_ctxs; i++) {
                 s->ctxs[i].state = RECEIVING;
                 nng_ctx_recv(s->ctxs[i].ctx, s->ctxs[i].aio);
@@ -430,6 +509,15 @@ void pool_server_free(PoolServer *s)
         for (unsigned i = 0; s->ctxs && i < s->n_ctxs; i++)
                 if (s->ctxs[i].aio)
                         nng_aio_stop(s->ctxs[i].aio);
+        /* No handler runs any more: commit what they did, drop the replies. */
+        if (s->committer_running) {
+                pthread_mutex_lock(&s->qlock);
+                s->stopping = true;
+                pthread_cond_signal(&s->qcond);
+                pthread_mutex_unlock(&s->qlock);
+                pthread_join(s->committer, NULL);
+        }
+        pool_store_set_group(s->store, false);
         nng_close(s->sock);
         for (unsigned i = 0; s->ctxs && i < s->n_ctxs; i++)
                 if (s->ctxs[i].aio)
@@ -439,13 +527,17 @@ void pool_server_free(PoolServer *s)
                 nng_tls_config_free(s->tls);
         flush_counters(s);
         pthread_mutex_destroy(&s->id_lock);
+        pthread_mutex_destroy(&s->qlock);
+        pthread_cond_destroy(&s->qcond);
         free(s);
 }
 
-void pool_server_stats(PoolServer *s, uint64_t *ret_requests, uint64_t *ret_errors)
+void pool_server_stats(PoolServer *s, uint64_t *ret_requests, uint64_t *ret_errors, uint64_t *ret_commits)
 {
         *ret_requests = atomic_load(&s->requests);
         *ret_errors = atomic_load(&s->errors);
+        if (ret_commits)
+                *ret_commits = atomic_load(&s->commits);
 }
 
 int pool_relay(const char *upstream, const char *listen, const char *tls_cert_key_file, const char *tls_ca_file)

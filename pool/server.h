@@ -19,15 +19,19 @@ typedef struct PoolServerConfig {
 
 typedef struct PoolServer PoolServer;
 
-/* Open the socket, listen on every URL and start serving. ID is the pool's
+/* Open the socket, listen on every URL and start serving. Puts STORE in
+ * group-commit mode: a reply goes out only after a commit covering its
+ * request's changes, and one commit covers every request served during the
+ * previous one. ID is the pool's
  * identity (signs replies); STORE outlives the server. */
 int pool_server_new(PoolStore *store, const LinkIdentity *id, const PoolServerConfig *cfg, PoolServer **ret);
 /* Stop serving (in-flight requests are finished or cancelled), flush the
  * counters, free. */
 void pool_server_free(PoolServer *s);
 
-/* Requests answered, and of them error replies, since start. */
-void pool_server_stats(PoolServer *s, uint64_t *ret_requests, uint64_t *ret_errors);
+/* Requests answered, error replies, and group commits (one fsync each)
+ * since start. */
+void pool_server_stats(PoolServer *s, uint64_t *ret_requests, uint64_t *ret_errors, uint64_t *ret_commits);
 
 /* The relay: forward every request from workers dialling LISTEN to the pool
  * at UPSTREAM and the replies back, unchanged (signatures are end to end).

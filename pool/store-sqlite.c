@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* pool/store.h on SQLite: WAL, synchronous=FULL, one transaction per call. */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,7 +19,11 @@
 struct PoolStore {
         sqlite3 *db;
         pthread_mutex_t lock;           /* recursive: pool_store_begin() nests calls */
-        unsigned depth;                 /* transactions open: 1 BEGIN, then SAVEPOINTs */
+        unsigned depth;                 /* begin() calls not yet ended */
+        uint32_t savepoints;            /* bit d: level d opened a SAVEPOINT, not the BEGIN */
+        bool in_txn;                    /* a BEGIN not yet committed */
+        bool group;                     /* group commit: see pool_store_set_group() */
+        int wal_fd;                     /* group mode: the -wal file, synced outside the lock */
         /* Statements compiled once, keyed by their SQL text's address
          * (every statement here is a string literal). Compiling the lease
          * query cost more than running it. */
@@ -163,30 +169,116 @@ static int step_done(sqlite3_stmt *st)
 
 static int begin(PoolStore *s)
 {
+        int r = 0;
         pthread_mutex_lock(&s->lock);
-        int r = exec(s, s->depth == 0 ? "BEGIN IMMEDIATE" : "SAVEPOINT sp");
+        if (s->depth >= 31) {
+                pthread_mutex_unlock(&s->lock);
+                return -EDEADLK;
+        }
+        /* In group mode every call gets a savepoint, even the outermost: a
+         * failed call must not roll back others' uncommitted work. */
+        bool sp = s->in_txn || s->group;
+        if (!s->in_txn) {
+                r = exec(s, "BEGIN IMMEDIATE");
+                if (r >= 0)
+                        s->in_txn = true;
+        }
+        if (r >= 0 && sp)
+                r = exec(s, "SAVEPOINT sp");
         if (r < 0) {
+                if (s->in_txn && s->depth == 0 && !s->group) {
+                        exec(s, "ROLLBACK");
+                        s->in_txn = false;
+                }
                 pthread_mutex_unlock(&s->lock);
                 return r;
         }
+        if (sp)
+                s->savepoints |= 1U << s->depth;
+        else
+                s->savepoints &= ~(1U << s->depth);
         s->depth++;
         return 0;
 }
 
+static int commit(PoolStore *s)
+{
+        int r = exec(s, "COMMIT");
+        if (r < 0)
+                exec(s, "ROLLBACK");
+        s->in_txn = false;
+        return r;
+}
+
 /* Commit (or release the savepoint) on success, roll back on failure;
- * returns R or the commit's error. */
+ * returns R or the commit's error. In group mode the transaction stays
+ * open for pool_store_commit(). */
 static int end(PoolStore *s, int r)
 {
-        bool outer = --s->depth == 0;
-        if (r >= 0) {
-                int k = exec(s, outer ? "COMMIT" : "RELEASE sp");
-                if (k < 0) {
-                        exec(s, outer ? "ROLLBACK" : "ROLLBACK TO sp; RELEASE sp");
-                        r = k;
+        s->depth--;
+        if (s->savepoints & (1U << s->depth)) {
+                int k = r >= 0 ? exec(s, "RELEASE sp") : 0;
+                if (r < 0 || k < 0) {
+                        exec(s, "ROLLBACK TO sp; RELEASE sp");
+                        r = r < 0 ? r : k;
                 }
-        } else
-                exec(s, outer ? "ROLLBACK" : "ROLLBACK TO sp; RELEASE sp");
+        } else if (r < 0) {
+                exec(s, "ROLLBACK");
+                s->in_txn = false;
+        } else if (!s->group)
+                r = commit(s) < 0 ? -EIO : r;
         pthread_mutex_unlock(&s->lock);
+        return r;
+}
+
+int pool_store_commit(PoolStore *s)
+{
+        int r = 0;
+        bool did = false;
+        pthread_mutex_lock(&s->lock);
+        if (s->in_txn && s->depth == 0) {
+                r = commit(s);
+                did = r >= 0;
+        }
+        if (did && s->wal_fd < 0) {
+                char p[4096];
+                snprintf(p, sizeof(p), "%s-wal", sqlite3_db_filename(s->db, "main"));
+                s->wal_fd = open(p, O_RDONLY | O_CLOEXEC);
+        }
+        int fd = s->wal_fd;
+        pthread_mutex_unlock(&s->lock);
+        /* In group mode the commit wrote the log without syncing it
+         * (synchronous=NORMAL); sync it here, outside the lock, so the
+         * next batch is being served while this one reaches the disk. The
+         * file is the same inode for as long as the database is open.
+         * Without that file there is nothing durable: fail, do not lie. */
+        if (did && s->group) {
+                if (fd < 0)
+                        r = -EIO;
+                else if (fdatasync(fd) < 0)
+                        r = negative_errno();
+        }
+        return r;
+}
+
+int pool_store_set_group(PoolStore *s, bool on)
+{
+        int r = 0;
+        pthread_mutex_lock(&s->lock);
+        if (on != s->group && s->depth == 0) {
+                if (s->in_txn)
+                        r = commit(s);
+                /* FULL syncs inside every COMMIT, under the lock; NORMAL
+                 * leaves the sync to pool_store_commit(). */
+                if (r >= 0)
+                        r = exec(s, on ? "PRAGMA synchronous=NORMAL" : "PRAGMA synchronous=FULL");
+                if (r >= 0)
+                        s->group = on;
+        } else if (on != s->group)
+                r = -EBUSY;
+        pthread_mutex_unlock(&s->lock);
+        if (r >= 0 && !on && s->wal_fd >= 0)
+                fdatasync(s->wal_fd);
         return r;
 }
 
@@ -208,6 +300,7 @@ int pool_store_open(const char *path, bool create, PoolStore **ret)
         pthread_mutexattr_t a;
         if (!s)
                 return -ENOMEM;
+        s->wal_fd = -1;
         pthread_mutexattr_init(&a);
         pthread_mutexattr_settype(&a, PTHREAD_MUTEX_RECURSIVE);
         pthread_mutex_init(&s->lock, &a);
@@ -232,6 +325,9 @@ void pool_store_close(PoolStore *s)
 {
         if (!s)
                 return;
+        pool_store_set_group(s, false);
+        if (s->wal_fd >= 0)
+                close(s->wal_fd);
         for (size_t i = 0; i < STMT_CACHE && s->cache[i].sql; i++)
                 sqlite3_finalize(s->cache[i].st);
         sqlite3_close_v2(s->db);

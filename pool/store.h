@@ -51,6 +51,16 @@ typedef struct PoolTaskNew {
 int pool_store_begin(PoolStore *s);
 int pool_store_end(PoolStore *s, int r);
 
+/* Group commit, for the server: with ON, changes are not committed when a
+ * call returns but by pool_store_commit(), so one fsync covers every
+ * request served meanwhile; a call that fails still undoes only its own
+ * changes. A caller must not report a change as done (reply to a worker)
+ * before a pool_store_commit() that began after the call returned has
+ * succeeded; if it fails, every change since the last commit is gone.
+ * OFF commits what is open. */
+int pool_store_set_group(PoolStore *s, bool on);
+int pool_store_commit(PoolStore *s);
+
 /* Store a new task. -EEXIST if the id is taken. */
 int pool_store_add_task(PoolStore *s, const PoolTaskNew *t, uint64_t now_usec);
 
