@@ -5,9 +5,11 @@
  * later; nothing outside pool/store-*.c sees SQL.
  *
  * Every call is one transaction (or a part of one opened with
- * pool_store_begin()): when it returns its effect is durable
- * (SQLite WAL, synchronous=FULL), so a kill -9 or a crash at any moment loses
- * no submitted task and no accepted result. Calls are safe from several
+ * pool_store_begin()): when it returns its effect is durable (SQLite WAL,
+ * synchronous=FULL), so a kill -9 or a crash at any moment loses no
+ * submitted task and no accepted result. The server uses group commit
+ * instead (pool_store_set_group()): durable at pool_store_commit(), and it
+ * answers nobody before that. Calls are safe from several
  * threads (one lock per store) and several processes (the CLI beside a
  * running server). Times are CLOCK_REALTIME µs passed in by the caller.
  */
