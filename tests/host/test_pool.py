@@ -310,12 +310,33 @@ def case_raw_peers(root):
                                           capture_output=True, text=True).stdout.strip())
         check(replies[0].startswith("reply type 2") and replies[1].startswith("error-reply replay"),
               "raw: a signed hello is welcomed once, its replay refused (%s)" % replies)
-    pool.submit("--id", "after", "--", "echo", "still")
-    rc, out = worker(pool, "real", root, "--idle-exit", "0.5")
-    check("result after accepted" in out, "raw: real workers are still served")
+    # Garbage from raw peers while real workers are busy: every piece is
+    # answered, and the workers' tasks all get done.
+    for i in range(8):
+        pool.submit("--id", "after%d" % i, "--", "echo", "still %d" % i)
+    ws = [worker(pool, "real%d" % i, root, "--idle-exit", "1", wait=False) for i in range(2)]
+    flood, answered = 30 if have_nngcat else 0, 0
+    garbage = os.path.join(root, "garbage")
+    with open(garbage, "wb") as f:
+        f.write(os.urandom(300))
+    for i in range(flood):
+        out = subprocess.run(["nngcat", "--req0", "--dial", pool.url, "--file", garbage, "--raw",
+                              "--recv-timeout", "5"], capture_output=True, timeout=15)
+        with open(garbage + ".reply", "wb") as f:
+            f.write(out.stdout)
+        dec = subprocess.run([WORKER, "decode", garbage + ".reply", "--pool-key", pool.key],
+                             capture_output=True, text=True)
+        answered += dec.stdout.startswith("error-reply")
+    outs = [w.communicate(timeout=40)[0] for w in ws]
+    [sane(o, "worker") for o in outs]
+    check(answered == flood, "raw: %d of %d random messages sent during the run got an error reply" % (answered, flood))
+    check(accepted_per_task(pool) == {"after%d" % i: 1 for i in range(8)},
+          "raw: the real workers' tasks were all done meanwhile")
     time.sleep(1.3)     # counters reach the database once a second
     c = pool.json("status")["counters"]
-    check(c.get("errors.malformed", 0) >= (1 if have_nanocat else 0) and
+    refused = sum(v for k, v in c.items() if k.startswith("errors."))
+    check(refused >= (1 if have_nanocat else 0) + flood + (2 if have_nngcat else 0) and
+          c.get("errors.malformed", 0) >= (1 if have_nanocat else 0) and
           c.get("errors.too-large", 0) >= (1 if have_nngcat else 0) and
           c.get("errors.replay", 0) >= (1 if have_nngcat else 0), "raw: every refusal is counted (%s)" % c)
     check(pool.proc.poll() is None, "raw: the pool is still running")
