@@ -47,11 +47,15 @@ static const char schema[] =
         " need_memory INTEGER NOT NULL DEFAULT 0,"
         " need_gpu INTEGER NOT NULL DEFAULT 0,"
         " deadline_usec INTEGER NOT NULL DEFAULT 0,"
+        /* 0: wants another lease now; else no lease before this time (the
+         * first live lease's expiry), unless its leases change. Keeps the
+         * lease query from walking every leased task on each fetch. */
+        " full_until_usec INTEGER NOT NULL DEFAULT 0,"
         " state TEXT NOT NULL DEFAULT 'pending',"       /* pending done inconclusive cancelled */
         " submitted_usec INTEGER NOT NULL,"
         " finished_usec INTEGER,"
         " accepted_hash BLOB);"
-        "CREATE INDEX IF NOT EXISTS tasks_pending ON tasks(state) WHERE state = 'pending';"
+        "CREATE INDEX IF NOT EXISTS tasks_free ON tasks(full_until_usec) WHERE state = 'pending';"
         "CREATE TABLE IF NOT EXISTS workers("
         " key BLOB PRIMARY KEY,"
         " arch TEXT NOT NULL DEFAULT '',"
@@ -93,6 +97,23 @@ static const char schema[] =
 /* A lease counts while it is live or answered; a lapsed one counts for
  * nothing, which is how a vanished worker's task goes out again. */
 #define LIVE "(l.state = 'done' OR (l.state = 'active' AND l.expires_usec > :now))"
+
+/* Recompute tasks.full_until_usec from the task's leases. */
+#define REFRESH_FULL_UNTIL \
+        "UPDATE tasks SET full_until_usec = CASE" \
+        " WHEN (SELECT count(*) FROM leases l WHERE l.task_id = tasks.id AND " LIVE ") < tasks.wanted THEN 0" \
+        " ELSE coalesce((SELECT min(l.expires_usec) FROM leases l WHERE l.task_id = tasks.id" \
+        " AND l.state = 'active' AND l.expires_usec > :now), 9223372036854775807) END"
+
+/* What a lease query asks of a task besides being free: matching, and not
+ * held or answered by this worker already, and room for one more. */
+#define LEASE_FILTER \
+        " AND (t.deadline_usec = 0 OR t.deadline_usec > :now)" \
+        " AND (t.need_arch = '' OR t.need_arch = :arch)" \
+        " AND t.need_cores <= :cores AND t.need_memory <= :mem" \
+        " AND (t.need_gpu = 0 OR ((:gpu >> t.need_gpu) & 1) = 1)" \
+        " AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.task_id = t.id AND l.worker = :key AND " LIVE ")" \
+        " AND (SELECT count(*) FROM leases l WHERE l.task_id = t.id AND " LIVE ") < t.wanted"
 
 static int sql_err(sqlite3 *db, int rc)
 {
@@ -481,6 +502,17 @@ int pool_store_check_seq(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], uint64
         return end(s, r);
 }
 
+static int refresh_task(PoolStore *s, const char *task_id, uint64_t now)
+{
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        int r = prep(s, REFRESH_FULL_UNTIL " WHERE id = :id", &st);
+        if (r < 0)
+                return r;
+        bind_now(st, now);
+        sqlite3_bind_text(st, sqlite3_bind_parameter_index(st, ":id"), task_id, -1, SQLITE_STATIC);
+        return step_done(st);
+}
+
 void pool_leases_free(PoolLease *l, size_t n)
 {
         if (!l)
@@ -493,7 +525,7 @@ void pool_leases_free(PoolLease *l, size_t n)
 int pool_store_lease(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], unsigned max, size_t max_bytes,
                      uint64_t now, uint64_t lease_usec, PoolLease **ret)
 {
-        _cleanup_stmt_ sqlite3_stmt *w = NULL, *q = NULL, *ins = NULL;
+        _cleanup_stmt_ sqlite3_stmt *w = NULL, *ins = NULL;
         PoolLease *out = NULL;
         size_t n = 0, bytes = 0;
         int r;
@@ -516,26 +548,29 @@ int pool_store_lease(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], unsigned m
                 if (sqlite3_step(w) != SQLITE_ROW)
                         r = -ENOENT;
         }
-        /* Matching: only tasks whose needs this worker's capabilities meet. */
-        if (r >= 0)
-                r = prep(s,
-                         "SELECT t.id, t.spec, t.signature FROM tasks t"
-                         " WHERE t.state = 'pending'"
-                         " AND (t.deadline_usec = 0 OR t.deadline_usec > :now)"
-                         " AND (t.need_arch = '' OR t.need_arch = :arch)"
-                         " AND t.need_cores <= :cores AND t.need_memory <= :mem"
-                         " AND (t.need_gpu = 0 OR ((:gpu >> t.need_gpu) & 1) = 1)"
-                         " AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.task_id = t.id AND l.worker = :key AND " LIVE ")"
-                         " AND (SELECT count(*) FROM leases l WHERE l.task_id = t.id AND " LIVE ") < t.wanted"
-                         " ORDER BY t.rowid LIMIT :max",
-                         &q);
+        /* Matching: only tasks whose needs this worker's capabilities meet.
+         * Lapsed leases first, oldest lapse first, so a vanished worker's
+         * task is not starved by new ones; then free tasks in order. Both
+         * walk the tasks_free index, never the tasks that are fully leased. */
+        static const char *const queries[2] = {
+                "SELECT t.id, t.spec, t.signature FROM tasks t INDEXED BY tasks_free WHERE t.state = 'pending'"
+                " AND t.full_until_usec > 0 AND t.full_until_usec <= :now" LEASE_FILTER
+                " ORDER BY t.full_until_usec LIMIT :max",
+                "SELECT t.id, t.spec, t.signature FROM tasks t INDEXED BY tasks_free WHERE t.state = 'pending'"
+                " AND t.full_until_usec = 0" LEASE_FILTER
+                " ORDER BY t.rowid LIMIT :max",
+        };
         if (r >= 0)
                 r = prep(s,
                          "INSERT INTO leases(task_id, worker, issued_usec, expires_usec, state) VALUES(?,?,?,?,'active')"
                          " ON CONFLICT(task_id, worker) DO UPDATE SET issued_usec = excluded.issued_usec,"
                          " expires_usec = excluded.expires_usec, state = 'active'",
                          &ins);
-        if (r >= 0) {
+        for (int qi = 0; qi < 2 && r >= 0 && n < max; qi++) {
+                _cleanup_stmt_ sqlite3_stmt *q = NULL;
+                r = prep(s, queries[qi], &q);
+                if (r < 0)
+                        break;
                 bind_now(q, now);
                 sqlite3_bind_text(q, sqlite3_bind_parameter_index(q, ":arch"),
                                   (const char *) sqlite3_column_text(w, 0), -1, SQLITE_TRANSIENT);
@@ -543,34 +578,36 @@ int pool_store_lease(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], unsigned m
                 sqlite3_bind_int64(q, sqlite3_bind_parameter_index(q, ":mem"), sqlite3_column_int64(w, 2));
                 sqlite3_bind_int(q, sqlite3_bind_parameter_index(q, ":gpu"), sqlite3_column_int(w, 3));
                 sqlite3_bind_blob(q, sqlite3_bind_parameter_index(q, ":key"), key, LINK_KEY_BYTES, SQLITE_STATIC);
-                sqlite3_bind_int(q, sqlite3_bind_parameter_index(q, ":max"), (int) max);
-        }
-        while (r >= 0 && n < max) {
-                int rc = sqlite3_step(q);
-                if (rc == SQLITE_DONE)
-                        break;
-                if (rc != SQLITE_ROW) {
-                        r = sql_err(s->db, rc);
-                        break;
+                sqlite3_bind_int(q, sqlite3_bind_parameter_index(q, ":max"), (int) (max - n));
+                while (n < max) {
+                        int rc = sqlite3_step(q);
+                        if (rc == SQLITE_DONE)
+                                break;
+                        if (rc != SQLITE_ROW) {
+                                r = sql_err(s->db, rc);
+                                break;
+                        }
+                        size_t len = (size_t) sqlite3_column_bytes(q, 1);
+                        if (bytes + len > max_bytes) {
+                                qi = 2;         /* full: no second query either */
+                                break;
+                        }
+                        if (sqlite3_column_bytes(q, 2) != LINK_SIG_BYTES)
+                                continue;
+                        PoolLease *l = &out[n];
+                        snprintf(l->id, sizeof(l->id), "%s", (const char *) sqlite3_column_text(q, 0));
+                        l->spec = malloc(len ? len : 1);
+                        if (!l->spec) {
+                                r = -ENOMEM;
+                                break;
+                        }
+                        memcpy(l->spec, sqlite3_column_blob(q, 1), len);
+                        l->spec_len = len;
+                        memcpy(l->signature, sqlite3_column_blob(q, 2), LINK_SIG_BYTES);
+                        l->expires_usec = now + lease_usec;
+                        n++;
+                        bytes += len;
                 }
-                size_t len = (size_t) sqlite3_column_bytes(q, 1);
-                if (bytes + len > max_bytes)
-                        break;
-                if (sqlite3_column_bytes(q, 2) != LINK_SIG_BYTES)
-                        continue;
-                PoolLease *l = &out[n];
-                snprintf(l->id, sizeof(l->id), "%s", (const char *) sqlite3_column_text(q, 0));
-                l->spec = malloc(len ? len : 1);
-                if (!l->spec) {
-                        r = -ENOMEM;
-                        break;
-                }
-                memcpy(l->spec, sqlite3_column_blob(q, 1), len);
-                l->spec_len = len;
-                memcpy(l->signature, sqlite3_column_blob(q, 2), LINK_SIG_BYTES);
-                l->expires_usec = now + lease_usec;
-                n++;
-                bytes += len;
         }
         for (size_t i = 0; r >= 0 && i < n; i++) {
                 sqlite3_reset(ins);
@@ -579,6 +616,8 @@ int pool_store_lease(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], unsigned m
                 sqlite3_bind_int64(ins, 3, (sqlite3_int64) now);
                 sqlite3_bind_int64(ins, 4, (sqlite3_int64) out[i].expires_usec);
                 r = step_done(ins);
+                if (r >= 0)
+                        r = refresh_task(s, out[i].id, now);
         }
         r = end(s, r);
         if (r < 0) {
@@ -640,6 +679,8 @@ int pool_store_renew(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], const char
                 sqlite3_bind_blob(up, 3, key, LINK_KEY_BYTES, SQLITE_STATIC);
                 r = step_done(up);
         }
+        if (r >= 0)
+                r = refresh_task(s, task_id, now);
         r = end(s, r);
         if (r >= 0)
                 *ret_expires = now + lease_usec;
@@ -818,6 +859,8 @@ int pool_store_add_result(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], const
         if (r >= 0 && !strcmp(state, "pending"))
                 r = judge(s, b->task_id, now);
         if (r >= 0)
+                r = refresh_task(s, b->task_id, now);
+        if (r >= 0)
                 accepted = true;
 out:
         r = end(s, r < 0 ? r : 0);
@@ -836,6 +879,12 @@ int pool_store_release(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], uint64_t
                 return r;
         r = simple(s, "UPDATE leases SET state = 'released' WHERE worker = :key AND state = 'active'"
                       " AND expires_usec > :now", NULL, key, now);
+        if (r > 0) {
+                int k = simple(s, REFRESH_FULL_UNTIL " WHERE state = 'pending' AND id IN"
+                                  " (SELECT task_id FROM leases WHERE worker = :key AND state = 'released')", NULL, key, now);
+                if (k < 0)
+                        r = k;
+        }
         return end(s, r);
 }
 
