@@ -27,6 +27,11 @@ what `harvest-pool ... --json` reports afterwards:
                own key (signatures are end to end)
   tls          tls+tcp:// with the pool's certificate pinned as the CA;
                a worker with another CA gets nothing
+  netns        pool and two workers as separate hosts in network
+               namespaces; one worker is cut off the network (link down)
+               holding leases, the other, behind netem delay and loss,
+               takes them over when they lapse; the first comes back and
+               sends its late results: every task accepted exactly once
 """
 import base64
 import json
@@ -421,7 +426,84 @@ def case_tls(root):
 # Split in two programs so each stays well under a minute under ASan:
 # this one runs the pool's own behaviour, test_pool_link.py the link's.
 POOL_CASES = ["basic", "replicas", "matching", "kill9"]
-LINK_CASES = ["lease", "raw_peers", "wrong_pool", "cancel", "relay", "tls"]
+LINK_CASES = ["lease", "raw_peers", "wrong_pool", "cancel", "relay", "tls", "netns"]
+
+
+def case_netns(root):
+    tag = "hp%d" % os.getpid()
+    ns = {"pool": tag + "p", "w1": tag + "a", "w2": tag + "b"}
+
+    def ip(*args, check_rc=True):
+        return subprocess.run(["ip", *args], capture_output=True, text=True, check=check_rc)
+
+    try:
+        ip("netns", "add", ns["pool"])
+    except (subprocess.CalledProcessError, FileNotFoundError) as e:
+        print("note: no network namespaces here (%s), netns case not run" % e)
+        return
+    try:
+        ip("netns", "add", ns["w1"])
+        ip("netns", "add", ns["w2"])
+        for i, w in ((1, "w1"), (2, "w2")):
+            ip("link", "add", "%sv%d" % (tag, i), "netns", ns["pool"], "type", "veth", "peer", "name", "%sw%d" % (tag, i),
+               "netns", ns[w])
+            ip("-n", ns["pool"], "addr", "add", "10.77.%d.1/24" % i, "dev", "%sv%d" % (tag, i))
+            ip("-n", ns[w], "addr", "add", "10.77.%d.2/24" % i, "dev", "%sw%d" % (tag, i))
+            ip("-n", ns["pool"], "link", "set", "%sv%d" % (tag, i), "up")
+            ip("-n", ns[w], "link", "set", "%sw%d" % (tag, i), "up")
+        for n in ns.values():
+            ip("-n", n, "link", "set", "lo", "up")
+        netem = subprocess.run(["tc", "-n", ns["w2"], "qdisc", "add", "dev", "%sw2" % tag, "root", "netem",
+                                "delay", "40ms", "10ms", "loss", "5%"], capture_output=True, text=True)
+        behind = "behind netem delay and loss"
+        if netem.returncode != 0:
+            print("note: netem unavailable (%s), w2's link is clean" % netem.stderr.strip())
+            behind = "on a clean link (no netem here)"
+
+        pool = Pool(root, lease=2)
+        log = open(pool.dir + "/serve.log", "a")
+        pool.proc = subprocess.Popen(["ip", "netns", "exec", ns["pool"], POOL, "serve", "--state-dir", pool.dir,
+                                      "--listen", "tcp://0.0.0.0:7450", "--lease-sec", "2"],
+                                     stdout=log, stderr=subprocess.STDOUT)
+        spawned.append(pool.proc)
+        time.sleep(0.5)
+        for i in range(6):
+            pool.submit("--id", "n%d" % i, "--", "sh", "-c", "sleep 0.3; echo %d" % i)
+
+        def remote(w, name, *args):
+            p = subprocess.Popen(["ip", "netns", "exec", ns[w], WORKER, "run", "--url",
+                                  "tcp://10.77.%s.1:7450" % w[1], "--state-dir", os.path.join(root, name),
+                                  "--pool-key", pool.key, "--timeout-ms", "1000", *args],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            spawned.append(p)
+            return p
+
+        w1 = remote("w1", "w1", "--max-fetch", "3", "--idle-exit", "8")
+        held = []
+        deadline = time.time() + 15
+        while time.time() < deadline and len(held) < 3:
+            line = w1.stdout.readline()
+            if line.startswith("task "):
+                held.append(line.split()[1])
+        ip("-n", ns["w1"], "link", "set", "%sw1" % tag, "down")      # cut off, holding leases
+        check(len(held) == 3, "netns: w1 holds %s when its link goes down" % held)
+        time.sleep(2.5)                                             # its leases lapse
+        out2, _ = remote("w2", "w2", "--idle-exit", "2").communicate(timeout=60)
+        sane(out2, "worker w2")
+        took = [l.split()[1] for l in out2.splitlines() if l.startswith("result ") and l.endswith("accepted")]
+        check(set(held) <= set(took), "netns: w2, %s, took over w1's lapsed tasks (%d results)" % (behind, len(took)))
+        ip("-n", ns["w1"], "link", "set", "%sw1" % tag, "up")        # w1 comes back with late results
+        out1, _ = w1.communicate(timeout=60)
+        sane(out1, "worker w1")
+        check("result " in out1, "netns: w1 delivered its late results once back")
+        check(accepted_per_task(pool) == {"n%d" % i: 1 for i in range(6)},
+              "netns: every task accepted exactly once (late results kept, not counted)")
+        late = [r for r in pool.json("results") if not r["accepted"]]
+        check(all(r["worker"] == worker_key(root, "w1") for r in late), "netns: only w1's results are late")
+        pool.stop()
+    finally:
+        for n in ns.values():
+            ip("netns", "del", n, check_rc=False)
 
 
 def main(default=POOL_CASES):
@@ -430,7 +512,7 @@ def main(default=POOL_CASES):
             print("skip: %s is not built (make BUILD=%s pool %s)" % (p, BUILD, WORKER))
             return 77
     cases = [case_basic, case_replicas, case_matching, case_lease, case_kill9, case_raw_peers, case_wrong_pool,
-             case_cancel, case_relay, case_tls]
+             case_cancel, case_relay, case_tls, case_netns]
     only = sys.argv[1:] or default
     for case in cases:
         if only and case.__name__[5:] not in only:
