@@ -90,8 +90,8 @@ $(BUILD)/%.o: %.c $(BPF_SKELS) $(PB_HDRS) $(wildcard */*.h)
 $(BUILD)/libharvester.a: $(LIB_OBJS)
 	$(AR) rcs $@ $^
 
-$(BUILD)/harvesterd: $(BUILD)/harvester/harvesterd.o $(BUILD)/libharvester.a
-	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+$(BUILD)/harvesterd: $(BUILD)/harvester/harvesterd.o $(BUILD)/libharvester.a $(BUILD)/libharvester-net.a
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) $(NET_LIBS) -o $@
 
 $(BUILD)/harvestctl: $(BUILD)/harvester/harvestctl.o $(BUILD)/libharvester.a
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@

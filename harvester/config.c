@@ -338,6 +338,7 @@ void config_defaults(struct config *c)
 		.job_tasks_max = 64,
 		.job_runtime_max_usec = 0,
 		.max_jobs = 1,
+		.pool_max_tasks = 2,
 		.cgroup_root = NULL,
 		.use_bpf = true,
 	};
@@ -351,7 +352,8 @@ void config_free(struct config *c)
 	free(c->cgroup_root);
 	free(c->pool_url);
 	free(c->pool_key);
-	c->job_user = c->cgroup_root = c->pool_url = c->pool_key = NULL;
+	free(c->pool_ca_file);
+	c->job_user = c->cgroup_root = c->pool_url = c->pool_key = c->pool_ca_file = NULL;
 }
 
 /* ---- keys ---------------------------------------------------------------- */
@@ -579,6 +581,23 @@ static const char *set_key(struct config *c, const struct config *def, const cha
 	return set_string(&c->pool_key, def->pool_key, v);
 }
 
+static const char *set_pool_max_tasks(struct config *c, const struct config *def, const char *v)
+{
+	uint64_t u = c->pool_max_tasks;
+	/* One fetch asks for at most LINK_TASKS_MAX (16) tasks. */
+	const char *e = set_uint(&u, def->pool_max_tasks, v, 1, 16, "an integer from 1 to 16");
+	if (!e)
+		c->pool_max_tasks = (unsigned)u;
+	return e;
+}
+
+static const char *set_ca_file(struct config *c, const struct config *def, const char *v)
+{
+	if (*v && (v[0] != '/' || strlen(v) >= PATH_MAX))
+		return "an absolute path to a PEM file";
+	return set_string(&c->pool_ca_file, def->pool_ca_file, v);
+}
+
 enum {
 	KEY_CPU = 0,
 	KEY_BURST = 3,
@@ -606,6 +625,8 @@ static const struct key {
 	{ "Daemon", "BPF", set_bpf },
 	{ "Pool", "URL", set_url },
 	{ "Pool", "Key", set_key },
+	{ "Pool", "MaxTasks", set_pool_max_tasks },
+	{ "Pool", "CAFile", set_ca_file },
 };
 
 static bool known_section(const char *s)

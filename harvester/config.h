@@ -41,6 +41,8 @@ struct config {
 	/* [Pool] (used by the link; parsed and checked now) */
 	char *pool_url;
 	char *pool_key;
+	unsigned pool_max_tasks;     /* MaxTasks=2: pool tasks held (queued or running) at once */
+	char *pool_ca_file;          /* CAFile= PEM CA bundle or pinned certificate, for tls+tcp:// */
 };
 
 /* Called once per error, with "FILE:LINE: Key=VALUE: what was expected". */

@@ -177,6 +177,21 @@ static int verb_status(int argc, char **argv)
 		       span(b, sizeof(b), geti(rc, "last_to_frozen_usec")), (long long)geti(rc, "count"));
 	} else
 		printf("Reaction:   no input has frozen a running job yet\n");
+	json_t *pl = json_object_get(r, "pool");
+	if (json_is_object(pl)) {
+		const char *err = json_string_value(json_object_get(pl, "last_error"));
+		printf("Pool:       %s, %s%s for %s\n", json_string_value(json_object_get(pl, "url")),
+		       json_is_true(json_object_get(pl, "connected")) ? "connected" : "not connected: ",
+		       json_is_true(json_object_get(pl, "connected")) ? "" : (err ? err : "unknown"),
+		       span(a, sizeof(a), geti(pl, "state_for_usec")));
+		printf("Pool work:  %lld held (%lld running), %lld done, %lld failed, %lld refused (bad signature), "
+		       "%lld result(s) awaiting acknowledgement, %s CPU contributed\n",
+		       (long long)geti(pl, "tasks_held"), (long long)geti(pl, "tasks_running"),
+		       (long long)geti(pl, "done"), (long long)geti(pl, "failed"),
+		       (long long)geti(pl, "refused") + (long long)geti(pl, "refused_replies"),
+		       (long long)geti(pl, "results_pending"), span(b, sizeof(b), geti(pl, "cpu_contributed_usec")));
+	} else
+		printf("Pool:       none ([Pool] URL= not set)\n");
 	printf("Daemon:     pid %lld, %s CPU, %.1f MiB resident\n", (long long)geti(r, "pid"),
 	       span(a, sizeof(a), geti(r, "daemon.cpu_usec")), (double)geti(r, "daemon.rss_bytes") / 1048576.0);
 	json_decref(r);

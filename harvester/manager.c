@@ -16,6 +16,7 @@
 #include "harvester/log.h"
 #include "harvester/macro.h"
 #include "harvester/manager.h"
+#include "harvester/pool-link.h"
 
 #define TICK_USEC USEC_PER_SEC
 #define LEDGER_IDLE_SAVE_USEC (300 * USEC_PER_SEC)
@@ -422,6 +423,7 @@ void manager_evaluate(struct manager *m, const char *why)
 		if (m->duty_timer)
 			duty_stop(m);
 		apply_freeze(m, true);
+		pool_link_kick(m->pool);    /* results and renewals still go; no fetch */
 		return;
 	}
 	/* Thaw before starting jobs: a process cloned into a frozen cgroup
@@ -440,6 +442,7 @@ void manager_evaluate(struct manager *m, const char *why)
 	else if (m->duty_timer)
 		duty_stop(m);
 	apply_freeze(m, m->duty_frozen);
+	pool_link_kick(m->pool);
 }
 
 static void on_activity(void *userdata, uint64_t event_ns, enum sense_activity kind)
@@ -523,6 +526,8 @@ static void on_job_changed(void *userdata, struct job *j)
 		log_warning("Job %" PRIu64 " failed: %s", j->id, j->reason ? j->reason : "unknown");
 	else
 		log_info("Job %" PRIu64 " %s", j->id, job_state_name(j->state));
+	if (j->pool_task)
+		pool_link_job_changed(m->pool, j);
 	manager_evaluate(m, "job finished");
 }
 
@@ -634,7 +639,7 @@ json_t *manager_status_json(struct manager *m)
 	}
 
 	const char *fallback = m->sense ? sense_fallback_reason(m->sense) : "the probe did not start";
-	return json_pack("{s:s, s:i, s:s, s:s, s:I, s:o, s:s, s:s, s:s?, s:s, s:s, s:b, s:o,"
+	json_t *o = json_pack("{s:s, s:i, s:s, s:s, s:I, s:o, s:s, s:s, s:s?, s:s, s:s, s:b, s:o,"
 			 " s:o, s:{s:i, s:i, s:i, s:i, s:i}, s:{s:I, s:I, s:I}, s:o,"
 			 " s:{s:i, s:o, s:o, s:o}, s:{s:I, s:I}, s:i}",
 			 "version", HARVESTER_VERSION, "pid", (int)getpid(),
@@ -665,6 +670,9 @@ json_t *manager_status_json(struct manager *m)
 			 "daemon", "cpu_usec", (json_int_t)cpu,
 			 "rss_bytes", (json_int_t)rss_pages * (json_int_t)sysconf(_SC_PAGESIZE),
 			 "foreground_cpu_ppm", (int)m->foreground_ppm);
+	if (o)
+		json_object_set_new(o, "pool", m->pool ? pool_link_status_json(m->pool) : json_null());
+	return o;
 }
 
 /* --- run ------------------------------------------------------------------------- */
@@ -720,6 +728,8 @@ int manager_run(struct manager *m)
 			 sense_time_source(m->sense), why ? "; fallback because " : "", why ? why : "");
 	}
 
+	if (m->config.pool_url && (r = pool_link_new(m, &m->pool)) < 0)
+		return r;
 	if ((r = control_listen(m)) < 0)
 		return r;
 	sd_event_add_signal(m->event, NULL, SIGTERM, on_signal, m);
@@ -740,6 +750,7 @@ int manager_run(struct manager *m)
 
 	/* Stop: nothing lost. Running jobs are killed and queued again. */
 	jobs_requeue_all(m->jobs);
+	pool_link_stop(m->pool);
 	uint64_t usage;
 	if (cg_cpu_usage_usec(m->cg_jobs, &usage) >= 0)
 		budget_update(&m->budget, now_mono_usec(), usage);
@@ -753,6 +764,7 @@ struct manager *manager_free(struct manager *m)
 	if (!m)
 		return NULL;
 	m->sense = m->sense ? sense_free(m->sense) : NULL;
+	m->pool = pool_link_free(m->pool);
 	m->jobs = m->jobs ? jobs_free(m->jobs) : NULL;
 	sd_event_source_disable_unref(m->tick);
 	sd_event_source_disable_unref(m->policy_timer);

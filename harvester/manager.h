@@ -39,6 +39,7 @@ struct manager {
 	struct policy policy;
 	struct jobs *jobs;
 	struct job_limits limits;
+	struct pool_link *pool;        /* NULL without [Pool] URL= */
 
 	/* freezing */
 	bool frozen;                   /* what we last wrote to jobs/cgroup.freeze */
