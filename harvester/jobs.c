@@ -128,14 +128,17 @@ static int job_from_json(json_t *o, struct job **ret)
 {
 	json_int_t id = 0, sub = 0, start = 0, fin = 0, cpu = 0;
 	const char *state = NULL, *reason = NULL;
-	json_t *argv = NULL, *pool_task = NULL;
+	json_t *argv = NULL, *pool_task = NULL, *reason_j = NULL;
 	int exit_code = -1, sig = 0, attempts = 0;
 
-	if (json_unpack(o, "{s:I, s:s, s:o, s?I, s?I, s?I, s?i, s?i, s?s, s?I, s?i, s?o}",
+	/* "reason" is null for a job that did not fail: written by job_to_json. */
+	if (json_unpack(o, "{s:I, s:s, s:o, s?I, s?I, s?I, s?i, s?i, s?o, s?I, s?i, s?o}",
 			"id", &id, "state", &state, "argv", &argv, "submitted_usec", &sub,
 			"started_usec", &start, "finished_usec", &fin, "exit_code", &exit_code,
-			"signal", &sig, "reason", &reason, "cpu_usec", &cpu, "attempts", &attempts,
+			"signal", &sig, "reason", &reason_j, "cpu_usec", &cpu, "attempts", &attempts,
 			"pool_task", &pool_task) < 0)
+		return -EBADMSG;
+	if (reason_j && !json_is_null(reason_j) && !(reason = json_string_value(reason_j)))
 		return -EBADMSG;
 	int s = job_state_from_name(state);
 	if (s < 0 || id <= 0 || !json_is_array(argv) || json_array_size(argv) == 0 ||

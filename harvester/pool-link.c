@@ -165,7 +165,7 @@ static void set_failed(struct pool_link *p, int err, const char *fmt, ...)
 	p->next_try_usec = mono_usec() + p->backoff_usec;
 	/* Once per distinct failure, not once per retry. */
 	if (changed)
-		log_full(LOG_WARNING, err, "Pool %s: %s; retrying with backoff", p->m->config.pool_url, what);
+		log_full(LOG_WARNING, 0, "Pool %s: %s; retrying with backoff", p->m->config.pool_url, what);
 }
 
 /* --- requests -------------------------------------------------------------------- */
