@@ -555,6 +555,22 @@ static void on_lease_lost(struct pool_link *p, const char *task_id)
 	}
 }
 
+/* Error replies to a result that a resend would only get again. A replay
+ * (our resend of a request the pool did see) or an internal error is not. */
+static bool result_error_is_final(int code)
+{
+	switch (code) {
+	case HLINK__ERROR_CODE__ERR_UNKNOWN_TASK:
+	case HLINK__ERROR_CODE__ERR_LEASE_EXPIRED:
+	case HLINK__ERROR_CODE__ERR_MALFORMED:
+	case HLINK__ERROR_CODE__ERR_TOO_LARGE:
+	case HLINK__ERROR_CODE__ERR_BAD_SIGNATURE:
+		return true;
+	default:
+		return false;
+	}
+}
+
 static void on_reply(LinkClient *c, int error, LinkMsg *reply, void *userdata)
 {
 	struct pool_link *p = userdata;
@@ -579,7 +595,9 @@ static void on_reply(LinkClient *c, int error, LinkMsg *reply, void *userdata)
 		if (code == HLINK__ERROR_CODE__ERR_UNKNOWN_WORKER) {
 			set_connected(p);
 			p->welcomed = false;         /* a new pool database: hello again */
-		} else if (what == REQ_RESULT && code == HLINK__ERROR_CODE__ERR_UNKNOWN_TASK) {
+		} else if (what == REQ_RESULT && result_error_is_final(code)) {
+			/* Sending it again cannot change the answer: keep the job's
+			 * record of it, drop the file. */
 			struct job *j = find_job(p, p->inflight_job);
 			set_connected(p);
 			if (j)

@@ -16,11 +16,18 @@ as separate processes. The pool side is checked with the pool's own CLI
              STATE/results and in status (results_pending 1, not connected,
              last error), also across a SIGTERM/restart of the daemon; the pool
              comes back and gets it exactly once
+  renew      a task that runs past its 2 s lease stays leased to the daemon
+             (renewed), is never handed out twice, and is accepted once
+  paused     `harvestctl pause`: nothing is fetched (spool empty, nothing
+             leased); after `resume` the tasks are fetched, run and accepted
   wrongkey   a daemon pinned to another pool's key refuses every reply: no job
              in its spool, refused_replies counted, no task done
   forged     the pool's envelopes are signed by the pinned key but its tasks by
              another (a swapped pool.key): every task refused and counted
              before anything of it is written or run; the spool stays empty
+
+paused, wrongkey and forged run from test_daemon_pool_trust.py (each file
+stays under a minute under ASan); name cases on the command line to run any.
 """
 import base64
 import hashlib
@@ -343,7 +350,6 @@ def case_pooldown(root, cg):
     check(len(d.results_on_disk()) == 1, "pooldown: still on disk after the daemon stopped")
     d.start()
     check(d.pool()["results_pending"] == 1, "pooldown: the restarted daemon still holds it")
-    time.sleep(1)
     pool.serve()
     t0 = time.time()
     ok = wait_for(lambda: pool.accepted() == {"late": 1}, 40)
@@ -353,6 +359,41 @@ def case_pooldown(root, cg):
     res = pool.json("results", "--outputs")
     check(len(res) == 1 and base64.b64decode(res[0]["outputs"][0]["data_base64"]) == b"delivered late\n",
           "pooldown: exactly one result, with the right output")
+    d.stop()
+    pool.stop()
+
+
+def case_renew(root, cg):
+    pool = Pool(root, lease=2)
+    pool.serve()
+    pool.submit("--id", "long", "--", "sh", "-c", "sleep 5; echo renewed")
+    d = Daemon(root, "d", pool.url, pool.key, cg)
+    d.start()
+    check(wait_for(lambda: running_pool_job(d), 15) is not None, "renew: the pool task runs")
+    time.sleep(3.5)
+    t = pool.tasks()["long"]
+    check(t["state"] == "pending" and t["leased"] == 1 and len(d.pool_jobs()) == 1,
+          "renew: past its 2 s lease the task is still leased to us, once (renewed): %s" % t)
+    check(wait_for(lambda: pool.accepted() == {"long": 1}, 20), "renew: accepted exactly once")
+    check(len(d.pool_jobs()) == 1 and len(pool.json("results")) == 1, "renew: one job, one result")
+    d.stop()
+    pool.stop()
+
+
+def case_paused(root, cg):
+    pool = Pool(root)
+    pool.serve()
+    d = Daemon(root, "d", pool.url, pool.key, cg)
+    d.start()
+    d.ctl("pause")
+    check(wait_for(lambda: d.pool()["connected"], 10), "paused: connected to the pool")
+    ids = [pool.submit("--id", "p%d" % i, "--", "echo", "p%d" % i)[0] for i in range(3)]
+    time.sleep(3)
+    check(d.spool_jobs() == [] and all(t["leased"] == 0 for t in pool.tasks().values()),
+          "paused: no work fetched while the policy forbids harvesting")
+    d.ctl("resume")
+    check(wait_for(lambda: all_done(pool, ids), 20), "paused: after resume the tasks are fetched and done")
+    check(pool.accepted() == {i: 1 for i in ids}, "paused: each accepted once")
     d.stop()
     pool.stop()
 
@@ -411,7 +452,11 @@ def cleanup_cgroup(base):
             pass
 
 
-def main():
+POOL_CASES = ["basic", "kill9", "pooldown", "renew"]
+TRUST_CASES = ["paused", "wrongkey", "forged"]
+
+
+def main(default=POOL_CASES):
     if os.geteuid() != 0:
         print("needs root (cgroups, job user)")
         return 77
@@ -423,8 +468,8 @@ def main():
         if not os.access(p, os.X_OK):
             print("%s is not built (make BUILD=%s all)" % (p, BUILD))
             return 77
-    cases = [case_basic, case_kill9, case_pooldown, case_wrongkey, case_forged]
-    only = sys.argv[1:]
+    cases = [case_basic, case_kill9, case_pooldown, case_renew, case_paused, case_wrongkey, case_forged]
+    only = sys.argv[1:] or default
     for case in cases:
         name = case.__name__[5:]
         if only and name not in only:
