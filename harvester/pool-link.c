@@ -40,6 +40,7 @@ enum request { REQ_NONE, REQ_HELLO, REQ_FETCH, REQ_RENEW, REQ_RESULT };
 struct pool_link {
 	struct manager *m;
 	LinkClient *client;
+	char *url;                     /* as started: a reload does not redial */
 	uint8_t pool_pk[LINK_KEY_BYTES];
 	sd_event_source *io, *timer;
 	char *results_dir;
@@ -134,7 +135,7 @@ static void set_connected(struct pool_link *p)
 		p->since_realtime_usec = realtime_usec();
 		p->since_mono_usec = mono_usec();
 		if (!p->connected)
-			log_info("Pool %s reached", p->m->config.pool_url);
+			log_info("Pool %s reached", p->url);
 	}
 	p->connected = true;
 	p->last_error[0] = 0;
@@ -165,7 +166,7 @@ static void set_failed(struct pool_link *p, int err, const char *fmt, ...)
 	p->next_try_usec = mono_usec() + p->backoff_usec;
 	/* Once per distinct failure, not once per retry. */
 	if (changed)
-		log_full(LOG_WARNING, 0, "Pool %s: %s; retrying with backoff", p->m->config.pool_url, what);
+		log_full(LOG_WARNING, 0, "Pool %s: %s; retrying with backoff", p->url, what);
 }
 
 /* --- requests -------------------------------------------------------------------- */
@@ -617,7 +618,7 @@ static void on_reply(LinkClient *c, int error, LinkMsg *reply, void *userdata)
 		p->worker_id = strdup(b->welcome->worker_id);
 		p->next_renew_usec = now;        /* leases held from before a restart */
 		p->next_fetch_usec = now;
-		log_info("Pool %s: welcome as %s, leases of %u s", p->m->config.pool_url, b->welcome->worker_id,
+		log_info("Pool %s: welcome as %s, leases of %u s", p->url, b->welcome->worker_id,
 			 p->lease_sec);
 		break;
 	case REQ_FETCH: {
@@ -694,6 +695,10 @@ int pool_link_new(struct manager *m, struct pool_link **ret)
 	if (!p)
 		return -ENOMEM;
 	p->m = m;
+	if (!(p->url = strdup(m->config.pool_url))) {
+		free(p);
+		return -ENOMEM;
+	}
 	memcpy(p->pool_pk, cfg.pool_key, LINK_KEY_BYTES);
 	p->since_realtime_usec = realtime_usec();
 	p->since_mono_usec = mono_usec();
@@ -753,7 +758,7 @@ void pool_link_stop(struct pool_link *p)
 		return;         /* leases stay ours: the held tasks run after a restart */
 	int r = link_client_goodbye(p->client, "harvesterd stopping");
 	if (r < 0) {
-		log_warning_errno(r, "Pool %s: goodbye not delivered; held tasks stay leased to us", p->m->config.pool_url);
+		log_warning_errno(r, "Pool %s: goodbye not delivered; held tasks stay leased to us", p->url);
 		return;
 	}
 	/* The pool hands our leases out again: do not run those here too. */
@@ -764,7 +769,7 @@ void pool_link_stop(struct pool_link *p)
 			jobs_cancel(p->m->jobs, j->id);
 			n++;
 		}
-	log_info("Pool %s: goodbye; %u held task(s) given back", p->m->config.pool_url, n);
+	log_info("Pool %s: goodbye; %u held task(s) given back", p->url, n);
 }
 
 struct pool_link *pool_link_free(struct pool_link *p)
@@ -776,6 +781,7 @@ struct pool_link *pool_link_free(struct pool_link *p)
 	link_client_free(p->client);
 	free(p->results_dir);
 	free(p->worker_id);
+	free(p->url);
 	free(p);
 	return NULL;
 }
@@ -800,7 +806,7 @@ json_t *pool_link_status_json(struct pool_link *p)
 		}
 	}
 	return json_pack("{s:s, s:b, s:s?, s:s?, s:I, s:I, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:I, s:I}",
-			 "url", p->m->config.pool_url, "connected", p->connected, "worker_id", p->worker_id,
+			 "url", p->url, "connected", p->connected, "worker_id", p->worker_id,
 			 "last_error", p->last_error[0] ? p->last_error : NULL,
 			 "since_usec", (json_int_t)p->since_realtime_usec,
 			 "state_for_usec", (json_int_t)(now - p->since_mono_usec),
