@@ -18,6 +18,9 @@ as separate processes. The pool side is checked with the pool's own CLI
              comes back and gets it exactly once
   renew      a task that runs past its 2 s lease stays leased to the daemon
              (renewed), is never handed out twice, and is accepted once
+  goodbye    SIGTERM while a task runs: goodbye, the pool takes the lease back
+             at once, the job is dropped here (released); after a restart
+             the task is fetched anew and accepted exactly once
   paused     `harvestctl pause`: nothing is fetched (spool empty, nothing
              leased); after `resume` the tasks are fetched, run and accepted
   wrongkey   a daemon pinned to another pool's key refuses every reply: no job
@@ -26,7 +29,7 @@ as separate processes. The pool side is checked with the pool's own CLI
              another (a swapped pool.key): every task refused and counted
              before anything of it is written or run; the spool stays empty
 
-paused, wrongkey and forged run from test_daemon_pool_trust.py (each file
+goodbye, paused, wrongkey and forged run from test_daemon_pool_trust.py (each file
 stays under a minute under ASan); name cases on the command line to run any.
 """
 import base64
@@ -398,6 +401,31 @@ def case_paused(root, cg):
     pool.stop()
 
 
+def case_goodbye(root, cg):
+    pool = Pool(root, lease=60)
+    pool.serve()
+    pool.submit("--id", "bye", "--", "sh", "-c", "sleep 1.5; echo once")
+    d = Daemon(root, "d", pool.url, pool.key, cg)
+    d.start()
+    check(wait_for(lambda: running_pool_job(d), 15) is not None, "goodbye: the pool task runs")
+    rc = d.stop()
+    check(rc == 0, "goodbye: SIGTERM: clean exit")
+    t = pool.tasks()["bye"]
+    check(t["leased"] == 0 and t["state"] == "pending", "goodbye: the pool took the lease back at once (of 60 s): %s" % t)
+    with open(os.path.join(d.state, "spool", "1.json")) as f:
+        j = json.load(f)
+    check(j["state"] == "cancelled" and j["pool_task"]["state"] == "released",
+          "goodbye: the held task is dropped here, not run again after a restart")
+    d.start()
+    check(wait_for(lambda: pool.accepted() == {"bye": 1}, 20), "goodbye: fetched again as a new job, accepted once")
+    time.sleep(0.5)
+    pj = d.pool_jobs()
+    check(len(pj) == 2 and [x["state"] for x in pj] == ["cancelled", "done"] and len(pool.json("results")) == 1,
+          "goodbye: two jobs (released, done), one result")
+    d.stop()
+    pool.stop()
+
+
 def case_wrongkey(root, cg):
     pool = Pool(root)
     other = Pool(root, name="other")
@@ -453,7 +481,7 @@ def cleanup_cgroup(base):
 
 
 POOL_CASES = ["basic", "kill9", "pooldown", "renew"]
-TRUST_CASES = ["paused", "wrongkey", "forged"]
+TRUST_CASES = ["goodbye", "paused", "wrongkey", "forged"]
 
 
 def main(default=POOL_CASES):
@@ -468,7 +496,7 @@ def main(default=POOL_CASES):
         if not os.access(p, os.X_OK):
             print("%s is not built (make BUILD=%s all)" % (p, BUILD))
             return 77
-    cases = [case_basic, case_kill9, case_pooldown, case_renew, case_paused, case_wrongkey, case_forged]
+    cases = [case_basic, case_kill9, case_pooldown, case_renew, case_goodbye, case_paused, case_wrongkey, case_forged]
     only = sys.argv[1:] or default
     for case in cases:
         name = case.__name__[5:]
