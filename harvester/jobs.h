@@ -58,6 +58,11 @@ struct jobs *jobs_free(struct jobs *js);
 
 /* Queue a new exec job; the argv is copied. */
 int jobs_submit(struct jobs *js, char *const *argv, struct job **ret);
+/* Ids for jobs kept elsewhere (GPU jobs, gpu-jobs.h) that share this id
+ * space and STATE/jobs/<id>/: take a fresh id, or say that id is held, so
+ * that no exec job is ever given it. */
+uint64_t jobs_new_id(struct jobs *js);
+void jobs_id_used(struct jobs *js, uint64_t id);
 /* Start the oldest queued job if fewer than max_running run. Returns 1 if one
  * started, 0 if none could (nothing queued, or enough running), -errno if the
  * start failed (the job is then marked failed with the reason). */
