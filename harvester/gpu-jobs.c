@@ -292,14 +292,15 @@ static int job_from_json(json_t *o, struct gpu_job **ret)
 	json_t *global, *local, *scalars;
 	int has_input, priority = 0, attempts = 0;
 
-	if (json_unpack(o, "{s:I, s:s, s:s, s:o, s:o, s:I, s:I, s:b, s:o, s?i, s?i, s?I, s?I, s?I, s?s, s?I,"
+	if (json_unpack(o, "{s:I, s:s, s:s, s:o, s:o, s:I, s:I, s:b, s:o, s?i, s?i, s?I, s?I, s?I, s?I,"
 			" s?I, s?s}",
 			"id", &id, "state", &state, "kernel", &kernel, "global", &global, "local", &local,
 			"input_bytes", &in_bytes, "out_bytes", &out_bytes, "input", &has_input, "scalars", &scalars,
 			"priority", &priority, "attempts", &attempts, "submitted_usec", &sub, "started_usec", &start,
-			"finished_usec", &fin, "reason", &reason, "device_ns", &dns, "chunks", &chunks,
-			"device", &device) < 0)
+			"finished_usec", &fin, "device_ns", &dns, "chunks", &chunks, "device", &device) < 0)
 		return -EBADMSG;
+	/* null when there is none, which unpack's "s" refuses */
+	reason = json_string_value(json_object_get(o, "reason"));
 	unsigned dim = (unsigned)json_array_size(global);
 	if (id <= 0 || dim < 1 || dim > 3 || out_bytes <= 0 || in_bytes < 0 || !json_is_array(scalars) ||
 	    json_array_size(scalars) > GPU_JOB_MAX_SCALARS)
