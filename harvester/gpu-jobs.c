@@ -66,11 +66,12 @@ struct gpu_jobs {
 	struct budget budget;
 	uint64_t device_ns_total;    /* charged since start: the bucket's usage counter */
 	uint64_t saved_spent_usec;   /* budget.spent_total_usec at the last ledger fill */
+	bool saved_busy;             /* gpu_busy at the last ledger fill */
 	bool dispatching;            /* what we last told the queues */
 	char why[160];               /* why not, for status and the log */
 	struct gpu_job *head;        /* in id order */
 	char *jobs_dir;              /* STATE/jobs */
-	bool started;
+	bool started, stopped;
 };
 
 static uint64_t now_mono_usec(void)
@@ -932,6 +933,7 @@ void gpu_jobs_stop(struct gpu_jobs *g)
 	for (struct gpu_job *j = g->head; j; j = j->next)
 		job_release_buffers(j);
 	g->started = false;
+	g->stopped = true;
 }
 
 struct gpu_jobs *gpu_jobs_free(struct gpu_jobs *g)
@@ -966,21 +968,26 @@ void gpu_jobs_evaluate(struct gpu_jobs *g)
 		apply(g, true);
 }
 
-bool gpu_jobs_tick(struct gpu_jobs *g)
-{
-	if (!g)
-		return false;
-	budget_step(g);
-	apply(g, true);
-	return g->budget.spent_total_usec != g->saved_spent_usec;
-}
-
 static bool gpu_busy(struct gpu_jobs *g)
 {
 	for (const struct gpu_job *j = g->head; j; j = j->next)
 		if (j->dev)
 			return true;
 	return false;
+}
+
+int gpu_jobs_tick(struct gpu_jobs *g)
+{
+	if (!g)
+		return 0;
+	budget_step(g);
+	apply(g, true);
+	bool busy = g->started && gpu_busy(g);
+	/* Work arrived on an idle GPU: until a ledger says so, a crash would
+	 * lose what it spends. */
+	if (busy && !g->saved_busy)
+		return 2;
+	return g->budget.spent_total_usec != g->saved_spent_usec || busy != g->saved_busy;
 }
 
 void gpu_jobs_fill_ledger(struct gpu_jobs *g, struct ledger *l)
@@ -992,9 +999,11 @@ void gpu_jobs_fill_ledger(struct gpu_jobs *g, struct ledger *l)
 	l->gpu_tokens_usec = g->budget.tokens_usec;
 	l->gpu_spent_total_usec = g->budget.spent_total_usec;
 	/* Work on a queue may spend device time the next save would record: if
-	 * we crash first, the next start charges the worst case for it. */
-	l->gpu_busy = g->started && gpu_busy(g);
+	 * we crash first, the next start charges the worst case for it. Before
+	 * the queues start, the spool is not read yet: assume work. */
+	l->gpu_busy = !g->stopped && (!g->started || gpu_busy(g));
 	g->saved_spent_usec = g->budget.spent_total_usec;
+	g->saved_busy = l->gpu_busy;
 }
 
 void gpu_jobs_reconfigure(struct gpu_jobs *g)

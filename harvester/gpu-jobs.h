@@ -68,9 +68,10 @@ struct gpu_jobs *gpu_jobs_free(struct gpu_jobs *g);
 /* Apply the manager's state to the queues (from manager_evaluate). */
 void gpu_jobs_evaluate(struct gpu_jobs *g);
 /* Refill the bucket for the time since the last update and re-evaluate (the
- * budget may have resumed). True if device time was spent since the ledger
- * was last written, so it should be saved. */
-bool gpu_jobs_tick(struct gpu_jobs *g);
+ * budget may have resumed). 2: work arrived on an idle GPU since the ledger
+ * was last written (save it now); 1: device time was spent or the GPU went
+ * idle since then (save it on the usual schedule); 0: the ledger is current. */
+int gpu_jobs_tick(struct gpu_jobs *g);
 /* Put the GPU bucket into l before the manager saves it. */
 void gpu_jobs_fill_ledger(struct gpu_jobs *g, struct ledger *l);
 /* New [Budget] GPU= or Window= (SIGHUP). */

@@ -505,13 +505,14 @@ static int on_tick(sd_event_source *s, uint64_t usec, void *userdata)
 	if (cg_cpu_usage_usec(m->cg_jobs, &usage) >= 0)
 		budget_update(&m->budget, now, usage);
 	read_host(m);
-	bool gpu_spent = gpu_jobs_tick(m->gpu);
+	int gpu_save = gpu_jobs_tick(m->gpu);
 	manager_evaluate(m, "tick");
 	/* Save while jobs spend (at most LEDGER_SAVE_USEC of spending can be
 	 * unrecorded, and that is charged at start-up); an idle bucket only
 	 * fills, so a stale ledger errs low and rarely needs writing. */
 	uint64_t since = now - m->last_ledger_save_usec;
-	if ((since >= LEDGER_SAVE_USEC && (m->budget.spent_total_usec != m->last_saved_spent_usec || gpu_spent)) ||
+	if (gpu_save > 1 ||
+	    (since >= LEDGER_SAVE_USEC && (m->budget.spent_total_usec != m->last_saved_spent_usec || gpu_save)) ||
 	    since >= LEDGER_IDLE_SAVE_USEC)
 		manager_save_ledger(m);
 

@@ -5,7 +5,8 @@ submitted with harvestctl gives the bytes a reference computed here gives;
 the GPU budget is spent by the device time the job measured; no chunk is
 dispatched while paused or while the owner types, and dispatch resumes
 after; the GPU spending survives a restart through the ledger; a small
-GPU= budget holds dispatch to its rate; a job running at a stop runs again.
+GPU= budget holds dispatch to its rate; a job running at a stop runs again;
+a crash with GPU work queued is charged the worst case at the next start.
 Exits 0 on pass, 77 to skip."""
 
 import json
@@ -279,6 +280,25 @@ CgroupRoot=/{cg_root}
         j = d.jobs()[bid2]
         check(j["state"] in ("queued", "running") and j["attempts"] == 2 and "requeued" in (j["reason"] or ""),
               f"requeued at start: {j['state']}, attempt {j['attempts']}, {j['reason']}")
+
+        # --- a crash with GPU work queued: the next start charges the worst case ----------------
+        time.sleep(1.5)
+        before_kill = spent(d)
+        d.proc.kill()
+        d.proc.wait()
+        with open(os.path.join(d.state, "ledger")) as f:
+            led = json.load(f)
+        check(led["gpu_busy"] is True, "the ledger written while GPU work was queued says so")
+        d.start()
+        since_save = time.time() * 1e6 - led["saved_realtime_usec"]
+        after_kill = spent(d)
+        charged = after_kill - led["gpu_spent_total_usec"]
+        print(f"crash: {charged} us of device time charged for {since_save / 1e6:.2f} s since the last save "
+              f"(spent {before_kill} us before the kill, {after_kill} us after the restart)")
+        check(0 < charged <= min(5e6, since_save) and after_kill >= before_kill,
+              "SIGKILL: the time since the last save is charged as device time (at most 5 s), none handed out twice")
+        j = d.jobs()[bid2]
+        check(j["state"] in ("queued", "running") and j["attempts"] == 3, f"requeued again: attempt {j['attempts']}")
         d.ctl("cancel", str(bid2))
         j = d.wait_job(bid2, timeout=10)
         check(j["state"] == "cancelled", f"cancel stops a GPU job: {j['state']}")
