@@ -762,35 +762,47 @@ static int ledger_file(const struct manager *m, char *buf, size_t len)
 	return snprintf(buf, len, "%s/ledger", m->state_dir) < (int)len ? 0 : -ENAMETOOLONG;
 }
 
+void gpu_jobs_match_pci(struct gpu_device *const *cl, int ncl, struct gpu_device *const *cu, int ncu,
+			int *ret_same)
+{
+	for (int i = 0; i < ncu; i++) {
+		const char *bus = gpu_device_get_info(cu[i])->pci_bus_id;
+		ret_same[i] = -1;
+		/* An unknown bus id ("") names no device: never "the same". */
+		for (int k = 0; bus[0] && k < ncl && ret_same[i] < 0; k++)
+			if (strcasecmp(gpu_device_get_info(cl[k])->pci_bus_id, bus) == 0)
+				ret_same[i] = k;
+	}
+}
+
 /* One entry per physical GPU: drop a CUDA device whose PCI bus id an OpenCL
  * device has (the OpenCL handle runs the local OpenCL jobs; both backends
  * are named). Takes both arrays. */
 static int merge_devices(struct gpu_jobs *g, struct gpu_device **cl, int ncl, struct gpu_device **cu, int ncu)
 {
 	struct gpu_device **dropped = calloc((size_t)ncu + 1, sizeof(*dropped));
+	int *same = calloc((size_t)ncu + 1, sizeof(*same));
 	int nd = 0;
 
 	g->devs = calloc((size_t)(ncl + ncu) + 1, sizeof(*g->devs));
-	if (!g->devs || !dropped) {
+	if (!g->devs || !dropped || !same) {
 		free(dropped);
+		free(same);
 		gpu_devices_free(cl, ncl);
 		gpu_devices_free(cu, ncu);
 		return -ENOMEM;
 	}
+	gpu_jobs_match_pci(cl, ncl, cu, ncu, same);
 	for (int i = 0; i < ncl; i++)
 		g->devs[g->n_devs++] = (struct gpu_dev) { .owner = g, .d = cl[i] };
 	for (int i = 0; i < ncu; i++) {
-		const char *bus = gpu_device_get_info(cu[i])->pci_bus_id;
-		struct gpu_dev *same = NULL;
-		for (int k = 0; bus[0] && k < ncl; k++)
-			if (strcasecmp(gpu_device_get_info(cl[k])->pci_bus_id, bus) == 0)
-				same = &g->devs[k];
-		if (same) {
-			same->also_cuda = true;
+		if (same[i] >= 0) {
+			g->devs[same[i]].also_cuda = true;
 			dropped[nd++] = cu[i];
 		} else
 			g->devs[g->n_devs++] = (struct gpu_dev) { .owner = g, .d = cu[i] };
 	}
+	free(same);
 	free(cl);
 	free(cu);
 	gpu_devices_free(dropped, nd);

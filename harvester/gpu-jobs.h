@@ -36,6 +36,7 @@
 #define GPU_JOB_MAX_SCALARS 8
 
 struct gpu_jobs;
+struct gpu_device;
 struct manager;
 struct ledger;
 
@@ -53,6 +54,11 @@ struct gpu_job_spec {
 	int priority;                /* higher first */
 };
 
+/* A GPU both backends see: for each CUDA device, ret_same[i] is the index
+ * of the OpenCL device with the same PCI bus id (any case), or -1 (also for
+ * an unknown bus id). ret_same has ncu entries. */
+void gpu_jobs_match_pci(struct gpu_device *const *cl, int ncl, struct gpu_device *const *cu, int ncu,
+			int *ret_same);
 /* Find the devices and restore the GPU bucket from STATE/ledger (call before
  * the manager's own ledger load, which saves the ledger with both buckets).
  * Absent backends are fine: 0 devices is a working state. */
