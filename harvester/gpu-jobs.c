@@ -72,6 +72,8 @@ struct gpu_jobs {
 	struct gpu_job *head;        /* in id order */
 	char *jobs_dir;              /* STATE/jobs */
 	bool started, stopped;
+	gpu_jobs_done_fn done_fn;
+	void *done_userdata;
 };
 
 static uint64_t now_mono_usec(void)
@@ -505,8 +507,12 @@ static void hook_done(void *u, uint64_t task_id, int error)
 	j->finished_usec = now_realtime_usec();
 	if (!j->started_usec)
 		j->started_usec = j->finished_usec;
-	job_release_buffers(j);
 	job_save(g, j);
+	if (g->done_fn)
+		g->done_fn(g->done_userdata, j->id, j->state == JOB_DONE ? 0 : j->state == JOB_CANCELLED ? -ECANCELED :
+			   error ? error : -EIO, j->state == JOB_DONE ? j->output : NULL,
+			   j->state == JOB_DONE ? j->out_bytes : 0);
+	job_release_buffers(j);
 	if (j->state == JOB_FAILED)
 		log_warning("GPU job %" PRIu64 " failed: %s", j->id, j->reason);
 	else
@@ -1025,6 +1031,12 @@ void gpu_jobs_reconfigure(struct gpu_jobs *g)
 	budget_step(g);
 	budget_reconfigure(&g->budget, g->m->config.gpu_ppm, PPM_ONE, g->m->config.window_usec);
 	apply(g, true);
+}
+
+void gpu_jobs_set_done_callback(struct gpu_jobs *g, gpu_jobs_done_fn fn, void *userdata)
+{
+	g->done_fn = fn;
+	g->done_userdata = userdata;
 }
 
 unsigned gpu_jobs_n_devices(const struct gpu_jobs *g)

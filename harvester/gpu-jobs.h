@@ -90,6 +90,12 @@ int gpu_jobs_submit(struct gpu_jobs *g, const struct gpu_job_spec *spec, uint64_
 /* -ENOENT if no GPU job has the id, -EALREADY if it has ended. */
 int gpu_jobs_cancel(struct gpu_jobs *g, uint64_t id);
 
+/* Called on the loop when a GPU job ends (for the pool link: send the
+ * result back): error 0 with its output (valid only during the call; also
+ * in STATE/jobs/<id>/output), -ECANCELED, or the failure's -errno. */
+typedef void (*gpu_jobs_done_fn)(void *userdata, uint64_t id, int error, const void *output, size_t out_bytes);
+void gpu_jobs_set_done_callback(struct gpu_jobs *g, gpu_jobs_done_fn fn, void *userdata);
+
 unsigned gpu_jobs_n_devices(const struct gpu_jobs *g);
 /* status "gpu" object (control.h) */
 json_t *gpu_jobs_status_json(struct gpu_jobs *g);
