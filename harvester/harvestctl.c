@@ -509,8 +509,8 @@ static const struct verb {
 	{ "resume", verb_resume, "end a pause (root)" },
 	{ "submit", verb_submit, "-- CMD [ARGS...]  queue a local job, print its id (root)" },
 	{ "submit-gpu", verb_submit_gpu, "--source F.cl --kernel K --global N[,N,N] --out-bytes N [--in F]\n"
-	  "           [--local N[,N,N]] [--uint V]... [--priority P]  queue an OpenCL job (root);\n"
-	  "           kernel arguments: the input buffer (with --in), the output buffer, the --uint values" },
+	  "             [--local N[,N,N]] [--uint V]... [--priority P]  queue an OpenCL job (root);\n"
+	  "             kernel arguments: the input buffer (with --in), the output buffer, the --uint values" },
 	{ "cancel", verb_cancel, "ID  cancel a queued or running job (root)" },
 };
 
