@@ -766,3 +766,14 @@ json_t *jobs_to_json(const struct jobs *js)
 	}
 	return a;
 }
+
+uint64_t jobs_new_id(struct jobs *js)
+{
+	return js->next_id++;
+}
+
+void jobs_id_used(struct jobs *js, uint64_t id)
+{
+	if (id >= js->next_id)
+		js->next_id = id + 1;
+}

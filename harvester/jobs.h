@@ -79,6 +79,11 @@ int jobs_save(struct jobs *js, struct job *j);
 struct job *jobs_first(const struct jobs *js);
 /* STATE/jobs/<id>/NAME into BUF. */
 int jobs_output_path(const struct jobs *js, const struct job *j, const char *name, char *buf, size_t len);
+/* Ids for jobs kept elsewhere (GPU jobs, gpu-jobs.h) that share this id
+ * space and STATE/jobs/<id>/: take a fresh id, or say that id is held, so
+ * that no exec job is ever given it. */
+uint64_t jobs_new_id(struct jobs *js);
+void jobs_id_used(struct jobs *js, uint64_t id);
 /* Start the oldest queued job if fewer than max_running run. Returns 1 if one
  * started, 0 if none could (nothing queued, or enough running), -errno if the
  * start failed (the job is then marked failed with the reason). */
