@@ -419,16 +419,20 @@ if [ "$phase" = 2 ]; then
 	kill $sockpid 2>/dev/null
 
 	# --- upgrade: restarts the running service, keeps ledger and queue ---
-	harvestctl pause >/dev/null
+	note "upgrade: pause, queue a job, reinstall the package"
+	timeout 20 harvestctl pause >/dev/null
 	q=$(sub /bin/true)
 	sp1=$(stj .budget.spent_total_usec); pid1=$(mainpid)
-	apt-get install -y -q --reinstall "$(ls $M/harvester_*.deb | head -n 1)" >/tmp/apt.log 2>&1
+	t=$(now_s)
+	timeout 120 apt-get install -y -q --reinstall "$(ls $M/harvester_*.deb | head -n 1)" >/tmp/apt.log 2>&1 ||
+		note "reinstall: $(tail -n 3 /tmp/apt.log | tr '\n' ' ')"
+	figure upgrade_reinstall_s "$(calc "$(now_s) - $t")"
 	wait_until 20 test "$(systemctl is-active harvesterd)" = active
 	wait_daemon 20 test -n "$(stj .budget.spent_total_usec)"
 	sp2=$(stj .budget.spent_total_usec); pid2=$(mainpid)
 	check upgrade-restarts-keeps-state "pid $pid1 -> $pid2, spent $sp1 -> $sp2, queued job $q is '$(job "$q" state)'" \
 		ok_calc "$pid2 != $pid1 && $pid2 > 0 && $sp2 >= $sp1 && \"$(job "$q" state)\" == \"queued\""
-	harvestctl resume >/dev/null
+	timeout 20 harvestctl resume >/dev/null
 
 	# --- 6. stop leaves no job process; purge leaves no state ---
 	b=$(sub /bin/sh -c 'while :; do :; done')
@@ -436,7 +440,10 @@ if [ "$phase" = 2 ]; then
 	cg=$(cgpath)
 	jpids=$(cat "$cg"/*/cgroup.procs 2>/dev/null | tr '\n' ' ')
 	note "running job $b pids: $jpids"
-	systemctl stop harvesterd
+	note "stop: job $b running"
+	t=$(now_s)
+	timeout 90 systemctl stop harvesterd
+	figure stop_s "$(calc "$(now_s) - $t")"
 	left=""
 	for p in $jpids; do [ -d /proc/$p ] && left="$left $p"; done
 	byuser=$(pgrep -u harvester | tr '\n' ' ')
@@ -445,7 +452,8 @@ if [ "$phase" = 2 ]; then
 		/sys/fs/cgroup/system.slice/harvesterd.service/*/*/cgroup.procs 2>/dev/null | tr '\n' ' ')
 	check stop-leaves-no-job-process "job pids '$jpids' left '$left', user harvester '$byuser', unit cgroup '$unitprocs'" \
 		test -n "$jpids" -a -z "$left$byuser" -a -z "$(tr -d ' ' <<<"$unitprocs")"
-	apt-get purge -y -q harvester >/tmp/apt.log 2>&1
+	note "purge"
+	timeout 120 apt-get purge -y -q harvester >/tmp/apt.log 2>&1
 	left=$(ls -d /var/lib/harvester /etc/harvester /run/harvester /lib/systemd/system/harvesterd.service \
 		/etc/systemd/system/multi-user.target.wants/harvesterd.service 2>/dev/null | tr '\n' ' ')
 	check purge-leaves-no-state "left: $left" test -z "$left"
