@@ -16,8 +16,10 @@
 static const char *socket_path = "/run/harvester/control.sock";
 static bool arg_json;
 
+/* Send req (consumed) and read the answer into *ret. */
 static int request(json_t *req, json_t **ret)
 {
+	_cleanup_(json_decrefp) json_t *owned = req;
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	char *s;
 	int r;

@@ -19,6 +19,8 @@ static void help(void)
 	       "  -r, --runtime-dir DIR  control socket (default /run/harvester)\n"
 	       "      --check-config     validate the configuration and exit\n"
 	       "      --no-bpf           do not load the eBPF probe (use the fallbacks)\n"
+	       "      --input-dir DIR    watch input devices here (default /dev/input)\n"
+	       "      --tty-dir DIR      watch terminals here (default /dev/pts; \"\" for none)\n"
 	       "  -v, --verbose          log debug messages\n"
 	       "  -h, --help             show this help\n"
 	       "      --version          show the version\n\n"
@@ -32,32 +34,39 @@ static void print_error(void *userdata, const char *file, unsigned line, const c
 
 int main(int argc, char *argv[])
 {
-	enum { ARG_CHECK = 0x100, ARG_NO_BPF, ARG_VERSION };
+	enum { ARG_CHECK = 0x100, ARG_NO_BPF, ARG_VERSION, ARG_INPUT_DIR, ARG_TTY_DIR };
 	static const struct option opts[] = {
 		{ "config", required_argument, NULL, 'c' },
 		{ "state-dir", required_argument, NULL, 's' },
 		{ "runtime-dir", required_argument, NULL, 'r' },
 		{ "check-config", no_argument, NULL, ARG_CHECK },
 		{ "no-bpf", no_argument, NULL, ARG_NO_BPF },
+		{ "input-dir", required_argument, NULL, ARG_INPUT_DIR },
+		{ "tty-dir", required_argument, NULL, ARG_TTY_DIR },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, ARG_VERSION },
 		{}
 	};
-	const char *config = "/etc/harvester/harvester.conf", *state = "/var/lib/harvester",
-		   *runtime = "/run/harvester";
-	bool check = false, no_bpf = false;
+	struct manager_opts mo = {
+		.config_path = "/etc/harvester/harvester.conf",
+		.state_dir = "/var/lib/harvester",
+		.runtime_dir = "/run/harvester",
+	};
+	bool check = false;
 	int c;
 
 	log_set_prefix("harvesterd");
 	while ((c = getopt_long(argc, argv, "c:s:r:vh", opts, NULL)) >= 0) {
 		switch (c) {
-		case 'c': config = optarg; break;
-		case 's': state = optarg; break;
-		case 'r': runtime = optarg; break;
+		case 'c': mo.config_path = optarg; break;
+		case 's': mo.state_dir = optarg; break;
+		case 'r': mo.runtime_dir = optarg; break;
+		case ARG_INPUT_DIR: mo.input_dir = optarg; break;
+		case ARG_TTY_DIR: mo.tty_dir = optarg; break;
 		case 'v': log_set_max_level(LOG_DEBUG); break;
 		case ARG_CHECK: check = true; break;
-		case ARG_NO_BPF: no_bpf = true; break;
+		case ARG_NO_BPF: mo.no_bpf = true; break;
 		case 'h': help(); return 0;
 		case ARG_VERSION: printf("harvesterd %s\n", HARVESTER_VERSION); return 0;
 		default:
@@ -72,24 +81,24 @@ int main(int argc, char *argv[])
 
 	if (check) {
 		struct config cfg;
-		int r = config_load(config, NULL, &cfg, print_error, NULL);
+		int r = config_load(mo.config_path, NULL, &cfg, print_error, NULL);
 		if (r < 0) {
 			if (r != -EINVAL)
-				fprintf(stderr, "%s: %s\n", config, strerror(-r));
+				fprintf(stderr, "%s: %s\n", mo.config_path, strerror(-r));
 			return 1;
 		}
-		printf("%s: configuration is valid\n", config);
+		printf("%s: configuration is valid\n", mo.config_path);
 		config_free(&cfg);
 		return 0;
 	}
 
 	struct manager *m;
-	int r = manager_new(config, state, runtime, no_bpf, &m);
+	int r = manager_new(&mo, &m);
 	if (r < 0) {
 		if (r != -EINVAL)
-			log_error_errno(r, "Cannot load %s", config);
+			log_error_errno(r, "Cannot load %s", mo.config_path);
 		else
-			log_error("Refusing to start: %s has errors (above)", config);
+			log_error("Refusing to start: %s has errors (above)", mo.config_path);
 		return 1;
 	}
 	r = manager_run(m);

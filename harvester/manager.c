@@ -18,6 +18,7 @@
 #include "harvester/manager.h"
 
 #define TICK_USEC USEC_PER_SEC
+#define LEDGER_IDLE_SAVE_USEC (300 * USEC_PER_SEC)
 /* Foreground share is smoothed over about 5 ticks: "sustained" load. */
 #define FOREGROUND_EWMA_NUM 1
 #define FOREGROUND_EWMA_DEN 5
@@ -52,8 +53,7 @@ static void on_config_error(void *userdata, const char *file, unsigned line, con
 	log_error("%s", msg);
 }
 
-int manager_new(const char *config_path, const char *state_dir, const char *runtime_dir,
-		bool no_bpf, struct manager **ret)
+int manager_new(const struct manager_opts *o, struct manager **ret)
 {
 	struct manager *m = calloc(1, sizeof(*m));
 	int r;
@@ -61,10 +61,12 @@ int manager_new(const char *config_path, const char *state_dir, const char *runt
 	if (!m)
 		return -ENOMEM;
 	m->control_fd = -1;
-	m->no_bpf = no_bpf;
+	m->no_bpf = o->no_bpf;
 	m->temperature_mc = INT32_MIN;
-	if (!(m->config_path = strdup(config_path)) || !(m->state_dir = strdup(state_dir)) ||
-	    !(m->runtime_dir = strdup(runtime_dir))) {
+	if (!(m->config_path = strdup(o->config_path)) || !(m->state_dir = strdup(o->state_dir)) ||
+	    !(m->runtime_dir = strdup(o->runtime_dir)) ||
+	    (o->input_dir && !(m->input_dir = strdup(o->input_dir))) ||
+	    (o->tty_dir && !(m->tty_dir = strdup(o->tty_dir)))) {
 		manager_free(m);
 		return -ENOMEM;
 	}
@@ -105,6 +107,7 @@ static int manager_save_ledger(struct manager *m)
 	if (r < 0)
 		return log_warning_errno(r, "Cannot save the budget ledger %s", path);
 	m->last_ledger_save_usec = now_mono_usec();
+	m->last_saved_spent_usec = m->budget.spent_total_usec;
 	return 0;
 }
 
@@ -415,7 +418,16 @@ void manager_evaluate(struct manager *m, const char *why)
 		sd_event_source_set_enabled(m->policy_timer, SD_EVENT_OFF);
 
 	bool allow = policy_allows_harvest(m->policy.state);
-	if (allow) {
+	if (!allow) {
+		if (m->duty_timer)
+			duty_stop(m);
+		apply_freeze(m, true);
+		return;
+	}
+	/* Thaw before starting jobs: a process cloned into a frozen cgroup
+	 * would stop before its exec, and the spawn waits for that exec. */
+	apply_freeze(m, m->duty_frozen);
+	if (!m->frozen) {
 		int r;
 		do {
 			r = jobs_start_next(m->jobs, &m->limits, m->config.max_jobs);
@@ -423,18 +435,19 @@ void manager_evaluate(struct manager *m, const char *why)
 				log_warning_errno(r, "A job failed to start");
 		} while (r != 0);
 	}
-	bool running = jobs_count(m->jobs, JOB_RUNNING) > 0;
-	if (!m->have_cpu && allow && running)
+	if (!m->have_cpu && jobs_count(m->jobs, JOB_RUNNING) > 0)
 		duty_start(m);
 	else if (m->duty_timer)
 		duty_stop(m);
-	apply_freeze(m, !allow || m->duty_frozen);
+	apply_freeze(m, m->duty_frozen);
 }
 
 static void on_activity(void *userdata, uint64_t event_ns, enum sense_activity kind)
 {
 	struct manager *m = userdata;
-	bool harvesting = !m->frozen && jobs_count(m->jobs, JOB_RUNNING) > 0;
+	/* Jobs that run under the policy (even in a duty-cycle pause) are what
+	 * an input must stop: measure the reaction for them. */
+	bool harvesting = policy_allows_harvest(m->policy.state) && jobs_count(m->jobs, JOB_RUNNING) > 0;
 
 	switch (kind) {
 	case SENSE_ACT_LOGIND_IDLE:
@@ -490,7 +503,12 @@ static int on_tick(sd_event_source *s, uint64_t usec, void *userdata)
 		budget_update(&m->budget, now, usage);
 	read_host(m);
 	manager_evaluate(m, "tick");
-	if (now - m->last_ledger_save_usec >= LEDGER_SAVE_USEC)
+	/* Save while jobs spend (at most LEDGER_SAVE_USEC of spending can be
+	 * unrecorded, and that is charged at start-up); an idle bucket only
+	 * fills, so a stale ledger errs low and rarely needs writing. */
+	uint64_t since = now - m->last_ledger_save_usec;
+	if ((since >= LEDGER_SAVE_USEC && m->budget.spent_total_usec != m->last_saved_spent_usec) ||
+	    since >= LEDGER_IDLE_SAVE_USEC)
 		manager_save_ledger(m);
 
 	sd_event_source_set_time(s, usec + TICK_USEC);
@@ -690,6 +708,8 @@ int manager_run(struct manager *m)
 	struct sense_opts so = {
 		.harvest_cgroup = m->cg_jobs,
 		.no_bpf = m->no_bpf || !m->config.use_bpf,
+		.input_dir = m->input_dir,
+		.tty_dir = m->tty_dir,
 	};
 	r = sense_new(m->event, &so, on_activity, m, &m->sense);
 	if (r < 0)
@@ -746,6 +766,8 @@ struct manager *manager_free(struct manager *m)
 	free(m->config_path);
 	free(m->state_dir);
 	free(m->runtime_dir);
+	free(m->input_dir);
+	free(m->tty_dir);
 	free(m->cg_base);
 	free(m->cg_supervisor);
 	free(m->cg_jobs);

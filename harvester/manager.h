@@ -27,6 +27,7 @@ struct manager {
 	char *state_dir, *runtime_dir;
 	struct config config;
 	bool no_bpf;
+	char *input_dir, *tty_dir;
 
 	unsigned ncpus;
 	char *cg_base, *cg_supervisor, *cg_jobs;
@@ -62,12 +63,18 @@ struct manager {
 	unsigned n_reactions;          /* total ever; ring index = n % REACTION_SAMPLES */
 
 	sd_event_source *tick, *policy_timer, *control_source;
-	uint64_t last_ledger_save_usec;
+	uint64_t last_ledger_save_usec, last_saved_spent_usec;
 	int control_fd;
 };
 
-int manager_new(const char *config_path, const char *state_dir, const char *runtime_dir,
-		bool no_bpf, struct manager **ret);
+struct manager_opts {
+	const char *config_path, *state_dir, *runtime_dir;
+	bool no_bpf;
+	const char *input_dir, *tty_dir;   /* NULL: /dev/input, /dev/pts (tests point them elsewhere) */
+};
+
+/* Load the configuration (errors are logged; -EINVAL if it has any). */
+int manager_new(const struct manager_opts *o, struct manager **ret);
 struct manager *manager_free(struct manager *m);
 /* Set up cgroups, probe, spool, control socket; then run the loop until SIGTERM. */
 int manager_run(struct manager *m);

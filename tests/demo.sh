@@ -32,7 +32,7 @@ MemoryMax=256M
 TasksMax=32
 
 [Daemon]
-CgroupRoot=harvester-demo
+CgroupRoot=/harvester-demo
 EOF
 
 echo "== harvesterd --check-config"
@@ -56,7 +56,7 @@ trap cleanup EXIT INT TERM
 ctl() { "$C" --socket "$sock" "$@"; }
 
 echo "== submitting jobs"
-ctl submit -- awk 'BEGIN { for (i = 2; i < 60000; i++) { p = 1; for (j = 2; j * j <= i; j++) if (i % j == 0) { p = 0; break }; c += p }; print c " primes below 60000" }'
+ctl submit -- awk 'BEGIN { for (i = 2; i < 300000; i++) { p = 1; for (j = 2; j * j <= i; j++) if (i % j == 0) { p = 0; break }; c += p }; print c " primes below 300000" }'
 ctl submit -- sh -c 'head -c 20000000 /dev/zero | sha256sum'
 ctl submit -- sh -c 'echo "I am $(id -un), in $(pwd)"; echo scratch > note.txt; cat note.txt; echo x > /etc/owned'
 ctl submit -- python3 -c 'import socket; socket.create_connection(("127.0.0.1", 80))'

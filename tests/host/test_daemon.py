@@ -47,6 +47,12 @@ class Daemon:
         self.sock = os.path.join(self.run, "control.sock")
         self.log = os.path.join(tmp, "daemon.log")
         self.proc = None
+        # Terminals and input devices of this test only: other sessions on
+        # the machine type into their own ptys.
+        self.pts = os.path.join(tmp, "pts")
+        self.input = os.path.join(tmp, "input")
+        os.makedirs(self.pts, exist_ok=True)
+        os.makedirs(self.input, exist_ok=True)
 
     def start(self, extra=()):
         if os.path.exists(self.sock):
@@ -54,7 +60,7 @@ class Daemon:
         logf = open(self.log, "a")
         self.proc = subprocess.Popen(
             [HARVESTERD, "--config", self.conf, "--state-dir", self.state,
-             "--runtime-dir", self.run, *extra],
+             "--runtime-dir", self.run, "--tty-dir", self.pts, "--input-dir", self.input, *extra],
             stdout=logf, stderr=subprocess.STDOUT)
         for _ in range(200):
             if os.path.exists(self.sock):
@@ -133,7 +139,7 @@ MaxMemoryPressure=100%
 User=nobody
 
 [Daemon]
-CgroupRoot={cg_root}
+CgroupRoot=/{cg_root}
 """
     d = Daemon(tmp, conf)
     try:
@@ -223,6 +229,8 @@ CgroupRoot={cg_root}
         time.sleep(1.5)
         check(d.jobs()[busy]["state"] == "running", "CPU-bound job running")
         master, slave = pty.openpty()
+        os.symlink(os.ttyname(slave), os.path.join(d.pts, "0"))
+        time.sleep(0.2)
         os.write(master, b"x\n")
         os.read(slave, 16)        # a read of terminal input: the owner typed
         time.sleep(0.3)
@@ -236,7 +244,10 @@ CgroupRoot={cg_root}
         os.close(slave)
         time.sleep(3)
         st = d.status()
-        check(st["state"] == "idle" and not st["frozen"], f"thawed after InputIdleSec: {st['state']}")
+        c0 = d.jobs()[busy]["cpu_usec"]
+        time.sleep(1)
+        c1 = d.jobs()[busy]["cpu_usec"]
+        check(st["state"] == "idle" and c1 > c0, f"thawed after InputIdleSec: {st['state']}, job ran {c1 - c0} us in 1 s")
 
         # --- the cap: 10% of the machine over a measured interval ----------------------------
         ncpu = os.cpu_count()

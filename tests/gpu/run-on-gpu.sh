@@ -1,0 +1,68 @@
+#!/bin/sh
+# Every GPU check in one run, for a machine with an NVIDIA GPU (and anywhere
+# else, where the CUDA parts skip and say why). Under 5 minutes:
+#   build, the CUDA declaration check and backend tests, the sliced-kernel
+#   checks (CUDA on the GPU, OpenCL on whatever ICD is installed), the
+#   chunk-sizing and DRM unit tests, and make bench-gpu.
+# usage: sh tests/gpu/run-on-gpu.sh [BUILD]     (default build/gpu)
+# With PREBUILT=1 it runs what BUILD already holds (a machine without the
+# build dependencies: build elsewhere, copy the tree with BUILD).
+set -u
+B=${1:-build/gpu}
+T0=$(date +%s)
+fail=0 skip=0 pass=0 failed=""
+say() { printf '%s\n' "== $*"; }
+
+say "machine: $(uname -srm), $(nproc) CPUs"
+if command -v nvidia-smi >/dev/null 2>&1; then
+	nvidia-smi --query-gpu=name,driver_version,memory.total,pci.bus_id --format=csv,noheader 2>&1 | sed 's/^/   GPU: /'
+else
+	say "no nvidia-smi: the CUDA checks below will skip (no driver)"
+fi
+
+BINS="$B/tests/test-gpu-slice $B/tests/test-gpu-queue-mock $B/tests/test-gpu-drm $B/tests/test-gpu-cuda $B/tests/test-gpu-cuda-run $B/tests/test-gpu-queue $B/tests/bench/gpu-bench"
+if [ "${PREBUILT:-0}" != 1 ]; then
+	say "build ($B)"
+	# shellcheck disable=SC2086
+	if ! timeout 240 make -s BUILD="$B" $BINS; then
+		say "FAIL: build (the build dependencies: packaging/install-deps.sh build test)"
+		exit 1
+	fi
+fi
+
+run() {
+	name=$1; shift
+	start=$(date +%s)
+	out=$(timeout 120 "$@" 2>&1)
+	rc=$?
+	secs=$(( $(date +%s) - start ))
+	case $rc in
+	0) pass=$((pass + 1)); say "PASS $name (${secs}s)"; printf '%s\n' "$out" | grep -v '^\[ *\(RUN\|OK\) *\]' | sed 's/^/   /' ;;
+	77) skip=$((skip + 1)); say "SKIP $name: $(printf '%s\n' "$out" | tail -n 1)" ;;
+	*) fail=$((fail + 1)); failed="$failed $name"; say "FAIL $name (exit $rc, ${secs}s)"; printf '%s\n' "$out" | tail -n 40 | sed 's/^/   /' ;;
+	esac
+}
+
+export HARVESTER_BUILD="$B"
+run cuda-declarations-and-absence "$B/tests/test-gpu-cuda"
+run cuda-sliced-kernel "$B/tests/test-gpu-cuda-run"
+run opencl-sliced-kernel "$B/tests/test-gpu-queue"
+run chunk-sizing "$B/tests/test-gpu-slice"
+run queue-logic "$B/tests/test-gpu-queue-mock"
+run drm-fdinfo "$B/tests/test-gpu-drm"
+
+say "make bench-gpu"
+if [ "${PREBUILT:-0}" = 1 ]; then
+	timeout 150 "$B/tests/bench/gpu-bench"
+else
+	timeout 150 make -s BUILD="$B" bench-gpu
+fi
+rc=$?
+case $rc in
+0) pass=$((pass + 1)) ;;
+77) skip=$((skip + 1)); say "SKIP bench-gpu: no OpenCL or CUDA device" ;;
+*) fail=$((fail + 1)); failed="$failed bench-gpu"; say "FAIL bench-gpu (exit $rc)" ;;
+esac
+
+say "gpu checks: $pass passed, $fail failed, $skip skipped in $(( $(date +%s) - T0 ))s${failed:+ (failed:$failed)}"
+[ "$fail" -eq 0 ]

@@ -1,0 +1,206 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * The CUDA backend on a real NVIDIA GPU: a PTX kernel sliced by the queue
+ * gives the bytes of the unsliced run, every chunk's device time (CUDA
+ * events) is charged, the stream is at the lowest priority, NVML answers.
+ * Skips, saying why, where there is no driver or no GPU (tests/gpu/
+ * run-on-gpu.sh runs it where there is).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "gpu/gpu.h"
+#include "tests/gpu/kernels.h"
+
+/* The CUDA driver maps memory where ASan keeps its shadow gap. */
+const char *__asan_default_options(void);
+const char *__asan_default_options(void)
+{
+	return "protect_shadow_gap=0";
+}
+
+static struct gpu_device *dev;
+
+/* Big enough that an H100 needs tens of ms for it all (so 2 ms slices
+ * mean many chunks), not a multiple of the block or of any chunk. */
+#define N (64u * 1024 * 1024 + 3)
+#define BLOCK 256u
+#define ROUNDS 16384u
+
+struct ctx {
+	bool allow;
+	unsigned charges, dones;
+	uint64_t charged_ns, max_ns, *list;
+	unsigned cap;
+	int error;
+};
+
+static bool may(void *u) { return ((struct ctx *) u)->allow; }
+static bool idle(void *u) { return true; }
+static void charge(void *u, uint64_t id, uint64_t ns)
+{
+	struct ctx *c = u;
+	if (c->charges < c->cap)
+		c->list[c->charges] = ns;
+	c->charges++;
+	c->charged_ns += ns;
+	if (ns > c->max_ns)
+		c->max_ns = ns;
+}
+static void done(void *u, uint64_t id, int error)
+{
+	struct ctx *c = u;
+	c->dones++;
+	c->error = error;
+}
+static const struct gpu_queue_hooks hooks = { .may_dispatch = may, .owner_idle = idle, .charge = charge, .done = done };
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t) ts.tv_sec * 1000000000ULL + ts.tv_nsec;
+}
+
+static void run(uint64_t slice_ns, const uint32_t *in, uint32_t *out, struct ctx *c)
+{
+	struct gpu_buffer b[2] = { { (void *) in, (size_t) N * 4, GPU_BUFFER_IN }, { out, (size_t) N * 4, GPU_BUFFER_OUT } };
+	uint32_t n = N, rounds = ROUNDS;
+	struct gpu_arg a[4] = {
+		{ .kind = GPU_ARG_BUFFER, .buffer = 0 }, { .kind = GPU_ARG_BUFFER, .buffer = 1 },
+		{ .kind = GPU_ARG_SCALAR, .size = 4 }, { .kind = GPU_ARG_SCALAR, .size = 4 },
+	};
+	struct gpu_task t = {
+		.id = 1, .source = gpu_test_scramble_ptx, .kernel = "scramble", .work_dim = 1,
+		.global = { (N + BLOCK - 1) / BLOCK * BLOCK }, .local = { BLOCK },
+		.buffers = b, .n_buffers = 2, .args = a, .n_args = 4,
+	};
+	struct gpu_queue_config cfg = { .slice_ns = slice_ns };
+	struct gpu_queue *q;
+	uint64_t end = now_ns() + 50ULL * 1000000000ULL;
+
+	memcpy(a[2].value, &n, 4);
+	memcpy(a[3].value, &rounds, 4);
+	assert_int_equal(gpu_queue_new(dev, &cfg, &hooks, c, &q), 0);
+	assert_int_equal(gpu_queue_submit(q, &t), 0);
+	gpu_queue_kick(q);
+	while (c->dones == 0 && now_ns() < end) {
+		struct pollfd p = { .fd = gpu_queue_get_fd(q), .events = POLLIN };
+		poll(&p, 1, 100);
+		gpu_queue_kick(q);
+	}
+	gpu_queue_free(q);
+	assert_int_equal(c->dones, 1);
+	assert_int_equal(c->error, 0);
+}
+
+static void test_sliced_equals_unsliced(void **state)
+{
+	uint32_t *in = malloc((size_t) N * 4), *whole = calloc(N, 4), *sliced = calloc(N, 4);
+	uint64_t list[1 << 16];
+	struct ctx cw = { .allow = true }, cs = { .allow = true, .list = list, .cap = 1 << 16 };
+	unsigned over = 0;
+
+	assert_non_null(in);
+	assert_non_null(whole);
+	assert_non_null(sliced);
+	for (uint32_t i = 0; i < N; i++)
+		in[i] = gpu_test_input(i);
+	run(0, in, whole, &cw);
+	run(GPU_SLICE_DEFAULT_NS, in, sliced, &cs);
+	assert_memory_equal(whole, sliced, (size_t) N * 4);
+	for (uint32_t i = 0; i < N; i += 9973)
+		assert_int_equal(sliced[i], gpu_test_scramble_host(in[i], i, ROUNDS));
+	assert_int_equal(sliced[N - 1], gpu_test_scramble_host(in[N - 1], N - 1, ROUNDS));
+
+	for (unsigned i = 8; i + 1 < cs.charges && i < cs.cap; i++)
+		over += list[i] > GPU_SLICE_DEFAULT_NS;
+	printf("CUDA: unsliced %.2f ms device in 1 chunk; sliced %.2f ms in %u chunks (max %.3f ms, %u over 2 ms)\n",
+	       cw.charged_ns / 1e6, cs.charged_ns / 1e6, cs.charges, cs.max_ns / 1e6, over);
+	assert_int_equal(cw.charges, 1);
+	assert_true(cs.charges > 1);
+	assert_true(cs.charged_ns * 2 >= cw.charged_ns);
+	assert_true(over * 10 <= cs.charges);    /* a real GPU is steady: 90 % within the slice */
+	free(in);
+	free(whole);
+	free(sliced);
+}
+
+static void test_info_and_nvml(void **state)
+{
+	const struct gpu_device_info *info = gpu_device_get_info(dev);
+	int busy = gpu_device_others_busy(dev);
+
+	printf("%s: %s, %s, PCI %s, %u SMs, %llu MiB, lowest-priority stream %s, busy source %s, others busy %d\n",
+	       info->id, info->name, info->version, info->pci_bus_id, info->compute_units,
+	       (unsigned long long) (info->global_mem_bytes >> 20), info->low_priority ? "yes" : "no",
+	       info->busy_source == GPU_BUSY_NVML ? "NVML" : "none", busy);
+	assert_int_equal(info->backend, GPU_BACKEND_CUDA);
+	assert_true(info->name[0] && info->compute_units > 0);
+	/* after a run the stream exists: every GPU since Kepler has a range */
+	assert_true(info->low_priority);
+	if (info->busy_source == GPU_BUSY_NVML)
+		assert_true(busy == 0 || busy == 1);
+	else
+		assert_int_equal(busy, -EOPNOTSUPP);
+}
+
+/* A PTX that does not load fails its task, not the queue. */
+static void test_bad_ptx(void **state)
+{
+	struct ctx c = { .allow = true };
+	uint32_t out[256];
+	struct gpu_buffer b = { out, sizeof(out), GPU_BUFFER_OUT };
+	struct gpu_arg a = { .kind = GPU_ARG_BUFFER, .buffer = 0 };
+	struct gpu_task t = {
+		.id = 2, .source = ".version 7.0\n.target sm_75\n.address_size 64\nthis is not ptx\n",
+		.kernel = "k", .work_dim = 1, .global = { 256 }, .local = { 256 },
+		.buffers = &b, .n_buffers = 1, .args = &a, .n_args = 1,
+	};
+	struct gpu_queue *q;
+	uint64_t end = now_ns() + 20ULL * 1000000000ULL;
+
+	assert_int_equal(gpu_queue_new(dev, NULL, &hooks, &c, &q), 0);
+	assert_int_equal(gpu_queue_submit(q, &t), 0);
+	t.local[0] = 0;
+	assert_int_equal(gpu_queue_submit(q, &t), -EINVAL);   /* CUDA needs a block size */
+	gpu_queue_kick(q);
+	while (c.dones == 0 && now_ns() < end) {
+		struct pollfd p = { .fd = gpu_queue_get_fd(q), .events = POLLIN };
+		poll(&p, 1, 100);
+		gpu_queue_kick(q);
+	}
+	gpu_queue_free(q);
+	assert_int_equal(c.dones, 1);
+	assert_true(c.error == -ENOEXEC || c.error == -EINVAL);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_sliced_equals_unsliced),
+		cmocka_unit_test(test_info_and_nvml),
+		cmocka_unit_test(test_bad_ptx),
+	};
+	struct gpu_device **devs = NULL;
+	int n, r;
+
+	n = gpu_cuda_devices(&devs);
+	if (n <= 0) {
+		printf("skip: CUDA backend absent: %s\n", gpu_cuda_absent_reason(n < 0 ? n : -ENODEV));
+		return 77;
+	}
+	dev = devs[0];
+	r = cmocka_run_group_tests(tests, NULL, NULL);
+	gpu_devices_free(devs, n);
+	return r;
+}
