@@ -428,6 +428,7 @@ if [ "$phase" = 2 ]; then
 	note "upgrade: pause, queue a job, reinstall the package"
 	timeout 20 harvestctl pause >/dev/null
 	q=$(sub /bin/true)
+	[ -n "$q" ] || note "upgrade: submit while paused failed: $(tr '\n' ' ' <"$S/submit.err")"
 	sp1=$(stj .budget.spent_total_usec); pid1=$(mainpid)
 	t=$(now_s)
 	timeout 120 apt-get install -y -q --reinstall "$(ls $M/harvester_*.deb | head -n 1)" >/tmp/apt.log 2>&1 ||
