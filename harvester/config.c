@@ -448,6 +448,12 @@ static const char *set_bpf(struct config *c, const struct config *def, const cha
 	return parse_boolean(v, &c->use_bpf) < 0 ? "a boolean (yes or no)" : NULL;
 }
 
+static const char *set_opencl_cpu(struct config *c, const struct config *def, const char *v)
+{
+	if (!*v) { c->opencl_cpu_devices = def->opencl_cpu_devices; return NULL; }
+	return parse_boolean(v, &c->opencl_cpu_devices) < 0 ? "a boolean (yes or no)" : NULL;
+}
+
 static const char *set_max_temperature(struct config *c, const struct config *def, const char *v)
 {
 	int32_t t;
@@ -623,6 +629,7 @@ static const struct key {
 	{ "Jobs", "MaxJobs", set_max_jobs },
 	{ "Daemon", "CgroupRoot", set_cgroup_root },
 	{ "Daemon", "BPF", set_bpf },
+	{ "Daemon", "OpenCLCPUDevices", set_opencl_cpu },
 	{ "Pool", "URL", set_url },
 	{ "Pool", "Key", set_key },
 	{ "Pool", "MaxTasks", set_pool_max_tasks },

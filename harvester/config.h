@@ -37,6 +37,8 @@ struct config {
 	/* [Daemon] */
 	char *cgroup_root;           /* CgroupRoot= the delegated subtree; NULL = our own cgroup */
 	bool use_bpf;                /* BPF=yes */
+	bool opencl_cpu_devices;     /* OpenCLCPUDevices=no: treat OpenCL CPU devices (PoCL) as GPUs?
+				      * Their work runs in the daemon, outside the CPU cap: tests only. */
 
 	/* [Pool] (used by the link; parsed and checked now) */
 	char *pool_url;

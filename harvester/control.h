@@ -50,6 +50,7 @@
  *   gpu {devices: [{id, name, vendor, version, backend ("opencl","cuda"),
  *          backends (both where OpenCL and CUDA see the same PCI device),
  *          pci_bus_id, global_mem_bytes, compute_units, low_priority (bool),
+ *          cpu_device (an OpenCL CPU device: only with OpenCLCPUDevices=yes),
  *          busy_detection ("nvml","drm-fdinfo","none": runs only while the
  *          owner is idle), queue {running, queued, in_flight, paused,
  *          device_busy, chunks, chunks_over_slice, max_chunk_usec, device_usec}}],

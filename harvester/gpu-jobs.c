@@ -835,8 +835,30 @@ int gpu_jobs_new(struct manager *m, struct gpu_jobs **ret)
 
 	/* Each backend on its own (as gpu_devices_find), to say why one is absent. */
 	ncl = gpu_opencl_devices(&cl);
+	if (ncl > 0 && !m->config.opencl_cpu_devices) {
+		/* A CPU "GPU" (PoCL) would run harvest work in the daemon itself,
+		 * outside jobs/ and its cap: only tests ask for that. */
+		int keep = 0;
+		for (int i = 0; i < ncl; i++) {
+			if (gpu_device_get_info(cl[i])->cpu_device) {
+				struct gpu_device **one = malloc(sizeof(*one));
+				if (one) {
+					one[0] = cl[i];
+					gpu_devices_free(one, 1);
+				}
+			} else
+				cl[keep++] = cl[i];
+		}
+		if (keep == 0 && ncl > 0) {
+			free(cl);
+			cl = NULL;
+			g->opencl_absent = "only OpenCL CPU devices (OpenCLCPUDevices=no)";
+		}
+		ncl = keep;
+	}
 	if (ncl <= 0) {
-		g->opencl_absent = ncl == 0 ? "no OpenCL device" : opencl_absent_reason(ncl);
+		if (!g->opencl_absent)
+			g->opencl_absent = ncl == 0 ? "no OpenCL device" : opencl_absent_reason(ncl);
 		ncl = 0;
 	}
 	ncu = gpu_cuda_devices(&cu);
@@ -1059,12 +1081,13 @@ static json_t *backends_json(const struct gpu_dev *dv)
 static json_t *device_json(const struct gpu_dev *dv)
 {
 	const struct gpu_device_info *in = gpu_device_get_info(dv->d);
-	return json_pack("{s:s, s:s, s:s, s:s, s:s, s:o, s:s, s:I, s:i, s:b, s:s}",
+	return json_pack("{s:s, s:s, s:s, s:s, s:s, s:o, s:s, s:I, s:i, s:b, s:s, s:b}",
 			 "id", in->id, "name", in->name, "vendor", in->vendor, "version", in->version,
 			 "backend", in->backend == GPU_BACKEND_OPENCL ? "opencl" : "cuda",
 			 "backends", backends_json(dv), "pci_bus_id", in->pci_bus_id,
 			 "global_mem_bytes", (json_int_t)in->global_mem_bytes, "compute_units", (int)in->compute_units,
-			 "low_priority", in->low_priority, "busy_detection", busy_detection_name(in->busy_source));
+			 "low_priority", in->low_priority, "busy_detection", busy_detection_name(in->busy_source),
+			 "cpu_device", in->cpu_device);
 }
 
 json_t *gpu_jobs_capabilities_json(const struct gpu_jobs *g)

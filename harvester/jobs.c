@@ -606,9 +606,9 @@ static int job_start(struct jobs *js, struct job *j, const struct job_limits *li
 	if (lim->memory_max_bytes) {
 		snprintf(num, sizeof(num), "%" PRIu64, lim->memory_max_bytes);
 		if (cg_write(cg, "memory.max", num) >= 0) {
-			/* Leave room to reclaim before the hard limit kills. */
-			snprintf(num, sizeof(num), "%" PRIu64, lim->memory_max_bytes / 8 * 7);
-			cg_write(cg, "memory.high", num);
+			/* No memory.high: with no swap it would throttle a runaway
+			 * job forever (and hold the host in memory pressure) instead
+			 * of letting the OOM killer end it at memory.max. */
 			cg_write(cg, "memory.swap.max", "0");
 			cg_write(cg, "memory.oom.group", "1");
 		}

@@ -108,6 +108,8 @@ User=nobody
 
 [Daemon]
 CgroupRoot=/{cg_root}
+# PoCL is a CPU device: only a test lets its work run in the daemon.
+OpenCLCPUDevices=yes
 """
     supp = os.path.join(tmp, "lsan.supp")
     with open(supp, "w") as f:
