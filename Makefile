@@ -167,6 +167,7 @@ deps-test:
 demo: deps-build
 	$(MAKE) all
 	sh tests/demo.sh $(BUILD)
+	sh tests/demo-pool.sh $(BUILD)
 
 check-unit: deps-test
 	$(MAKE) BUILD=$(BUILD)/san SAN=1 tests
