@@ -50,13 +50,26 @@ HOST_BINS := $(HOST_SRCS:tests/host/%.c=$(BUILD)/tests/host-%)
 
 PROGS := $(BUILD)/harvesterd $(BUILD)/harvestctl
 
-.PHONY: all tests deps-build deps-test demo check check-unit check-host \
+# The link (net/, a library both ends link) and the pool server (pool/).
+PB_SRCS    := $(patsubst net/%.proto,$(BUILD)/net/%.pb-c.c,$(wildcard net/*.proto))
+PB_HDRS    := $(PB_SRCS:.c=.h)
+NET_OBJS   := $(patsubst %.c,$(BUILD)/%.o,$(wildcard net/*.c)) $(PB_SRCS:.c=.o)
+POOL_OBJS  := $(patsubst %.c,$(BUILD)/%.o,$(filter-out pool/harvest-pool.c,$(wildcard pool/*.c)))
+NET_LIBS   := -lnng -lsodium -lprotobuf-c -lpthread
+POOL_LIBS  := $(NET_LIBS) -lsqlite3 $(shell pkg-config --libs jansson)
+NET_TESTS  := $(patsubst tests/net/%.c,$(BUILD)/tests/%,$(wildcard tests/net/test-*.c))
+POOL_TESTS := $(patsubst tests/pool/%.c,$(BUILD)/tests/%,$(wildcard tests/pool/test-*.c))
+FUZZERS    := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(wildcard tests/fuzz/fuzz-*.c))
+
+.PHONY: all pool fuzz bench-pool tests deps-build deps-test demo check check-unit check-host \
         vmtest bench deb install clean bench-gpu
 .DELETE_ON_ERROR:
 
-all: $(PROGS)
+all: $(PROGS) pool
 
-tests: $(UNIT_BINS) $(HOST_BINS) $(PROGS)
+pool: $(BUILD)/harvest-pool
+
+tests: $(UNIT_BINS) $(HOST_BINS) $(PROGS) $(NET_TESTS) $(POOL_TESTS) $(BUILD)/tests/pool-worker pool
 
 # --- BPF: vmlinux.h -> .bpf.o -> .skel.h ------------------------------------
 $(BUILD)/vmlinux.h:
@@ -71,15 +84,15 @@ $(BUILD)/bpf/%.skel.h: $(BUILD)/bpf/%.bpf.o
 	$(BPFTOOL) gen skeleton $< > $@
 
 # --- C ------------------------------------------------------------------------
-$(BUILD)/%.o: %.c $(BPF_SKELS) $(wildcard */*.h)
+$(BUILD)/%.o: %.c $(BPF_SKELS) $(PB_HDRS) $(wildcard */*.h)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD)/libharvester.a: $(LIB_OBJS)
 	$(AR) rcs $@ $^
 
-$(BUILD)/harvesterd: $(BUILD)/harvester/harvesterd.o $(BUILD)/libharvester.a
-	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+$(BUILD)/harvesterd: $(BUILD)/harvester/harvesterd.o $(BUILD)/libharvester.a $(BUILD)/libharvester-net.a
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) $(NET_LIBS) -o $@
 
 $(BUILD)/harvestctl: $(BUILD)/harvester/harvestctl.o $(BUILD)/libharvester.a
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
@@ -100,6 +113,50 @@ $(BUILD)/tests/bench/gpu-bench: tests/bench/gpu-bench.c $(BUILD)/libharvester.a
 bench-gpu: $(BUILD)/tests/bench/gpu-bench
 	$(BUILD)/tests/bench/gpu-bench
 
+# --- the link and the pool -----------------------------------------------------
+# Generated code is kept, not deleted as an intermediate: the daemon includes it.
+.SECONDARY: $(PB_SRCS) $(PB_HDRS)
+$(BUILD)/net/%.pb-c.c $(BUILD)/net/%.pb-c.h: net/%.proto
+	@mkdir -p $(@D)
+	protoc-c --c_out=$(BUILD) $<
+
+$(BUILD)/net/%.pb-c.o: $(BUILD)/net/%.pb-c.c $(PB_HDRS)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/libharvester-net.a: $(NET_OBJS)
+	$(AR) rcs $@ $^
+
+$(BUILD)/libharvest-pool.a: $(POOL_OBJS)
+	$(AR) rcs $@ $^
+
+$(BUILD)/harvest-pool: $(BUILD)/pool/harvest-pool.o $(BUILD)/libharvest-pool.a $(BUILD)/libharvester-net.a
+	$(CC) $(LDFLAGS) $^ $(POOL_LIBS) -o $@
+
+$(NET_TESTS): $(BUILD)/tests/%: $(BUILD)/tests/net/%.o $(BUILD)/libharvester-net.a
+	$(CC) $(LDFLAGS) $^ $(NET_LIBS) -lcmocka -o $@
+
+$(POOL_TESTS): $(BUILD)/tests/%: $(BUILD)/tests/pool/%.o $(BUILD)/libharvest-pool.a $(BUILD)/libharvester-net.a
+	$(CC) $(LDFLAGS) $^ $(POOL_LIBS) -lcmocka -o $@
+
+# A simulated worker for the pool's end-to-end tests.
+$(BUILD)/tests/pool-worker: $(BUILD)/tests/pool/worker.o $(BUILD)/libharvester-net.a
+	$(CC) $(LDFLAGS) $^ $(NET_LIBS) -o $@
+
+# Dispatch + result round trips per second, 1 to 1000 simulated workers.
+$(BUILD)/tests/bench-pool: $(BUILD)/tests/pool/bench-pool.o $(BUILD)/libharvest-pool.a $(BUILD)/libharvester-net.a
+	$(CC) $(LDFLAGS) $^ $(POOL_LIBS) -o $@
+
+bench-pool: $(BUILD)/tests/bench-pool
+	$(BUILD)/tests/bench-pool
+
+# libFuzzer targets for the decoder: make fuzz, then tests/host/fuzz-link.sh.
+fuzz: $(FUZZERS)
+
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(BUILD)/net/link.pb-c.c net/link.c net/link.h
+	@mkdir -p $(@D)
+	$(CLANG) -g -O1 -fsanitize=fuzzer,address,undefined -std=gnu11 -D_GNU_SOURCE -I. -I$(BUILD) \
+	  $< net/link.c $(BUILD)/net/link.pb-c.c -lsodium -lprotobuf-c -o $@
+
 # --- set-up -------------------------------------------------------------------
 deps-build:
 	@sh packaging/install-deps.sh build
@@ -111,6 +168,7 @@ deps-test:
 demo: deps-build
 	$(MAKE) all
 	sh tests/demo.sh $(BUILD)
+	sh tests/demo-pool.sh $(BUILD)
 
 check-unit: deps-test
 	$(MAKE) BUILD=$(BUILD)/san SAN=1 tests

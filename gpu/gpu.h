@@ -64,6 +64,7 @@ struct gpu_device_info {
 	uint64_t global_mem_bytes;
 	unsigned compute_units;
 	bool low_priority;        /* queue/stream at the lowest priority the device offers */
+	bool cpu_device;          /* an OpenCL CPU device (PoCL): its work runs on the host's CPUs */
 	enum gpu_busy_source busy_source;
 };
 

@@ -332,6 +332,9 @@ static int make_device(cl_platform_id platform, cl_device_id device, unsigned pi
 		info->global_mem_bytes = mem;
 	if (clGetDeviceInfo(device, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof(cu), &cu, NULL) == CL_SUCCESS)
 		info->compute_units = cu;
+	cl_device_type type = 0;
+	if (clGetDeviceInfo(device, CL_DEVICE_TYPE, sizeof(type), &type, NULL) == CL_SUCCESS)
+		info->cpu_device = (type & CL_DEVICE_TYPE_CPU) != 0;
 	clGetDeviceInfo(device, CL_DEVICE_VENDOR_ID, sizeof(d->vendor_id), &d->vendor_id, NULL);
 	d->priority_hints = has_extension(device, "cl_khr_priority_hints");
 	info->low_priority = d->priority_hints;

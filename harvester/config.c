@@ -338,6 +338,7 @@ void config_defaults(struct config *c)
 		.job_tasks_max = 64,
 		.job_runtime_max_usec = 0,
 		.max_jobs = 1,
+		.pool_max_tasks = 2,
 		.cgroup_root = NULL,
 		.use_bpf = true,
 	};
@@ -351,7 +352,8 @@ void config_free(struct config *c)
 	free(c->cgroup_root);
 	free(c->pool_url);
 	free(c->pool_key);
-	c->job_user = c->cgroup_root = c->pool_url = c->pool_key = NULL;
+	free(c->pool_ca_file);
+	c->job_user = c->cgroup_root = c->pool_url = c->pool_key = c->pool_ca_file = NULL;
 }
 
 /* ---- keys ---------------------------------------------------------------- */
@@ -444,6 +446,12 @@ static const char *set_bpf(struct config *c, const struct config *def, const cha
 {
 	if (!*v) { c->use_bpf = def->use_bpf; return NULL; }
 	return parse_boolean(v, &c->use_bpf) < 0 ? "a boolean (yes or no)" : NULL;
+}
+
+static const char *set_opencl_cpu(struct config *c, const struct config *def, const char *v)
+{
+	if (!*v) { c->opencl_cpu_devices = def->opencl_cpu_devices; return NULL; }
+	return parse_boolean(v, &c->opencl_cpu_devices) < 0 ? "a boolean (yes or no)" : NULL;
 }
 
 static const char *set_max_temperature(struct config *c, const struct config *def, const char *v)
@@ -579,6 +587,23 @@ static const char *set_key(struct config *c, const struct config *def, const cha
 	return set_string(&c->pool_key, def->pool_key, v);
 }
 
+static const char *set_pool_max_tasks(struct config *c, const struct config *def, const char *v)
+{
+	uint64_t u = c->pool_max_tasks;
+	/* One fetch asks for at most LINK_TASKS_MAX (16) tasks. */
+	const char *e = set_uint(&u, def->pool_max_tasks, v, 1, 16, "an integer from 1 to 16");
+	if (!e)
+		c->pool_max_tasks = (unsigned)u;
+	return e;
+}
+
+static const char *set_ca_file(struct config *c, const struct config *def, const char *v)
+{
+	if (*v && (v[0] != '/' || strlen(v) >= PATH_MAX))
+		return "an absolute path to a PEM file";
+	return set_string(&c->pool_ca_file, def->pool_ca_file, v);
+}
+
 enum {
 	KEY_CPU = 0,
 	KEY_BURST = 3,
@@ -604,8 +629,11 @@ static const struct key {
 	{ "Jobs", "MaxJobs", set_max_jobs },
 	{ "Daemon", "CgroupRoot", set_cgroup_root },
 	{ "Daemon", "BPF", set_bpf },
+	{ "Daemon", "OpenCLCPUDevices", set_opencl_cpu },
 	{ "Pool", "URL", set_url },
 	{ "Pool", "Key", set_key },
+	{ "Pool", "MaxTasks", set_pool_max_tasks },
+	{ "Pool", "CAFile", set_ca_file },
 };
 
 static bool known_section(const char *s)

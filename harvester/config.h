@@ -37,10 +37,14 @@ struct config {
 	/* [Daemon] */
 	char *cgroup_root;           /* CgroupRoot= the delegated subtree; NULL = our own cgroup */
 	bool use_bpf;                /* BPF=yes */
+	bool opencl_cpu_devices;     /* OpenCLCPUDevices=no: treat OpenCL CPU devices (PoCL) as GPUs?
+				      * Their work runs in the daemon, outside the CPU cap: tests only. */
 
 	/* [Pool] (used by the link; parsed and checked now) */
 	char *pool_url;
 	char *pool_key;
+	unsigned pool_max_tasks;     /* MaxTasks=2: pool tasks held (queued or running) at once */
+	char *pool_ca_file;          /* CAFile= PEM CA bundle or pinned certificate, for tls+tcp:// */
 };
 
 /* Called once per error, with "FILE:LINE: Key=VALUE: what was expected". */

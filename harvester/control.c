@@ -10,6 +10,7 @@
 #include <sys/un.h>
 
 #include "harvester/control.h"
+#include "harvester/gpu-jobs.h"
 #include "harvester/log.h"
 #include "harvester/macro.h"
 #include "harvester/manager.h"
@@ -64,12 +65,12 @@ static json_t *handle(struct manager *m, uid_t uid, json_t *req)
 		return o;
 	}
 	if (strcmp(verb, "jobs") == 0)
-		return ok_with("jobs", jobs_to_json(m->jobs));
+		return ok_with("jobs", gpu_jobs_merge_json(m->gpu, jobs_to_json(m->jobs)));
 	if (strcmp(verb, "budget") == 0)
 		return ok_with("budget", manager_budget_json(m));
 
 	if (strcmp(verb, "pause") != 0 && strcmp(verb, "resume") != 0 && strcmp(verb, "submit") != 0 &&
-	    strcmp(verb, "cancel") != 0)
+	    strcmp(verb, "cancel") != 0 && strcmp(verb, "submit-gpu") != 0)
 		return error_reply("unknown verb \"%s\"", verb);
 	if (!privileged)
 		return error_reply("\"%s\" changes the daemon and needs root (you are uid %u)", verb, (unsigned)uid);
@@ -93,6 +94,8 @@ static json_t *handle(struct manager *m, uid_t uid, json_t *req)
 			return error_reply("\"id\" must be a job id");
 		int r = jobs_cancel(m->jobs, (uint64_t)json_integer_value(id));
 		if (r == -ENOENT)
+			r = gpu_jobs_cancel(m->gpu, (uint64_t)json_integer_value(id));
+		if (r == -ENOENT)
 			return error_reply("no job %lld", (long long)json_integer_value(id));
 		if (r == -EALREADY)
 			return error_reply("job %lld has already ended", (long long)json_integer_value(id));
@@ -101,6 +104,9 @@ static json_t *handle(struct manager *m, uid_t uid, json_t *req)
 		manager_evaluate(m, "cancel");
 		return ok_with(NULL, NULL);
 	}
+
+	if (strcmp(verb, "submit-gpu") == 0)
+		return gpu_jobs_control_submit(m->gpu, uid, req);
 
 	/* submit */
 	json_t *argv = json_object_get(req, "argv");

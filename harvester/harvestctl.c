@@ -3,6 +3,8 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -127,6 +129,47 @@ static const char *percent(char *buf, size_t len, json_int_t ppm)
 	return buf;
 }
 
+static void print_gpu_status(json_t *g)
+{
+	char a[64], b[64], c[64], d[64];
+	json_t *bu = json_object_get(g, "budget"), *dv;
+	size_t i;
+
+	if (!json_is_object(g))
+		return;
+	size_t n = json_array_size(json_object_get(g, "devices"));
+	const char *why = json_string_value(json_object_get(g, "not_dispatching_because"));
+	printf("GPU:        %zu device%s, dispatch %s%s%s\n", n, n == 1 ? "" : "s",
+	       json_is_true(json_object_get(g, "dispatch")) ? "on" : "off", why ? ": " : "", why ? why : "");
+	json_array_foreach(json_object_get(g, "devices"), i, dv) {
+		const char *busy = json_string_value(json_object_get(dv, "busy_detection"));
+		json_t *q = json_object_get(dv, "queue");
+		char backends[32] = "";
+		json_t *be;
+		size_t k;
+		json_array_foreach(json_object_get(dv, "backends"), k, be)
+			snprintf(backends + strlen(backends), sizeof(backends) - strlen(backends), "%s%s", k ? "+" : "",
+				 json_string_value(be));
+		printf("  %-12s %s (%s), low priority %s, busy detection %s; %lld queued, %lld chunks\n",
+		       json_string_value(json_object_get(dv, "id")), json_string_value(json_object_get(dv, "name")),
+		       backends, json_is_true(json_object_get(dv, "low_priority")) ? "yes" : "no",
+		       busy && strcmp(busy, "none") ? busy : "none (runs only while the owner is idle)",
+		       (long long)geti(q, "queued"), (long long)geti(q, "chunks"));
+	}
+	if (!n)
+		printf("  no device (OpenCL: %s; CUDA: %s)\n",
+		       json_string_value(json_object_get(g, "opencl_absent")) ?: "-",
+		       json_string_value(json_object_get(g, "cuda_absent")) ?: "-");
+	else if (json_string_value(json_object_get(g, "cuda_absent")))
+		printf("  CUDA: %s\n", json_string_value(json_object_get(g, "cuda_absent")));
+	printf("GPU budget: GPU=%s per device, %s of device time left of %s, %s spent in all%s\n",
+	       percent(a, sizeof(a), geti(bu, "gpu_ppm")),
+	       span(b, sizeof(b), geti(bu, "tokens_usec") > 0 ? geti(bu, "tokens_usec") : 0),
+	       span(c, sizeof(c), geti(bu, "capacity_usec")),
+	       span(d, sizeof(d), geti(bu, "spent_total_usec")),
+	       json_is_true(json_object_get(bu, "exhausted")) ? " (exhausted)" : "");
+}
+
 static int verb_status(int argc, char **argv)
 {
 	json_t *r;
@@ -177,6 +220,22 @@ static int verb_status(int argc, char **argv)
 		       span(b, sizeof(b), geti(rc, "last_to_frozen_usec")), (long long)geti(rc, "count"));
 	} else
 		printf("Reaction:   no input has frozen a running job yet\n");
+	json_t *pl = json_object_get(r, "pool");
+	if (json_is_object(pl)) {
+		const char *err = json_string_value(json_object_get(pl, "last_error"));
+		printf("Pool:       %s, %s%s for %s\n", json_string_value(json_object_get(pl, "url")),
+		       json_is_true(json_object_get(pl, "connected")) ? "connected" : "not connected: ",
+		       json_is_true(json_object_get(pl, "connected")) ? "" : (err ? err : "unknown"),
+		       span(a, sizeof(a), geti(pl, "state_for_usec")));
+		printf("Pool work:  %lld held (%lld running), %lld done, %lld failed, %lld refused (bad signature), "
+		       "%lld result(s) awaiting acknowledgement, %s CPU contributed\n",
+		       (long long)geti(pl, "tasks_held"), (long long)geti(pl, "tasks_running"),
+		       (long long)geti(pl, "done"), (long long)geti(pl, "failed"),
+		       (long long)geti(pl, "refused") + (long long)geti(pl, "refused_replies"),
+		       (long long)geti(pl, "results_pending"), span(b, sizeof(b), geti(pl, "cpu_contributed_usec")));
+	} else
+		printf("Pool:       none ([Pool] URL= not set)\n");
+	print_gpu_status(json_object_get(r, "gpu"));
 	printf("Daemon:     pid %lld, %s CPU, %.1f MiB resident\n", (long long)geti(r, "pid"),
 	       span(a, sizeof(a), geti(r, "daemon.cpu_usec")), (double)geti(r, "daemon.rss_bytes") / 1048576.0);
 	json_decref(r);
@@ -196,7 +255,7 @@ static int verb_jobs(int argc, char **argv)
 		json_decref(r);
 		return 0;
 	}
-	printf("%-6s %-10s %-10s %-10s %s\n", "ID", "STATE", "CPU", "EXIT", "COMMAND / REASON");
+	printf("%-6s %-10s %-10s %-10s %s\n", "ID", "STATE", "CPU/GPU", "EXIT", "COMMAND / REASON");
 	json_array_foreach(json_object_get(r, "jobs"), i, j) {
 		char cmd[256] = "", exitbuf[32] = "-";
 		size_t n;
@@ -213,8 +272,23 @@ static int verb_jobs(int argc, char **argv)
 		else if (geti(j, "exit_code") >= 0 && geti(j, "finished_usec"))
 			snprintf(exitbuf, sizeof(exitbuf), "%lld", (long long)geti(j, "exit_code"));
 		const char *reason = json_string_value(json_object_get(j, "reason"));
+		const char *kind = json_string_value(json_object_get(j, "kind"));
+		json_int_t used = geti(j, "cpu_usec");
+		if (kind && strcmp(kind, "opencl") == 0) {
+			/* The time column is device time; the command names the kernel and its range. */
+			json_t *gs = json_object_get(j, "global"), *gv;
+			size_t d;
+			snprintf(cmd, sizeof(cmd), "opencl %s [", json_string_value(json_object_get(j, "kernel")));
+			json_array_foreach(gs, d, gv)
+				snprintf(cmd + strlen(cmd), sizeof(cmd) - strlen(cmd), "%s%lld", d ? "," : "",
+					 (long long)json_integer_value(gv));
+			snprintf(cmd + strlen(cmd), sizeof(cmd) - strlen(cmd), "] on %s",
+				 json_string_value(json_object_get(j, "device")));
+			used = geti(j, "device_usec");
+			strcpy(exitbuf, "-");
+		}
 		printf("%-6lld %-10s %-10s %-10s %s%s%s\n", (long long)geti(j, "id"),
-		       json_string_value(json_object_get(j, "state")), span(a, sizeof(a), geti(j, "cpu_usec")),
+		       json_string_value(json_object_get(j, "state")), span(a, sizeof(a), used),
 		       exitbuf, cmd, reason ? "\n       -> " : "", reason ? reason : "");
 	}
 	json_decref(r);
@@ -308,6 +382,121 @@ static int verb_submit(int argc, char **argv)
 	return 0;
 }
 
+/* "N[,N[,N]]" */
+static int parse_sizes(const char *s, json_t **ret)
+{
+	json_t *a = json_array();
+	char *end;
+
+	for (;;) {
+		if (*s < '0' || *s > '9')
+			break;
+		unsigned long long v = strtoull(s, &end, 10);
+		json_array_append_new(a, json_integer((json_int_t)v));
+		if (*end == 0 && json_array_size(a) <= 3) {
+			*ret = a;
+			return 0;
+		}
+		if (*end != ',')
+			break;
+		s = end + 1;
+	}
+	json_decref(a);
+	return -EINVAL;
+}
+
+static int verb_submit_gpu(int argc, char **argv)
+{
+	static const struct option o[] = {
+		{ "source", required_argument, NULL, 's' }, { "kernel", required_argument, NULL, 'k' },
+		{ "global", required_argument, NULL, 'g' }, { "local", required_argument, NULL, 'l' },
+		{ "out-bytes", required_argument, NULL, 'o' }, { "in", required_argument, NULL, 'i' },
+		{ "uint", required_argument, NULL, 'u' }, { "priority", required_argument, NULL, 'p' }, {}
+	};
+	_cleanup_(json_decrefp) json_t *req = json_pack("{s:s}", "verb", "submit-gpu");
+	json_t *scalars = json_array(), *sizes;
+	const char *source = NULL;
+	char *end, abs_in[PATH_MAX];
+	int c;
+
+	json_object_set_new(req, "scalars", scalars);
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "s:k:g:l:o:i:u:p:", o, NULL)) >= 0) {
+		unsigned long long v;
+		switch (c) {
+		case 's': source = optarg; break;
+		case 'k': json_object_set_new(req, "kernel", json_string(optarg)); break;
+		case 'g':
+		case 'l':
+			if (parse_sizes(optarg, &sizes) < 0) {
+				fprintf(stderr, "harvestctl: --%s=%s: expected N[,N[,N]]\n", c == 'g' ? "global" : "local", optarg);
+				return -EINVAL;
+			}
+			json_object_set_new(req, c == 'g' ? "global" : "local", sizes);
+			break;
+		case 'o':
+		case 'u':
+		case 'p':
+			v = strtoull(optarg, &end, 0);
+			if (!*optarg || *end || (c == 'u' && v > UINT32_MAX) || (c == 'p' && v > INT32_MAX)) {
+				fprintf(stderr, "harvestctl: '%s' is not a valid number here\n", optarg);
+				return -EINVAL;
+			}
+			if (c == 'u')
+				json_array_append_new(scalars, json_integer((json_int_t)v));
+			else
+				json_object_set_new(req, c == 'o' ? "out_bytes" : "priority", json_integer((json_int_t)v));
+			break;
+		case 'i':
+			/* The daemon reads it: give it a path that means the same there. */
+			if (!realpath(optarg, abs_in)) {
+				fprintf(stderr, "harvestctl: --in=%s: %s\n", optarg, strerror(errno));
+				return -errno;
+			}
+			json_object_set_new(req, "input_path", json_string(abs_in));
+			break;
+		default:
+			return -EINVAL;
+		}
+	}
+	if (!source || !json_object_get(req, "kernel") || !json_object_get(req, "global") ||
+	    !json_object_get(req, "out_bytes") || optind != argc) {
+		fprintf(stderr, "harvestctl: submit-gpu --source FILE.cl --kernel NAME --global N[,N[,N]] "
+			"[--local N[,N[,N]]] --out-bytes N [--in FILE] [--uint V]... [--priority P]\n");
+		return -EINVAL;
+	}
+	FILE *f = fopen(source, "re");
+	if (!f) {
+		fprintf(stderr, "harvestctl: --source=%s: %s\n", source, strerror(errno));
+		return -errno;
+	}
+	/* The request must fit the control socket's limit, with room for the rest. */
+	static char text[CONTROL_MAX_REQUEST - 4096];
+	size_t n = fread(text, 1, sizeof(text) - 1, f);
+	bool more = fgetc(f) != EOF;
+	fclose(f);
+	if (more) {
+		fprintf(stderr, "harvestctl: --source=%s is larger than %zu bytes\n", source, sizeof(text) - 1);
+		return -EFBIG;
+	}
+	text[n] = 0;
+	json_object_set_new(req, "source", json_string(text));
+	if (!json_object_get(req, "source")) {
+		fprintf(stderr, "harvestctl: --source=%s is not UTF-8 text\n", source);
+		return -EINVAL;
+	}
+	json_t *r;
+	int k = request(json_incref(req), &r);
+	if (k < 0)
+		return k;
+	if (arg_json)
+		print_json(r);
+	else
+		printf("%lld\n", (long long)geti(r, "id"));
+	json_decref(r);
+	return 0;
+}
+
 static int verb_cancel(int argc, char **argv)
 {
 	char *end;
@@ -334,6 +523,9 @@ static const struct verb {
 	{ "pause", verb_pause, "[--for DURATION]  stop harvesting (root)" },
 	{ "resume", verb_resume, "end a pause (root)" },
 	{ "submit", verb_submit, "-- CMD [ARGS...]  queue a local job, print its id (root)" },
+	{ "submit-gpu", verb_submit_gpu, "--source F.cl --kernel K --global N[,N,N] --out-bytes N [--in F]\n"
+	  "             [--local N[,N,N]] [--uint V]... [--priority P]  queue an OpenCL job (root);\n"
+	  "             kernel arguments: the input buffer (with --in), the output buffer, the --uint values" },
 	{ "cancel", verb_cancel, "ID  cancel a queued or running job (root)" },
 };
 
@@ -341,7 +533,7 @@ static void help(void)
 {
 	printf("Usage: harvestctl [--socket PATH] [--json] VERB [ARGS]\n\n");
 	for (size_t i = 0; i < ELEMENTSOF(verbs); i++)
-		printf("  %-8s %s\n", verbs[i].name, verbs[i].help);
+		printf("  %-10s %s\n", verbs[i].name, verbs[i].help);
 	printf("\n  -s, --socket PATH  control socket (default /run/harvester/control.sock)\n"
 	       "  -j, --json         machine-readable output\n"
 	       "  -h, --help         this help\n      --version      the version\n\n"

@@ -103,6 +103,7 @@ static void job_free(struct job *j)
 	free(j->reason);
 	free(j->kill_reason);
 	free(j->cgroup);
+	json_decref(j->pool_task);
 	free(j);
 }
 
@@ -113,26 +114,31 @@ static json_t *job_to_json(const struct job *j)
 	json_t *argv = json_array();
 	for (char **a = j->argv; a && *a; a++)
 		json_array_append_new(argv, json_string(*a));
-	return json_pack("{s:I, s:s, s:o, s:I, s:I, s:I, s:i, s:i, s:s?, s:I, s:i}",
+	return json_pack("{s:I, s:s, s:o, s:I, s:I, s:I, s:i, s:i, s:s?, s:I, s:i, s:O*}",
 			 "id", (json_int_t)j->id, "state", job_state_name(j->state), "argv", argv,
 			 "submitted_usec", (json_int_t)j->submitted_usec,
 			 "started_usec", (json_int_t)j->started_usec,
 			 "finished_usec", (json_int_t)j->finished_usec,
 			 "exit_code", j->exit_code, "signal", j->signal, "reason", j->reason,
-			 "cpu_usec", (json_int_t)j->cpu_usec, "attempts", (int)j->attempts);
+			 "cpu_usec", (json_int_t)j->cpu_usec, "attempts", (int)j->attempts,
+			 "pool_task", j->pool_task);
 }
 
 static int job_from_json(json_t *o, struct job **ret)
 {
 	json_int_t id = 0, sub = 0, start = 0, fin = 0, cpu = 0;
 	const char *state = NULL, *reason = NULL;
-	json_t *argv = NULL;
+	json_t *argv = NULL, *pool_task = NULL, *reason_j = NULL;
 	int exit_code = -1, sig = 0, attempts = 0;
 
-	if (json_unpack(o, "{s:I, s:s, s:o, s?I, s?I, s?I, s?i, s?i, s?s, s?I, s?i}",
+	/* "reason" is null for a job that did not fail: written by job_to_json. */
+	if (json_unpack(o, "{s:I, s:s, s:o, s?I, s?I, s?I, s?i, s?i, s?o, s?I, s?i, s?o}",
 			"id", &id, "state", &state, "argv", &argv, "submitted_usec", &sub,
 			"started_usec", &start, "finished_usec", &fin, "exit_code", &exit_code,
-			"signal", &sig, "reason", &reason, "cpu_usec", &cpu, "attempts", &attempts) < 0)
+			"signal", &sig, "reason", &reason_j, "cpu_usec", &cpu, "attempts", &attempts,
+			"pool_task", &pool_task) < 0)
+		return -EBADMSG;
+	if (reason_j && !json_is_null(reason_j) && !(reason = json_string_value(reason_j)))
 		return -EBADMSG;
 	int s = job_state_from_name(state);
 	if (s < 0 || id <= 0 || !json_is_array(argv) || json_array_size(argv) == 0 ||
@@ -165,6 +171,7 @@ static int job_from_json(json_t *o, struct job **ret)
 	j->cpu_usec = (uint64_t)cpu;
 	j->attempts = (unsigned)attempts;
 	j->reason = reason ? strdup(reason) : NULL;
+	j->pool_task = json_is_object(pool_task) ? json_incref(pool_task) : NULL;
 	j->pid = 0;
 	*ret = j;
 	return 0;
@@ -347,6 +354,90 @@ int jobs_submit(struct jobs *js, char *const *argv, struct job **ret)
 	return 0;
 }
 
+static int write_file_sync(const char *path, const void *data, size_t len)
+{
+	_cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+	const uint8_t *p = data;
+	if (fd < 0)
+		return negative_errno();
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return negative_errno();
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return fsync(fd) < 0 ? negative_errno() : 0;
+}
+
+int jobs_submit_pool(struct jobs *js, char *const *argv, const struct job_file *files, size_t n_files,
+		     json_t *pool_task, struct job **ret)
+{
+	char scratch[PATH_MAX], path[PATH_MAX];
+	size_t n = 0;
+	int r;
+
+	while (argv[n])
+		n++;
+	if (n == 0 || n > JOB_MAX_ARGS || !json_is_object(pool_task))
+		return -EINVAL;
+	for (size_t i = 0; i < n_files; i++)
+		if (!files[i].name[0] || strchr(files[i].name, '/') || !strcmp(files[i].name, ".") ||
+		    !strcmp(files[i].name, ".."))
+			return -EINVAL;
+
+	struct job *j = calloc(1, sizeof(*j));
+	if (!j || !(j->argv = strv_copy(argv))) {
+		job_free(j);
+		return -ENOMEM;
+	}
+	j->id = js->next_id;
+	j->state = JOB_QUEUED;
+	j->exit_code = -1;
+	j->submitted_usec = now_realtime_usec();
+	j->pool_task = json_incref(pool_task);
+
+	/* Inputs first: a crash before the spool write leaves only an unused
+	 * folder, and the pool hands the task out again when its lease lapses. */
+	snprintf(scratch, sizeof(scratch), "%s/%" PRIu64 "/scratch", js->out_dir, j->id);
+	r = mkdir_p(scratch, 0700);
+	for (size_t i = 0; r >= 0 && i < n_files; i++) {
+		snprintf(path, sizeof(path), "%s/%s", scratch, files[i].name);
+		r = write_file_sync(path, files[i].data, files[i].len);
+	}
+	if (r >= 0)
+		r = fsync_dir(scratch);
+	if (r >= 0)
+		r = job_save(js, j);
+	if (r < 0) {
+		job_free(j);
+		return r;
+	}
+	jobs_append(js, j);
+	if (ret)
+		*ret = j;
+	return 0;
+}
+
+int jobs_save(struct jobs *js, struct job *j)
+{
+	return job_save(js, j);
+}
+
+struct job *jobs_first(const struct jobs *js)
+{
+	return js->head;
+}
+
+int jobs_output_path(const struct jobs *js, const struct job *j, const char *name, char *buf, size_t len)
+{
+	int n = snprintf(buf, len, "%s/%" PRIu64 "/%s", js->out_dir, j->id, name);
+	return n >= 0 && (size_t)n < len ? 0 : -ENAMETOOLONG;
+}
+
 unsigned jobs_count(const struct jobs *js, enum job_state s)
 {
 	unsigned n = 0;
@@ -515,9 +606,9 @@ static int job_start(struct jobs *js, struct job *j, const struct job_limits *li
 	if (lim->memory_max_bytes) {
 		snprintf(num, sizeof(num), "%" PRIu64, lim->memory_max_bytes);
 		if (cg_write(cg, "memory.max", num) >= 0) {
-			/* Leave room to reclaim before the hard limit kills. */
-			snprintf(num, sizeof(num), "%" PRIu64, lim->memory_max_bytes / 8 * 7);
-			cg_write(cg, "memory.high", num);
+			/* No memory.high: with no swap it would throttle a runaway
+			 * job forever (and hold the host in memory pressure) instead
+			 * of letting the OOM killer end it at memory.max. */
 			cg_write(cg, "memory.swap.max", "0");
 			cg_write(cg, "memory.oom.group", "1");
 		}
@@ -674,4 +765,15 @@ json_t *jobs_to_json(const struct jobs *js)
 		json_array_append_new(a, o);
 	}
 	return a;
+}
+
+uint64_t jobs_new_id(struct jobs *js)
+{
+	return js->next_id++;
+}
+
+void jobs_id_used(struct jobs *js, uint64_t id)
+{
+	if (id >= js->next_id)
+		js->next_id = id + 1;
 }

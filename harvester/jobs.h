@@ -29,6 +29,9 @@ struct job {
 	char *reason;        /* why it failed or was requeued, NULL if none */
 	uint64_t cpu_usec;
 	unsigned attempts;   /* starts, counting restarts after a crash */
+	json_t *pool_task;   /* NULL for a local job; for a pool task an object kept
+			      * in the spool with the job (harvester/pool-link.c
+			      * owns its content: task id, lease, spec hash, ...) */
 	/* While running: */
 	pid_t pid;
 	char *cgroup;
@@ -58,6 +61,29 @@ struct jobs *jobs_free(struct jobs *js);
 
 /* Queue a new exec job; the argv is copied. */
 int jobs_submit(struct jobs *js, char *const *argv, struct job **ret);
+
+/* An input file, written into the job's scratch folder before it is queued. */
+struct job_file {
+	const char *name;    /* a plain file name: no '/', not "." or ".." */
+	const void *data;
+	size_t len;
+};
+/* Queue a job fetched from the pool: FILES are written (and fsync'd) into
+ * its scratch folder first, so that once the spool has the job its inputs
+ * are there too; POOL_TASK is referenced and kept in the spool with it. */
+int jobs_submit_pool(struct jobs *js, char *const *argv, const struct job_file *files, size_t n_files,
+		     json_t *pool_task, struct job **ret);
+/* Write J to the spool again (after its pool_task changed). */
+int jobs_save(struct jobs *js, struct job *j);
+/* The first job (oldest); follow ->next for the rest. */
+struct job *jobs_first(const struct jobs *js);
+/* STATE/jobs/<id>/NAME into BUF. */
+int jobs_output_path(const struct jobs *js, const struct job *j, const char *name, char *buf, size_t len);
+/* Ids for jobs kept elsewhere (GPU jobs, gpu-jobs.h) that share this id
+ * space and STATE/jobs/<id>/: take a fresh id, or say that id is held, so
+ * that no exec job is ever given it. */
+uint64_t jobs_new_id(struct jobs *js);
+void jobs_id_used(struct jobs *js, uint64_t id);
 /* Start the oldest queued job if fewer than max_running run. Returns 1 if one
  * started, 0 if none could (nothing queued, or enough running), -errno if the
  * start failed (the job is then marked failed with the reason). */

@@ -94,6 +94,16 @@ int ledger_load(const char *path, struct ledger *ret)
 	    get_u64(root, "jobs_cgroup_id", &l.jobs_cgroup_id) < 0 ||
 	    get_u64(root, "jobs_usage_usec", &l.jobs_usage_usec) < 0)
 		return -EBADMSG;
+	/* Optional as a group: older ledgers have none of them; half of them is not ours. */
+	json_t *gt = json_object_get(root, "gpu_tokens_usec"), *gs = json_object_get(root, "gpu_spent_total_usec"),
+	       *gb = json_object_get(root, "gpu_busy");
+	if (gt || gs || gb) {
+		if (!json_is_boolean(gb) || get_i64(root, "gpu_tokens_usec", &l.gpu_tokens_usec) < 0 ||
+		    get_u64(root, "gpu_spent_total_usec", &l.gpu_spent_total_usec) < 0)
+			return -EBADMSG;
+		l.gpu_busy = json_is_true(gb);
+		l.has_gpu = true;
+	}
 	boot = json_string_value(json_object_get(root, "boot_id"));
 	if (!boot || strlen(boot) >= sizeof(l.boot_id))
 		return -EBADMSG;
@@ -141,19 +151,23 @@ int ledger_save(const char *path, const struct ledger *l)
 	int r;
 
 	if (l->spent_total_usec > INT64_MAX || l->saved_realtime_usec > INT64_MAX ||
-	    l->jobs_cgroup_id > INT64_MAX || l->jobs_usage_usec > INT64_MAX)
+	    l->jobs_cgroup_id > INT64_MAX || l->jobs_usage_usec > INT64_MAX ||
+	    l->gpu_spent_total_usec > INT64_MAX)
 		return -ERANGE; /* JSON integers here are int64 */
 	if (boot_len == sizeof(l->boot_id))
 		return -EINVAL;
 
-	root = json_pack("{s:i, s:I, s:I, s:I, s:s%, s:I, s:I}",
+	root = json_pack("{s:i, s:I, s:I, s:I, s:s%, s:I, s:I, s:I, s:I, s:b}",
 			 "version", LEDGER_VERSION,
 			 "tokens_usec", (json_int_t)l->tokens_usec,
 			 "spent_total_usec", (json_int_t)l->spent_total_usec,
 			 "saved_realtime_usec", (json_int_t)l->saved_realtime_usec,
 			 "boot_id", l->boot_id, boot_len,
 			 "jobs_cgroup_id", (json_int_t)l->jobs_cgroup_id,
-			 "jobs_usage_usec", (json_int_t)l->jobs_usage_usec);
+			 "jobs_usage_usec", (json_int_t)l->jobs_usage_usec,
+			 "gpu_tokens_usec", (json_int_t)l->gpu_tokens_usec,
+			 "gpu_spent_total_usec", (json_int_t)l->gpu_spent_total_usec,
+			 "gpu_busy", (int)l->gpu_busy);
 	if (!root)
 		return -ENOMEM; /* or a boot_id that is not UTF-8 */
 	text = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
@@ -208,4 +222,20 @@ int64_t ledger_unrecorded_usec(const struct ledger *l, const char *boot_id_now, 
 		return INT64_MAX;
 	worst = elapsed * burst_cpu_usec_per_sec / USEC_PER_SEC;
 	return worst > INT64_MAX ? INT64_MAX : (int64_t)worst;
+}
+
+int64_t ledger_gpu_unrecorded_usec(const struct ledger *l, uint64_t realtime_now_usec, unsigned n_devices)
+{
+	uint64_t elapsed;
+
+	if (!l->gpu_busy || n_devices == 0)
+		return 0;
+	if (realtime_now_usec < l->saved_realtime_usec)
+		elapsed = LEDGER_SAVE_USEC; /* the clock was set back: assume the worst */
+	else
+		elapsed = realtime_now_usec - l->saved_realtime_usec;
+	if (elapsed > LEDGER_SAVE_USEC)
+		elapsed = LEDGER_SAVE_USEC;
+	/* LEDGER_SAVE_USEC x UINT_MAX fits easily in 63 bits. */
+	return (int64_t)(elapsed * n_devices);
 }

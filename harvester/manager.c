@@ -11,11 +11,13 @@
 #include <systemd/sd-daemon.h>
 #include <time.h>
 
+#include "harvester/gpu-jobs.h"
 #include "harvester/host.h"
 #include "harvester/ledger.h"
 #include "harvester/log.h"
 #include "harvester/macro.h"
 #include "harvester/manager.h"
+#include "harvester/pool-link.h"
 
 #define TICK_USEC USEC_PER_SEC
 #define LEDGER_IDLE_SAVE_USEC (300 * USEC_PER_SEC)
@@ -101,6 +103,7 @@ static int manager_save_ledger(struct manager *m)
 	int r;
 
 	host_boot_id(l.boot_id);
+	gpu_jobs_fill_ledger(m->gpu, &l);
 	if ((r = ledger_path(m, path, sizeof(path))) < 0)
 		return r;
 	r = ledger_save(path, &l);
@@ -417,11 +420,13 @@ void manager_evaluate(struct manager *m, const char *why)
 	} else if (m->policy_timer)
 		sd_event_source_set_enabled(m->policy_timer, SD_EVENT_OFF);
 
+	gpu_jobs_evaluate(m->gpu);
 	bool allow = policy_allows_harvest(m->policy.state);
 	if (!allow) {
 		if (m->duty_timer)
 			duty_stop(m);
 		apply_freeze(m, true);
+		pool_link_kick(m->pool);    /* results and renewals still go; no fetch */
 		return;
 	}
 	/* Thaw before starting jobs: a process cloned into a frozen cgroup
@@ -440,6 +445,7 @@ void manager_evaluate(struct manager *m, const char *why)
 	else if (m->duty_timer)
 		duty_stop(m);
 	apply_freeze(m, m->duty_frozen);
+	pool_link_kick(m->pool);
 }
 
 static void on_activity(void *userdata, uint64_t event_ns, enum sense_activity kind)
@@ -502,12 +508,14 @@ static int on_tick(sd_event_source *s, uint64_t usec, void *userdata)
 	if (cg_cpu_usage_usec(m->cg_jobs, &usage) >= 0)
 		budget_update(&m->budget, now, usage);
 	read_host(m);
+	int gpu_save = gpu_jobs_tick(m->gpu);
 	manager_evaluate(m, "tick");
 	/* Save while jobs spend (at most LEDGER_SAVE_USEC of spending can be
 	 * unrecorded, and that is charged at start-up); an idle bucket only
 	 * fills, so a stale ledger errs low and rarely needs writing. */
 	uint64_t since = now - m->last_ledger_save_usec;
-	if ((since >= LEDGER_SAVE_USEC && m->budget.spent_total_usec != m->last_saved_spent_usec) ||
+	if (gpu_save > 1 ||
+	    (since >= LEDGER_SAVE_USEC && (m->budget.spent_total_usec != m->last_saved_spent_usec || gpu_save)) ||
 	    since >= LEDGER_IDLE_SAVE_USEC)
 		manager_save_ledger(m);
 
@@ -523,6 +531,8 @@ static void on_job_changed(void *userdata, struct job *j)
 		log_warning("Job %" PRIu64 " failed: %s", j->id, j->reason ? j->reason : "unknown");
 	else
 		log_info("Job %" PRIu64 " %s", j->id, job_state_name(j->state));
+	if (j->pool_task)
+		pool_link_job_changed(m->pool, j);
 	manager_evaluate(m, "job finished");
 }
 
@@ -553,6 +563,7 @@ static int manager_reload(struct manager *m)
 	if (manager_resolve_user(m) < 0)
 		log_warning("Reload: jobs keep running as uid %u", (unsigned)m->limits.uid);
 	budget_reconfigure(&m->budget, c.cpu_ppm, c.burst_ppm, c.window_usec);
+	gpu_jobs_reconfigure(m->gpu);
 	manager_apply_cap(m);
 	if (m->duty_timer) {
 		duty_stop(m);
@@ -634,7 +645,7 @@ json_t *manager_status_json(struct manager *m)
 	}
 
 	const char *fallback = m->sense ? sense_fallback_reason(m->sense) : "the probe did not start";
-	return json_pack("{s:s, s:i, s:s, s:s, s:I, s:o, s:s, s:s, s:s?, s:s, s:s, s:b, s:o,"
+	json_t *o = json_pack("{s:s, s:i, s:s, s:s, s:I, s:o, s:s, s:s, s:s?, s:s, s:s, s:b, s:o,"
 			 " s:o, s:{s:i, s:i, s:i, s:i, s:i}, s:{s:I, s:I, s:I}, s:o,"
 			 " s:{s:i, s:o, s:o, s:o}, s:{s:I, s:I}, s:i}",
 			 "version", HARVESTER_VERSION, "pid", (int)getpid(),
@@ -665,6 +676,11 @@ json_t *manager_status_json(struct manager *m)
 			 "daemon", "cpu_usec", (json_int_t)cpu,
 			 "rss_bytes", (json_int_t)rss_pages * (json_int_t)sysconf(_SC_PAGESIZE),
 			 "foreground_cpu_ppm", (int)m->foreground_ppm);
+	if (o) {
+		json_object_set_new(o, "pool", m->pool ? pool_link_status_json(m->pool) : json_null());
+		json_object_set_new(o, "gpu", gpu_jobs_status_json(m->gpu));
+	}
+	return o;
 }
 
 /* --- run ------------------------------------------------------------------------- */
@@ -698,12 +714,16 @@ int manager_run(struct manager *m)
 		return log_error_errno(r, "Cannot create the event loop");
 	if ((r = manager_setup_cgroups(m)) < 0)
 		return r;
+	/* Before the ledger load: the manager saves both buckets there. */
+	if ((r = gpu_jobs_new(m, &m->gpu)) < 0)
+		return log_error_errno(r, "Cannot set up the GPUs");
 	if ((r = manager_load_budget(m)) < 0)
 		return r;
 	manager_apply_cap(m);
 	policy_init(&m->policy, now_mono_usec());
 	if ((r = jobs_open(m->event, m->state_dir, m->cg_jobs, on_job_changed, m, &m->jobs)) < 0)
 		return log_error_errno(r, "Cannot open the job spool in %s", m->state_dir);
+	gpu_jobs_start(m->gpu);
 
 	struct sense_opts so = {
 		.harvest_cgroup = m->cg_jobs,
@@ -720,6 +740,8 @@ int manager_run(struct manager *m)
 			 sense_time_source(m->sense), why ? "; fallback because " : "", why ? why : "");
 	}
 
+	if (m->config.pool_url && (r = pool_link_new(m, &m->pool)) < 0)
+		return r;
 	if ((r = control_listen(m)) < 0)
 		return r;
 	sd_event_add_signal(m->event, NULL, SIGTERM, on_signal, m);
@@ -740,6 +762,8 @@ int manager_run(struct manager *m)
 
 	/* Stop: nothing lost. Running jobs are killed and queued again. */
 	jobs_requeue_all(m->jobs);
+	pool_link_stop(m->pool);
+	gpu_jobs_stop(m->gpu);
 	uint64_t usage;
 	if (cg_cpu_usage_usec(m->cg_jobs, &usage) >= 0)
 		budget_update(&m->budget, now_mono_usec(), usage);
@@ -753,6 +777,8 @@ struct manager *manager_free(struct manager *m)
 	if (!m)
 		return NULL;
 	m->sense = m->sense ? sense_free(m->sense) : NULL;
+	m->pool = pool_link_free(m->pool);
+	m->gpu = gpu_jobs_free(m->gpu);
 	m->jobs = m->jobs ? jobs_free(m->jobs) : NULL;
 	sd_event_source_disable_unref(m->tick);
 	sd_event_source_disable_unref(m->policy_timer);

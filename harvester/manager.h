@@ -16,6 +16,8 @@
 
 #define REACTION_SAMPLES 64
 
+struct gpu_jobs;
+
 struct reaction {
 	int64_t to_last_run_usec;   /* -1: unknown (no BPF) */
 	int64_t to_frozen_usec;
@@ -39,6 +41,8 @@ struct manager {
 	struct policy policy;
 	struct jobs *jobs;
 	struct job_limits limits;
+	struct pool_link *pool;        /* NULL without [Pool] URL= */
+	struct gpu_jobs *gpu;          /* devices, queues, GPU budget, OpenCL jobs (gpu-jobs.h) */
 
 	/* freezing */
 	bool frozen;                   /* what we last wrote to jobs/cgroup.freeze */

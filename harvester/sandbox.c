@@ -9,6 +9,7 @@
 
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <seccomp.h>
@@ -23,6 +24,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <linux/close_range.h>
 #include <linux/filter.h>
 #include <linux/sched.h>
@@ -453,10 +455,28 @@ static const char *env_path(char *const *envp) {
 	return DEFAULT_PATH;
 }
 
+/* How long a child may take from clone to exec. A child that never gets
+ * there (stopped in a frozen cgroup, say) must not hang the daemon's loop. */
+#define SPAWN_TIMEOUT_MS 10000
+
 static int read_report(int fd, struct report *ret) {
 	size_t got = 0;
+	struct timespec t0, t;
 
+	clock_gettime(CLOCK_MONOTONIC, &t0);
 	while (got < sizeof *ret) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		long left = SPAWN_TIMEOUT_MS - ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000);
+		if (left <= 0)
+			return -ETIMEDOUT;
+		int k = poll(&p, 1, (int) left);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0)
+			return negative_errno();
+		if (k == 0)
+			return -ETIMEDOUT;
 		ssize_t n = read(fd, (char *) ret + got, sizeof *ret - got);
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -609,7 +629,7 @@ int sandbox_spawn(const struct sandbox_opts *o, pid_t *ret_pid, int *ret_pidfd, 
 			r = -rep.err;
 			step = step_names[rep.step];
 		} else {
-			step = "read report";
+			step = r == -ETIMEDOUT ? "wait for exec (10 s)" : "read report";
 			(void) kill(pid, SIGKILL);
 		}
 		while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)

@@ -7,7 +7,7 @@ set -eu
 build="make gcc clang llvm libbpf-dev bpftool pkg-config libsystemd-dev
 libnng-dev libprotobuf-c-dev protobuf-c-compiler ocl-icd-opencl-dev
 opencl-headers libsqlite3-dev libsodium-dev libseccomp-dev libinih-dev
-libjansson-dev"
+libjansson-dev python3"
 test="libcmocka-dev libclang-rt-14-dev pocl-opencl-icd nanomsg-utils nng-utils
 libnanomsg-dev util-linux procps python3 socat"
 vm="mmdebstrap qemu-system-x86 qemu-utils e2fsprogs debhelper lintian

@@ -174,6 +174,9 @@ CgroupRoot=/{cg_root}
         if not fentry_ok:
             check(st["input_source"] == "evdev", "fentry refused here: input falls back to evdev")
             check("fentry" in (st["fallback_reason"] or ""), "the fallback reason names fentry: %s" % st["fallback_reason"])
+        g = st.get("gpu") or {}
+        check(not any(dev.get("cpu_device") for dev in g.get("devices", [])),
+              f"no OpenCL CPU device is taken for a GPU by default (OpenCLCPUDevices=no): {g.get('opencl_absent')}")
         human = d.ctl("status").stdout
         print(human)
         check("State:" in human and "Cap:" in human and "Input:" in human, "human status has State/Input/Cap lines")

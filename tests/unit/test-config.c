@@ -300,6 +300,8 @@ static void assert_defaults(const struct config *c)
 	assert_true(c->use_bpf);
 	assert_null(c->pool_url);
 	assert_null(c->pool_key);
+	assert_int_equal(c->pool_max_tasks, 2);
+	assert_null(c->pool_ca_file);
 }
 
 static void test_defaults(void **state)
@@ -372,7 +374,9 @@ static void test_full_file(void **state)
 		"BPF=no\n"
 		"[Pool]\n"
 		"URL=tls+tcp://pool.example.org:7450\n"
-		"Key=" GOOD_KEY "\n", &c, &e), 0);
+		"Key=" GOOD_KEY "\n"
+		"MaxTasks=16\n"
+		"CAFile=/etc/harvester/pool-ca.pem\n", &c, &e), 0);
 	assert_int_equal(e.n, 0);
 	assert_int_equal(c.cpu_ppm, 5000);
 	assert_int_equal(c.gpu_ppm, 20000);
@@ -392,6 +396,8 @@ static void test_full_file(void **state)
 	assert_false(c.use_bpf);
 	assert_string_equal(c.pool_url, "tls+tcp://pool.example.org:7450");
 	assert_string_equal(c.pool_key, GOOD_KEY);
+	assert_int_equal(c.pool_max_tasks, 16);
+	assert_string_equal(c.pool_ca_file, "/etc/harvester/pool-ca.pem");
 	config_free(&c);
 	tmp_remove(&t);
 }
@@ -438,6 +444,7 @@ static void test_every_key(void **state)
 		{ "Jobs", "RuntimeMaxSec=infinity" }, { "Jobs", "MaxJobs=1" }, { "Daemon", "CgroupRoot=/" },
 		{ "Daemon", "BPF=1" }, { "Pool", "URL=tcp://10.0.0.1:7450" }, { "Pool", "URL=ipc:///run/pool.ipc" },
 		{ "Budget", "CPU=" }, { "Jobs", "User=" }, { "Pool", "URL=" }, { "Pool", "Key=" },
+		{ "Pool", "MaxTasks=1" }, { "Pool", "MaxTasks=" }, { "Pool", "CAFile=/a.pem" }, { "Pool", "CAFile=" },
 	};
 	static const struct { const char *section, *line, *expected; } bad[] = {
 		{ "Budget", "CPU=0%", "a percentage above 0% and at most 100%" },
@@ -475,6 +482,9 @@ static void test_every_key(void **state)
 		{ "Daemon", "CgroupRoot=/a/../b", "an absolute path without . or .. components" },
 		{ "Daemon", "BPF=perhaps", "a boolean (yes or no)" },
 		{ "Pool", "URL=http://pool.example.org", "a URL starting with tls+tcp://, tcp:// or ipc://" },
+		{ "Pool", "MaxTasks=0", "an integer from 1 to 16" },
+		{ "Pool", "MaxTasks=17", "an integer from 1 to 16" },
+		{ "Pool", "CAFile=ca.pem", "an absolute path to a PEM file" },
 		{ "Pool", "URL=tcp://", "a URL starting with tls+tcp://, tcp:// or ipc://" },
 		{ "Pool", "URL=pool.example.org:7450", "a URL starting with tls+tcp://, tcp:// or ipc://" },
 		{ "Pool", "Key=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8", "the base64 encoding of a 32-byte ed25519 public key" },

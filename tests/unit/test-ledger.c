@@ -48,6 +48,9 @@ static struct ledger sample(void)
 		.boot_id = BOOT_A,
 		.jobs_cgroup_id = 4242,
 		.jobs_usage_usec = 55555555,
+		.gpu_tokens_usec = -777,          /* a GPU debt too */
+		.gpu_spent_total_usec = 123456789,
+		.gpu_busy = true,
 	};
 }
 
@@ -67,6 +70,9 @@ static void assert_ledger_equal(const struct ledger *a, const struct ledger *b)
 	assert_string_equal(a->boot_id, b->boot_id);
 	assert_true(a->jobs_cgroup_id == b->jobs_cgroup_id);
 	assert_true(a->jobs_usage_usec == b->jobs_usage_usec);
+	assert_true(a->gpu_tokens_usec == b->gpu_tokens_usec);
+	assert_true(a->gpu_spent_total_usec == b->gpu_spent_total_usec);
+	assert_true(a->gpu_busy == b->gpu_busy);
 }
 
 static void test_roundtrip(void **state)
@@ -78,6 +84,7 @@ static void test_roundtrip(void **state)
 	assert_int_equal(ledger_save(path, &l), 0);
 	assert_int_equal(ledger_load(path, &back), 0);
 	assert_ledger_equal(&l, &back);
+	assert_true(back.has_gpu);
 
 	assert_int_equal(stat(path, &st), 0);
 	assert_int_equal(st.st_mode & 07777, 0600);
@@ -191,6 +198,67 @@ static void test_failed_save_keeps_old(void **state)
 	assert_true(back.jobs_cgroup_id == 4242);
 }
 
+/* A ledger written before the GPU budget loads, with an empty GPU part;
+ * a ledger with only some of the GPU keys, or of the wrong type, is not ours. */
+static void test_gpu_backward_compatible(void **state)
+{
+	static const char *const bad[] = {
+		"{\"version\":1,\"tokens_usec\":5,\"spent_total_usec\":0,\"saved_realtime_usec\":0,"
+		"\"boot_id\":\"\",\"jobs_cgroup_id\":0,\"jobs_usage_usec\":0,\"gpu_tokens_usec\":1}",
+		"{\"version\":1,\"tokens_usec\":5,\"spent_total_usec\":0,\"saved_realtime_usec\":0,"
+		"\"boot_id\":\"\",\"jobs_cgroup_id\":0,\"jobs_usage_usec\":0,\"gpu_tokens_usec\":1,"
+		"\"gpu_spent_total_usec\":-1,\"gpu_busy\":false}",
+		"{\"version\":1,\"tokens_usec\":5,\"spent_total_usec\":0,\"saved_realtime_usec\":0,"
+		"\"boot_id\":\"\",\"jobs_cgroup_id\":0,\"jobs_usage_usec\":0,\"gpu_tokens_usec\":1,"
+		"\"gpu_spent_total_usec\":2,\"gpu_busy\":1}",
+	};
+	struct ledger back = { .gpu_tokens_usec = 9, .gpu_spent_total_usec = 9, .has_gpu = true };
+
+	write_text("{\"version\":1,\"tokens_usec\":-12345,\"spent_total_usec\":987654321012,"
+		   "\"saved_realtime_usec\":1764160000123456,\"boot_id\":\"" BOOT_A "\","
+		   "\"jobs_cgroup_id\":4242,\"jobs_usage_usec\":55555555}\n");
+	assert_int_equal(ledger_load(path, &back), 0);
+	assert_false(back.has_gpu);
+	assert_true(back.tokens_usec == -12345 && back.spent_total_usec == 987654321012ULL);
+	assert_true(back.gpu_tokens_usec == 0 && back.gpu_spent_total_usec == 0 && !back.gpu_busy);
+	assert_true(ledger_gpu_unrecorded_usec(&back, back.saved_realtime_usec + USEC_PER_SEC, 4) == 0);
+
+	for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+		write_text(bad[i]);
+		if (ledger_load(path, &back) != -EBADMSG)
+			fail_msg("accepted: %s", bad[i]);
+	}
+
+	/* And a GPU part that is there round-trips, an idle one too. */
+	struct ledger l = sample();
+	l.gpu_busy = false;
+	l.gpu_tokens_usec = 3600000000LL;
+	assert_int_equal(ledger_save(path, &l), 0);
+	assert_int_equal(ledger_load(path, &back), 0);
+	assert_true(back.has_gpu);
+	assert_ledger_equal(&l, &back);
+	l.gpu_spent_total_usec = (uint64_t)INT64_MAX + 1;
+	assert_int_equal(ledger_save(path, &l), -ERANGE);
+}
+
+/* No kernel counter for device time: nothing if the GPU was idle at the
+ * save, else every device busy since the save, at most one save interval. */
+static void test_gpu_unrecorded(void **state)
+{
+	struct ledger l = sample();
+	const uint64_t t = l.saved_realtime_usec;
+
+	assert_true(ledger_gpu_unrecorded_usec(&l, t + 2 * USEC_PER_SEC, 1) == 2000000);
+	assert_true(ledger_gpu_unrecorded_usec(&l, t + 2 * USEC_PER_SEC, 3) == 6000000);
+	assert_true(ledger_gpu_unrecorded_usec(&l, t + 3600 * USEC_PER_SEC, 2) == (int64_t)(2 * LEDGER_SAVE_USEC));
+	assert_true(ledger_gpu_unrecorded_usec(&l, t - 1, 1) == (int64_t)LEDGER_SAVE_USEC);
+	assert_true(ledger_gpu_unrecorded_usec(&l, t, 1) == 0);
+	assert_true(ledger_gpu_unrecorded_usec(&l, t + USEC_PER_SEC, 0) == 0);
+	l.gpu_busy = false;
+	assert_true(ledger_gpu_unrecorded_usec(&l, t + 2 * USEC_PER_SEC, 1) == 0);
+	assert_true(ledger_gpu_unrecorded_usec(&l, t - 1, 8) == 0);
+}
+
 static void test_load_directory(void **state)
 {
 	struct ledger back;
@@ -252,6 +320,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_corrupt, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failed_save_keeps_old, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_load_directory, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_gpu_backward_compatible, setup, teardown),
+		cmocka_unit_test(test_gpu_unrecorded),
 		cmocka_unit_test(test_unrecorded_exact),
 		cmocka_unit_test(test_unrecorded_worst_case),
 	};

@@ -88,7 +88,7 @@ mmdebstrap --quiet --variant=minbase \
 
 cp -L "$root"/boot/vmlinuz-* "$dir/vmlinuz"
 cp -L "$root"/boot/initrd.img-* "$dir/initrd.img"
-mkfs.ext4 -q -L vmroot -d "$root" "$dir/root.ext4" 3G
+mkfs.ext4 -q -L vmroot -d "$root" "$dir/root.ext4" 3G >&2  # it says "Creating regular file" on stdout
 rm -rf "$root"
 echo "$pkgs" > "$dir/packages"
 echo $(( $(date +%s) - start )) > "$dir/build-seconds"

@@ -44,7 +44,8 @@ mkdir -p "$work/data"
 # HARVESTER_VM_GUEST: another guest script, for debugging the suite.
 cp "${HARVESTER_VM_GUEST:-$here/guest-test.sh}" "$work/data/guest-test.sh"
 cp "$deb" "$work/data/"
-mkfs.ext4 -q -L vmtest -d "$work/data" "$work/data.ext4" 64M
+[ "${HARVESTER_VM_QUICK:-0}" = 1 ] && touch "$work/data/quick"
+mkfs.ext4 -q -L vmtest -d "$work/data" "$work/data.ext4" 64M >&2
 
 # The driver kills QEMU at its own deadline; timeout(1) is the backstop.
 rc=0

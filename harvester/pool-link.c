@@ -1,0 +1,820 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* The daemon's end of the link: see pool-link.h. */
+#include <dirent.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <time.h>
+
+#include <sodium.h>
+
+#include "harvester/log.h"
+#include "harvester/macro.h"
+#include "harvester/manager.h"
+#include "harvester/pool-link.h"
+#include "net/link.h"
+
+/* A request waits this long for its reply; a pool that is down costs one
+ * such wait per attempt, and the goodbye at stop at most this. */
+#define POOL_TIMEOUT_MS 3000U
+#define BACKOFF_MIN_USEC (500 * USEC_PER_MSEC)
+#define BACKOFF_MAX_USEC (30 * USEC_PER_SEC)
+/* Between two fetches that brought nothing, whatever the pool says. */
+#define FETCH_IDLE_MIN_USEC (200 * USEC_PER_MSEC)
+#define FETCH_IDLE_MAX_USEC (30 * USEC_PER_SEC)
+#define AGENT "harvesterd/" HARVESTER_VERSION
+
+/* pool_task "state": the task's life on this side. */
+#define PT_HELD     "held"       /* queued or running here; lease renewed */
+#define PT_RESULT   "result"     /* finished; result on disk, not yet acknowledged */
+#define PT_ACKED    "acked"      /* the pool answered the result: nothing left to do */
+#define PT_RELEASED "released"   /* the pool took it back (goodbye, lease lost): not run here */
+
+enum request { REQ_NONE, REQ_HELLO, REQ_FETCH, REQ_RENEW, REQ_RESULT };
+
+struct pool_link {
+	struct manager *m;
+	LinkClient *client;
+	char *url;                     /* as started: a reload does not redial */
+	uint8_t pool_pk[LINK_KEY_BYTES];
+	sd_event_source *io, *timer;
+	char *results_dir;
+
+	enum request inflight;
+	uint64_t inflight_job;         /* REQ_RESULT: the job whose result is out */
+	bool stopping;
+
+	bool welcomed, connected;
+	char *worker_id;
+	uint32_t lease_sec;
+	char last_error[LINK_STR_MAX + 64];
+	uint64_t since_realtime_usec, since_mono_usec;   /* of the connected/error state */
+
+	uint64_t backoff_usec, next_try_usec;    /* CLOCK_MONOTONIC */
+	uint64_t next_fetch_usec, next_renew_usec;
+
+	unsigned refused;              /* tasks whose signature did not verify */
+	unsigned refused_replies;      /* replies not signed by the pinned key, or replayed */
+	unsigned unsupported;          /* verified tasks of a kind this worker does not run */
+	unsigned results_sent, results_accepted;
+};
+
+static uint64_t mono_usec(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * USEC_PER_SEC + (uint64_t)ts.tv_nsec / NSEC_PER_USEC;
+}
+
+static uint64_t realtime_usec(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * USEC_PER_SEC + (uint64_t)ts.tv_nsec / NSEC_PER_USEC;
+}
+
+/* --- pool tasks in the spool ---------------------------------------------------- */
+
+static const char *pt_str(const struct job *j, const char *key)
+{
+	return j->pool_task ? json_string_value(json_object_get(j->pool_task, key)) : NULL;
+}
+
+static bool pt_is(const struct job *j, const char *state)
+{
+	const char *s = pt_str(j, "state");
+	return s && strcmp(s, state) == 0;
+}
+
+static bool job_live(const struct job *j)
+{
+	return j->state == JOB_QUEUED || j->state == JOB_RUNNING;
+}
+
+static void pt_set_state(struct pool_link *p, struct job *j, const char *state)
+{
+	json_object_set_new(j->pool_task, "state", json_string(state));
+	int r = jobs_save(p->m->jobs, j);
+	if (r < 0)
+		log_warning_errno(r, "Cannot save job %" PRIu64 " (pool task %s)", j->id, pt_str(j, "task"));
+}
+
+static unsigned held_count(struct pool_link *p, bool running_only)
+{
+	unsigned n = 0;
+	for (struct job *j = jobs_first(p->m->jobs); j; j = j->next)
+		if (pt_is(j, PT_HELD) && (running_only ? j->state == JOB_RUNNING : job_live(j)))
+			n++;
+	return n;
+}
+
+static struct job *find_job(struct pool_link *p, uint64_t id)
+{
+	for (struct job *j = jobs_first(p->m->jobs); j; j = j->next)
+		if (j->id == id)
+			return j;
+	return NULL;
+}
+
+static int result_path(struct pool_link *p, uint64_t job_id, char *buf, size_t len)
+{
+	int n = snprintf(buf, len, "%s/%" PRIu64 ".result", p->results_dir, job_id);
+	return n >= 0 && (size_t)n < len ? 0 : -ENAMETOOLONG;
+}
+
+/* --- connection state ---------------------------------------------------------- */
+
+static void set_connected(struct pool_link *p)
+{
+	if (!p->connected || p->last_error[0]) {
+		p->since_realtime_usec = realtime_usec();
+		p->since_mono_usec = mono_usec();
+		if (!p->connected)
+			log_info("Pool %s reached", p->url);
+	}
+	p->connected = true;
+	p->last_error[0] = 0;
+	p->backoff_usec = 0;
+	p->next_try_usec = 0;
+}
+
+/* A failed request: say why, and wait longer before each next try. */
+static void set_failed(struct pool_link *p, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void set_failed(struct pool_link *p, int err, const char *fmt, ...)
+{
+	char what[LINK_STR_MAX + 32];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(what, sizeof(what), fmt, ap);
+	va_end(ap);
+	bool changed = p->connected || strcmp(p->last_error, what) != 0;
+	if (p->connected || !p->last_error[0]) {
+		p->since_realtime_usec = realtime_usec();
+		p->since_mono_usec = mono_usec();
+	}
+	p->connected = false;
+	snprintf(p->last_error, sizeof(p->last_error), "%s", what);
+	p->backoff_usec = p->backoff_usec ? p->backoff_usec * 2 : BACKOFF_MIN_USEC;
+	if (p->backoff_usec > BACKOFF_MAX_USEC)
+		p->backoff_usec = BACKOFF_MAX_USEC;
+	p->next_try_usec = mono_usec() + p->backoff_usec;
+	/* Once per distinct failure, not once per retry. */
+	if (changed)
+		log_full(LOG_WARNING, 0, "Pool %s: %s; retrying with backoff", p->url, what);
+}
+
+/* --- requests -------------------------------------------------------------------- */
+
+static void step(struct pool_link *p);
+static void on_reply(LinkClient *c, int error, LinkMsg *reply, void *userdata);
+
+static int on_timer(sd_event_source *s, uint64_t usec, void *userdata)
+{
+	step(userdata);
+	return 0;
+}
+
+static void arm(struct pool_link *p, uint64_t when)
+{
+	if (!p->timer) {
+		if (sd_event_add_time(p->m->event, &p->timer, CLOCK_MONOTONIC, when, 0, on_timer, p) >= 0)
+			sd_event_source_set_description(p->timer, "pool-link-timer");
+		return;
+	}
+	sd_event_source_set_time(p->timer, when);
+	sd_event_source_set_enabled(p->timer, SD_EVENT_ONESHOT);
+}
+
+static int submit(struct pool_link *p, enum request what, const Hlink__Body *b)
+{
+	int r = link_client_submit(p->client, b, on_reply, p);
+	if (r < 0) {
+		set_failed(p, r, "cannot send a request");
+		arm(p, p->next_try_usec);
+		return r;
+	}
+	p->inflight = what;
+	return 0;
+}
+
+static void send_hello(struct pool_link *p)
+{
+	Hlink__Body b = HLINK__BODY__INIT;
+	Hlink__Hello h = HLINK__HELLO__INIT;
+	Hlink__Capabilities caps = HLINK__CAPABILITIES__INIT;
+	struct utsname u;
+	long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+
+	caps.arch = uname(&u) == 0 ? u.machine : "unknown";
+	caps.cores = p->m->ncpus;
+	caps.memory_bytes = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
+	caps.cpu_budget_ppm = p->m->config.cpu_ppm;
+	caps.gpu_budget_ppm = p->m->config.gpu_ppm;
+	/* No GPU devices offered yet: the pool sends no OpenCL/CUDA tasks. */
+	h.caps = &caps;
+	h.agent = AGENT;
+	b.msg_case = HLINK__BODY__MSG_HELLO;
+	b.hello = &h;
+	submit(p, REQ_HELLO, &b);
+}
+
+static void send_fetch(struct pool_link *p, unsigned n)
+{
+	Hlink__Body b = HLINK__BODY__INIT;
+	Hlink__Fetch f = HLINK__FETCH__INIT;
+	f.max_tasks = n > LINK_TASKS_MAX ? LINK_TASKS_MAX : n;
+	b.msg_case = HLINK__BODY__MSG_FETCH;
+	b.fetch = &f;
+	submit(p, REQ_FETCH, &b);
+}
+
+static void send_renew(struct pool_link *p)
+{
+	Hlink__Body b = HLINK__BODY__INIT;
+	Hlink__Renew rn = HLINK__RENEW__INIT;
+	const char *ids[LINK_RENEW_MAX];
+	size_t n = 0;
+
+	for (struct job *j = jobs_first(p->m->jobs); j && n < LINK_RENEW_MAX; j = j->next)
+		if (pt_is(j, PT_HELD) && job_live(j))
+			ids[n++] = pt_str(j, "task");
+	rn.task_ids = (char **)ids;
+	rn.n_task_ids = n;
+	b.msg_case = HLINK__BODY__MSG_RENEW;
+	b.renew = &rn;
+	submit(p, REQ_RENEW, &b);
+}
+
+static int read_all(const char *path, size_t max, uint8_t **ret, size_t *ret_len, bool *ret_truncated)
+{
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	_cleanup_free_ uint8_t *buf = malloc(max + 1);
+	size_t len = 0;
+
+	if (fd < 0)
+		return negative_errno();
+	if (!buf)
+		return -ENOMEM;
+	while (len < max + 1) {
+		ssize_t n = read(fd, buf + len, max + 1 - len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return negative_errno();
+		}
+		if (n == 0)
+			break;
+		len += (size_t)n;
+	}
+	if (ret_truncated)
+		*ret_truncated = len > max;
+	*ret_len = len > max ? max : len;
+	*ret = TAKE_PTR(buf);
+	return 0;
+}
+
+/* Send the result of job J, read back from its file. */
+static int send_result(struct pool_link *p, struct job *j)
+{
+	char path[PATH_MAX];
+	_cleanup_free_ uint8_t *buf = NULL;
+	size_t len = 0;
+	int r;
+
+	if ((r = result_path(p, j->id, path, sizeof(path))) < 0 ||
+	    (r = read_all(path, LINK_MSG_MAX_BYTES, &buf, &len, NULL)) < 0)
+		return r;
+	if (len <= LINK_SIG_BYTES)
+		return -EBADMSG;
+
+	Hlink__Body b = HLINK__BODY__INIT;
+	Hlink__Result res = HLINK__RESULT__INIT;
+	res.signature = (ProtobufCBinaryData){ LINK_SIG_BYTES, buf };
+	res.body = (ProtobufCBinaryData){ len - LINK_SIG_BYTES, buf + LINK_SIG_BYTES };
+	b.msg_case = HLINK__BODY__MSG_RESULT;
+	b.result = &res;
+	p->inflight_job = j->id;
+	return submit(p, REQ_RESULT, &b);
+}
+
+static bool fetch_allowed(struct pool_link *p)
+{
+	struct manager *m = p->m;
+	return policy_allows_harvest(m->policy.state) && !m->budget.exhausted;
+}
+
+static int write_result_file(struct pool_link *p, struct job *j);
+
+/* Pick the next request: hello first, then results awaiting an answer, then
+ * lease renewals, then more work. */
+static void step(struct pool_link *p)
+{
+	uint64_t now = mono_usec(), wake = UINT64_MAX;
+
+	if (!p || !p->client || p->inflight != REQ_NONE || p->stopping)
+		return;
+	if (now < p->next_try_usec) {
+		arm(p, p->next_try_usec);
+		return;
+	}
+	if (!p->welcomed) {
+		send_hello(p);
+		return;
+	}
+	for (struct job *j = jobs_first(p->m->jobs); j; j = j->next) {
+		if (!pt_is(j, PT_RESULT))
+			continue;
+		int r = send_result(p, j);
+		if (r >= 0 || p->inflight != REQ_NONE)
+			return;
+		if (r == -ENOENT || r == -EBADMSG) {
+			/* Lost or damaged on disk: the job's output is still there. */
+			log_warning_errno(r, "Result of job %" PRIu64 " unreadable; writing it again", j->id);
+			if (write_result_file(p, j) >= 0 && send_result(p, j) >= 0)
+				return;
+		}
+		log_warning_errno(r, "Cannot send the result of job %" PRIu64, j->id);
+		return;
+	}
+	unsigned held = held_count(p, false);
+	if (held > 0) {
+		if (now >= p->next_renew_usec) {
+			send_renew(p);
+			return;
+		}
+		wake = p->next_renew_usec;
+	}
+	if (fetch_allowed(p) && held < p->m->config.pool_max_tasks) {
+		if (now >= p->next_fetch_usec) {
+			send_fetch(p, p->m->config.pool_max_tasks - held);
+			return;
+		}
+		if (p->next_fetch_usec < wake)
+			wake = p->next_fetch_usec;
+	}
+	/* Otherwise the manager's next evaluation (every tick) kicks us. */
+	if (wake != UINT64_MAX)
+		arm(p, wake);
+}
+
+void pool_link_kick(struct pool_link *p)
+{
+	step(p);
+}
+
+/* --- results ---------------------------------------------------------------------- */
+
+static int hex_to_hash(const char *hex, uint8_t out[LINK_HASH_BYTES])
+{
+	size_t n = 0;
+	if (!hex || sodium_hex2bin(out, LINK_HASH_BYTES, hex, strlen(hex), NULL, &n, NULL) < 0 || n != LINK_HASH_BYTES)
+		return -EBADMSG;
+	return 0;
+}
+
+static int write_atomic(const char *dir, const char *path, const void *a, size_t alen, const void *b, size_t blen)
+{
+	char tmp[PATH_MAX];
+	int r = 0;
+
+	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
+		return -ENAMETOOLONG;
+	_cleanup_close_ int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return negative_errno();
+	if (write(fd, a, alen) != (ssize_t)alen || write(fd, b, blen) != (ssize_t)blen || fsync(fd) < 0)
+		r = errno > 0 ? -errno : -EIO;
+	else if (rename(tmp, path) < 0)
+		r = negative_errno();
+	if (r < 0) {
+		unlink(tmp);
+		return r;
+	}
+	_cleanup_close_ int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0 || fsync(dfd) < 0)
+		return negative_errno();
+	return 0;
+}
+
+static Hlink__Status result_status(const struct job *j)
+{
+	if (j->state == JOB_DONE)
+		return HLINK__STATUS__STATUS_OK;
+	if (j->state == JOB_CANCELLED)
+		return HLINK__STATUS__STATUS_KILLED;
+	if (j->signal == 0 && j->exit_code >= 0)
+		return HLINK__STATUS__STATUS_OK;        /* it ran; the exit code says how */
+	if (j->reason && strstr(j->reason, "runtime limit"))
+		return HLINK__STATUS__STATUS_TIMEOUT;
+	if (j->signal)
+		return HLINK__STATUS__STATUS_KILLED;
+	return HLINK__STATUS__STATUS_FAILED;            /* could not start */
+}
+
+/* Sign J's result (stdout is the output "stdout", as pool workers do) and
+ * write it durably to STATE/results/<job id>.result. */
+static int write_result_file(struct pool_link *p, struct job *j)
+{
+	char out_path[PATH_MAX], path[PATH_MAX];
+	_cleanup_free_ uint8_t *data = NULL;
+	_cleanup_free_ void *body = NULL;
+	uint8_t spec_hash[LINK_HASH_BYTES], sig[LINK_SIG_BYTES];
+	size_t len = 0, body_len = 0;
+	bool truncated = false;
+	int r;
+
+	if ((r = hex_to_hash(pt_str(j, "spec_sha256"), spec_hash)) < 0)
+		return r;
+	if ((r = jobs_output_path(p->m->jobs, j, "stdout", out_path, sizeof(out_path))) < 0)
+		return r;
+	r = read_all(out_path, LINK_FILE_MAX_BYTES, &data, &len, &truncated);
+	if (r == -ENOENT) {
+		len = 0;                /* never started: no output */
+		r = 0;
+	}
+	if (r < 0)
+		return r;
+
+	Hlink__ResultBody rb = HLINK__RESULT_BODY__INIT;
+	Hlink__File out = HLINK__FILE__INIT, *outs[] = { &out };
+	rb.task_id = (char *)pt_str(j, "task");
+	rb.status = result_status(j);
+	/* Output past the link's file limit cannot travel: the task failed. */
+	if (truncated)
+		rb.status = HLINK__STATUS__STATUS_FAILED;
+	rb.exit_code = j->signal ? 128 + j->signal : j->exit_code;
+	rb.cpu_usec = j->cpu_usec;
+	rb.wall_usec = j->finished_usec > j->started_usec && j->started_usec ? j->finished_usec - j->started_usec : 0;
+	rb.spec_sha256 = (ProtobufCBinaryData){ LINK_HASH_BYTES, spec_hash };
+	out.name = "stdout";
+	out.data = (ProtobufCBinaryData){ len, data };
+	rb.outputs = outs;
+	rb.n_outputs = 1;
+	if ((r = link_client_sign_result(p->client, &rb, &body, &body_len, sig)) < 0)
+		return r;
+	if ((r = result_path(p, j->id, path, sizeof(path))) < 0)
+		return r;
+	return write_atomic(p->results_dir, path, sig, sizeof(sig), body, body_len);
+}
+
+void pool_link_job_changed(struct pool_link *p, struct job *j)
+{
+	if (!p || !pt_is(j, PT_HELD) || job_live(j))
+		return;
+	int r = write_result_file(p, j);
+	if (r < 0) {
+		/* Stays "held" and finished: written again at the next start. */
+		log_error_errno(r, "Cannot write the result of pool task %s (job %" PRIu64 ")", pt_str(j, "task"), j->id);
+		return;
+	}
+	pt_set_state(p, j, PT_RESULT);
+	log_info("Pool task %s (job %" PRIu64 ") %s; result written, to be sent", pt_str(j, "task"), j->id,
+		 job_state_name(j->state));
+	step(p);
+}
+
+static void result_answered(struct pool_link *p, struct job *j, bool accepted, const char *reason)
+{
+	char path[PATH_MAX];
+	if (result_path(p, j->id, path, sizeof(path)) >= 0 && unlink(path) < 0 && errno != ENOENT)
+		log_warning_errno(negative_errno(), "Cannot delete %s", path);
+	else {
+		_cleanup_close_ int dfd = open(p->results_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (dfd >= 0)
+			(void)fsync(dfd);
+	}
+	json_object_set_new(j->pool_task, "accepted", json_boolean(accepted));
+	pt_set_state(p, j, PT_ACKED);
+	p->results_sent++;
+	p->results_accepted += accepted;
+	log_info("Pool %s result of task %s (job %" PRIu64 ")%s%s", accepted ? "accepted the" : "did not want the",
+		 pt_str(j, "task"), j->id, reason && *reason ? ": " : "", reason ? reason : "");
+}
+
+/* --- work ----------------------------------------------------------------------------- */
+
+static void take_task(struct pool_link *p, const Hlink__Task *t)
+{
+	Hlink__TaskSpec *spec = NULL;
+	uint8_t hash[LINK_HASH_BYTES];
+	char hex[2 * LINK_HASH_BYTES + 1];
+
+	/* Checked against the pinned key before anything of it is parsed, let
+	 * alone written to disk or run. */
+	int r = link_task_verify(t, p->pool_pk, &spec, hash);
+	if (r < 0) {
+		p->refused++;
+		log_warning_errno(r, "Refused a task from the pool: its signature does not verify against the pinned [Pool] Key= (%u refused)",
+				  p->refused);
+		return;
+	}
+	if (spec->kind != HLINK__KIND__KIND_EXEC || spec->n_argv == 0) {
+		/* We offer no GPU; the lease lapses and the pool hands it on. */
+		p->unsupported++;
+		log_warning("Pool task %s: kind %d is not run here; left to lapse", spec->id, spec->kind);
+		hlink__task_spec__free_unpacked(spec, NULL);
+		return;
+	}
+	_cleanup_free_ char **argv = calloc(spec->n_argv + 1, sizeof(char *));
+	_cleanup_free_ struct job_file *files = calloc(spec->n_inputs + 1, sizeof(*files));
+	if (!argv || !files) {
+		hlink__task_spec__free_unpacked(spec, NULL);
+		return;
+	}
+	memcpy(argv, spec->argv, spec->n_argv * sizeof(char *));
+	for (size_t i = 0; i < spec->n_inputs; i++)
+		files[i] = (struct job_file){ spec->inputs[i]->name, spec->inputs[i]->data.data, spec->inputs[i]->data.len };
+	sodium_bin2hex(hex, sizeof(hex), hash, sizeof(hash));
+	json_t *pt = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I}", "task", spec->id, "state", PT_HELD, "spec_sha256", hex,
+			       "lease_expires_usec", (json_int_t)t->lease_expires_usec,
+			       "deadline_usec", (json_int_t)spec->deadline_usec, "fetched_usec", (json_int_t)realtime_usec());
+	struct job *j = NULL;
+	r = pt ? jobs_submit_pool(p->m->jobs, argv, files, spec->n_inputs, pt, &j) : -ENOMEM;
+	json_decref(pt);
+	if (r < 0)
+		/* Not in the spool: the lease lapses and it is handed out again. */
+		log_error_errno(r, "Cannot queue pool task %s", spec->id);
+	else
+		log_info("Pool task %s queued as job %" PRIu64 ": %s", spec->id, j->id, argv[0]);
+	hlink__task_spec__free_unpacked(spec, NULL);
+}
+
+static void on_lease_lost(struct pool_link *p, const char *task_id)
+{
+	for (struct job *j = jobs_first(p->m->jobs); j; j = j->next) {
+		if (!pt_is(j, PT_HELD) || !job_live(j) || strcmp(pt_str(j, "task"), task_id) != 0)
+			continue;
+		log_notice("Pool task %s (job %" PRIu64 "): the pool no longer wants it; dropped", task_id, j->id);
+		pt_set_state(p, j, PT_RELEASED);
+		jobs_cancel(p->m->jobs, j->id);
+	}
+}
+
+/* Error replies to a result that a resend would only get again. A replay
+ * (our resend of a request the pool did see) or an internal error is not. */
+static bool result_error_is_final(int code)
+{
+	switch (code) {
+	case HLINK__ERROR_CODE__ERR_UNKNOWN_TASK:
+	case HLINK__ERROR_CODE__ERR_LEASE_EXPIRED:
+	case HLINK__ERROR_CODE__ERR_MALFORMED:
+	case HLINK__ERROR_CODE__ERR_TOO_LARGE:
+	case HLINK__ERROR_CODE__ERR_BAD_SIGNATURE:
+		return true;
+	default:
+		return false;
+	}
+}
+
+static void on_reply(LinkClient *c, int error, LinkMsg *reply, void *userdata)
+{
+	struct pool_link *p = userdata;
+	enum request what = p->inflight;
+	uint64_t now = mono_usec();
+	bool work = false;
+
+	p->inflight = REQ_NONE;
+	if (error < 0) {
+		if (error == -EKEYREJECTED || error == -ESTALE || error == -EBADMSG || error == -EMSGSIZE ||
+		    error == -EPROTONOSUPPORT) {
+			p->refused_replies++;
+			set_failed(p, error, "a reply was refused (%s)%s", strerror(-error),
+				   error == -EKEYREJECTED ? ": not signed by the pinned [Pool] Key=" : "");
+		} else
+			set_failed(p, error, "%s", strerror(-error));
+		goto next;
+	}
+	const Hlink__Body *b = reply->body;
+	if (b->msg_case == HLINK__BODY__MSG_ERROR) {
+		int code = b->error->code;
+		if (code == HLINK__ERROR_CODE__ERR_UNKNOWN_WORKER) {
+			set_connected(p);
+			p->welcomed = false;         /* a new pool database: hello again */
+		} else if (what == REQ_RESULT && result_error_is_final(code)) {
+			/* Sending it again cannot change the answer: keep the job's
+			 * record of it, drop the file. */
+			struct job *j = find_job(p, p->inflight_job);
+			set_connected(p);
+			if (j)
+				result_answered(p, j, false, b->error->message);
+		} else
+			set_failed(p, 0, "the pool answered %s: %s", link_error_name(code), b->error->message);
+		goto next;
+	}
+	set_connected(p);
+	switch (what) {
+	case REQ_HELLO:
+		if (b->msg_case != HLINK__BODY__MSG_WELCOME)
+			break;
+		p->welcomed = true;
+		p->lease_sec = b->welcome->lease_sec;
+		free(p->worker_id);
+		p->worker_id = strdup(b->welcome->worker_id);
+		p->next_renew_usec = now;        /* leases held from before a restart */
+		p->next_fetch_usec = now;
+		log_info("Pool %s: welcome as %s, leases of %u s", p->url, b->welcome->worker_id,
+			 p->lease_sec);
+		break;
+	case REQ_FETCH: {
+		if (b->msg_case != HLINK__BODY__MSG_WORK)
+			break;
+		const Hlink__Work *w = b->work;
+		for (size_t i = 0; i < w->n_tasks; i++)
+			take_task(p, w->tasks[i]);
+		work = w->n_tasks > 0;
+		uint64_t wait = (uint64_t)w->retry_after_ms * USEC_PER_MSEC;
+		if (wait < FETCH_IDLE_MIN_USEC)
+			wait = FETCH_IDLE_MIN_USEC;
+		if (wait > FETCH_IDLE_MAX_USEC)
+			wait = FETCH_IDLE_MAX_USEC;
+		p->next_fetch_usec = work ? now : now + wait;
+		break;
+	}
+	case REQ_RENEW:
+		if (b->msg_case != HLINK__BODY__MSG_RENEW_REPLY)
+			break;
+		for (size_t i = 0; i < b->renew_reply->n_leases; i++)
+			if (!b->renew_reply->leases[i]->valid)
+				on_lease_lost(p, b->renew_reply->leases[i]->task_id);
+		/* Three tries before a lease lapses. */
+		p->next_renew_usec = now + (p->lease_sec ? p->lease_sec : 30) * USEC_PER_SEC / 3;
+		break;
+	case REQ_RESULT: {
+		if (b->msg_case != HLINK__BODY__MSG_RESULT_ACK)
+			break;
+		struct job *j = find_job(p, p->inflight_job);
+		if (j && pt_is(j, PT_RESULT))
+			result_answered(p, j, b->result_ack->accepted, b->result_ack->reason);
+		break;
+	}
+	default:
+		break;
+	}
+next:
+	link_msg_free(reply);
+	if (work)
+		manager_evaluate(p->m, "pool work");   /* starts the jobs, and steps */
+	step(p);
+}
+
+static int on_io(sd_event_source *s, int fd, uint32_t revents, void *userdata)
+{
+	struct pool_link *p = userdata;
+	link_client_dispatch(p->client);
+	return 0;
+}
+
+/* --- life -------------------------------------------------------------------------------- */
+
+int pool_link_new(struct manager *m, struct pool_link **ret)
+{
+	LinkClientConfig cfg = {
+		.url = m->config.pool_url,
+		.state_dir = m->state_dir,
+		.tls_ca_file = m->config.pool_ca_file,
+		.timeout_ms = POOL_TIMEOUT_MS,
+	};
+	int r;
+
+	if (!m->config.pool_key)
+		return log_error_errno(-EINVAL, "[Pool] URL=%s is set but Key= is not: pin the pool's public key",
+				       m->config.pool_url);
+	if (!strncmp(m->config.pool_url, "tls+", 4) && !m->config.pool_ca_file)
+		return log_error_errno(-EINVAL, "[Pool] URL=%s needs CAFile= (the pool's CA or certificate)",
+				       m->config.pool_url);
+	if ((r = link_key_from_base64(m->config.pool_key, cfg.pool_key)) < 0)
+		return log_error_errno(r, "[Pool] Key= is not a public key");
+
+	struct pool_link *p = calloc(1, sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	p->m = m;
+	if (!(p->url = strdup(m->config.pool_url))) {
+		free(p);
+		return -ENOMEM;
+	}
+	memcpy(p->pool_pk, cfg.pool_key, LINK_KEY_BYTES);
+	p->since_realtime_usec = realtime_usec();
+	p->since_mono_usec = mono_usec();
+	snprintf(p->last_error, sizeof(p->last_error), "not reached yet");
+	if (asprintf(&p->results_dir, "%s/results", m->state_dir) < 0) {
+		p->results_dir = NULL;
+		r = -ENOMEM;
+		goto fail;
+	}
+	if (mkdir(p->results_dir, 0700) < 0 && errno != EEXIST) {
+		r = log_error_errno(negative_errno(), "Cannot create %s", p->results_dir);
+		goto fail;
+	}
+	/* The worker identity lives in the state dir: link-identity.key, 0600. */
+	if ((r = link_client_new(&cfg, &p->client)) < 0) {
+		log_error_errno(r, "Cannot set up the link to %s", cfg.url);
+		goto fail;
+	}
+	r = sd_event_add_io(m->event, &p->io, link_client_fd(p->client), EPOLLIN, on_io, p);
+	if (r < 0)
+		goto fail;
+	sd_event_source_set_description(p->io, "pool-link");
+
+	/* Pick up where an earlier run stopped: finished tasks whose result was
+	 * never written get it now; results on disk are sent once welcomed. */
+	unsigned held = 0, pending = 0;
+	for (struct job *j = jobs_first(m->jobs); j; j = j->next) {
+		if (pt_is(j, PT_HELD) && !job_live(j))
+			pool_link_job_changed(p, j);
+		held += pt_is(j, PT_HELD) && job_live(j);
+		pending += pt_is(j, PT_RESULT);
+	}
+	char b64[64] = "";
+	link_key_to_base64(link_client_key(p->client), b64, sizeof(b64));
+	log_info("Pool link to %s as worker %s: %u task(s) held, %u result(s) awaiting acknowledgement",
+		 cfg.url, b64, held, pending);
+	*ret = p;
+	return 0;
+fail:
+	pool_link_free(p);
+	return r;
+}
+
+void pool_link_stop(struct pool_link *p)
+{
+	if (!p || !p->client)
+		return;
+	p->stopping = true;
+	/* The request in flight ends within its timeout. */
+	uint64_t end = mono_usec() + (POOL_TIMEOUT_MS + 500) * USEC_PER_MSEC;
+	while (p->inflight != REQ_NONE && mono_usec() < end) {
+		struct pollfd pfd = { .fd = link_client_fd(p->client), .events = POLLIN };
+		if (poll(&pfd, 1, 100) > 0)
+			link_client_dispatch(p->client);
+	}
+	if (p->inflight != REQ_NONE || !p->welcomed || !p->connected)
+		return;         /* leases stay ours: the held tasks run after a restart */
+	int r = link_client_goodbye(p->client, "harvesterd stopping");
+	if (r < 0) {
+		log_warning_errno(r, "Pool %s: goodbye not delivered; held tasks stay leased to us", p->url);
+		return;
+	}
+	/* The pool hands our leases out again: do not run those here too. */
+	unsigned n = 0;
+	for (struct job *j = jobs_first(p->m->jobs); j; j = j->next)
+		if (pt_is(j, PT_HELD) && j->state == JOB_QUEUED) {
+			pt_set_state(p, j, PT_RELEASED);
+			jobs_cancel(p->m->jobs, j->id);
+			n++;
+		}
+	log_info("Pool %s: goodbye; %u held task(s) given back", p->url, n);
+}
+
+struct pool_link *pool_link_free(struct pool_link *p)
+{
+	if (!p)
+		return NULL;
+	sd_event_source_disable_unref(p->io);
+	sd_event_source_disable_unref(p->timer);
+	link_client_free(p->client);
+	free(p->results_dir);
+	free(p->worker_id);
+	free(p->url);
+	free(p);
+	return NULL;
+}
+
+json_t *pool_link_status_json(struct pool_link *p)
+{
+	unsigned done = 0, failed = 0, pending = 0, acked = 0, accepted = 0;
+	uint64_t cpu = 0, now = mono_usec();
+
+	for (struct job *j = jobs_first(p->m->jobs); j; j = j->next) {
+		if (!j->pool_task || pt_is(j, PT_RELEASED))
+			continue;
+		if (!job_live(j)) {
+			done += j->state == JOB_DONE;
+			failed += j->state != JOB_DONE;
+			cpu += j->cpu_usec;
+		}
+		pending += pt_is(j, PT_RESULT);
+		if (pt_is(j, PT_ACKED)) {
+			acked++;
+			accepted += json_is_true(json_object_get(j->pool_task, "accepted"));
+		}
+	}
+	return json_pack("{s:s, s:b, s:s?, s:s?, s:I, s:I, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:I, s:I}",
+			 "url", p->url, "connected", p->connected, "worker_id", p->worker_id,
+			 "last_error", p->last_error[0] ? p->last_error : NULL,
+			 "since_usec", (json_int_t)p->since_realtime_usec,
+			 "state_for_usec", (json_int_t)(now - p->since_mono_usec),
+			 "lease_sec", (int)p->lease_sec, "max_tasks", (int)p->m->config.pool_max_tasks,
+			 "tasks_held", (int)held_count(p, false), "tasks_running", (int)held_count(p, true),
+			 "done", (int)done, "failed", (int)failed, "refused", (int)p->refused,
+			 "refused_replies", (int)p->refused_replies, "unsupported", (int)p->unsupported,
+			 "results_pending", (int)pending, "results_acked", (int)acked, "results_accepted", (int)accepted,
+			 "cpu_contributed_usec", (json_int_t)cpu,
+			 "retry_in_usec", (json_int_t)(p->next_try_usec > now ? p->next_try_usec - now : 0));
+}

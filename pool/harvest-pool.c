@@ -1,0 +1,862 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* harvest-pool: the operator's one program. Parses arguments, then hands
+ * over to the store (pool/store.h) and the server (pool/server.h). */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <sodium.h>
+
+#include "harvester/macro.h"
+#include "net/link.h"
+#include "pool/server.h"
+#include "pool/store.h"
+
+#define DEFAULT_STATE_DIR "/var/lib/harvest-pool"
+#define MAX_LISTEN 8
+
+static const char *arg_state_dir = DEFAULT_STATE_DIR;
+static bool arg_json;
+
+static uint64_t now_usec(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / NSEC_PER_USEC;
+}
+
+static int fail(int r, const char *what)
+{
+        fprintf(stderr, "harvest-pool: %s: %s\n", what, strerror(r < 0 ? -r : r));
+        return 1;
+}
+
+static void state_path(char *buf, size_t size, const char *name)
+{
+        snprintf(buf, size, "%s/%s", arg_state_dir, name);
+}
+
+static int open_store(PoolStore **ret)
+{
+        char p[4096];
+        state_path(p, sizeof(p), "pool.db");
+        if (access(p, F_OK) < 0)
+                return -ENOENT;
+        return pool_store_open(p, false, ret);
+}
+
+static int load_key(LinkIdentity *ret)
+{
+        char p[4096];
+        state_path(p, sizeof(p), "pool.key");
+        return link_identity_load(p, false, ret);
+}
+
+/* pool.conf: "[Pool]" then Key=Value lines. Only the keys serve reads. */
+static void read_config(uint32_t *lease_sec, const char **listen, size_t *n_listen)
+{
+        char p[4096], line[1024];
+        state_path(p, sizeof(p), "pool.conf");
+        _cleanup_fclose_ FILE *f = fopen(p, "re");
+        if (!f)
+                return;
+        while (fgets(line, sizeof(line), f)) {
+                line[strcspn(line, "\r\n")] = 0;
+                if (!strncmp(line, "LeaseSec=", 9))
+                        *lease_sec = (uint32_t) strtoul(line + 9, NULL, 10);
+                else if (!strncmp(line, "Listen=", 7) && *n_listen < MAX_LISTEN && line[7])
+                        listen[(*n_listen)++] = strdup(line + 7);
+        }
+}
+
+static void print_json(json_t *j)
+{
+        json_dumpf(j, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
+        fputc('\n', stdout);
+}
+
+/* --- init ------------------------------------------------------------------ */
+
+static int verb_init(int argc, char **argv)
+{
+        char p[4096], b64[64];
+        LinkIdentity id;
+        PoolStore *s = NULL;
+        int r;
+
+        if (mkdir(arg_state_dir, 0700) < 0 && errno != EEXIST)
+                return fail(-errno, arg_state_dir);
+        state_path(p, sizeof(p), "pool.key");
+        if (access(p, F_OK) == 0) {
+                fprintf(stderr, "harvest-pool: %s is initialised already (its key: harvest-pool key)\n", arg_state_dir);
+                return 1;
+        }
+        r = link_identity_load(p, true, &id);
+        if (r < 0)
+                return fail(r, p);
+        state_path(p, sizeof(p), "pool.db");
+        r = pool_store_open(p, true, &s);
+        if (r < 0)
+                return fail(r, p);
+        pool_store_close(s);
+        state_path(p, sizeof(p), "pool.conf");
+        FILE *f = fopen(p, "wx");
+        if (f) {
+                fputs("# harvest-pool configuration; see harvest-pool(8).\n"
+                      "[Pool]\n"
+                      "# Listen=tls+tcp://0.0.0.0:7450\n"
+                      "LeaseSec=300\n", f);
+                fclose(f);
+        }
+        link_key_to_base64(id.pk, b64, sizeof(b64));
+        sodium_memzero(&id, sizeof(id));
+        if (arg_json) {
+                json_t *o = json_pack("{s:s, s:s}", "state_dir", arg_state_dir, "key", b64);
+                print_json(o);
+                json_decref(o);
+        } else {
+                printf("%s\n", b64);
+                fprintf(stderr, "Pin this key on every worker: [Pool] Key=%s\n", b64);
+        }
+        return 0;
+}
+
+static int verb_key(int argc, char **argv)
+{
+        LinkIdentity id;
+        char b64[64];
+        int r = load_key(&id);
+        if (r < 0)
+                return fail(r, "pool.key");
+        link_key_to_base64(id.pk, b64, sizeof(b64));
+        sodium_memzero(&id, sizeof(id));
+        printf("%s\n", b64);
+        return 0;
+}
+
+/* --- serve and relay ------------------------------------------------------- */
+
+static int wait_for_signal(void)
+{
+        sigset_t ss;
+        int sig = 0;
+        sigemptyset(&ss);
+        sigaddset(&ss, SIGINT);
+        sigaddset(&ss, SIGTERM);
+        sigaddset(&ss, SIGHUP);
+        sigwait(&ss, &sig);
+        return sig;
+}
+
+static void block_signals(void)
+{
+        sigset_t ss;
+        sigemptyset(&ss);
+        sigaddset(&ss, SIGINT);
+        sigaddset(&ss, SIGTERM);
+        sigaddset(&ss, SIGHUP);
+        /* Before NNG starts its threads, so they inherit the mask. */
+        pthread_sigmask(SIG_BLOCK, &ss, NULL);
+        signal(SIGPIPE, SIG_IGN);
+}
+
+static int verb_serve(int argc, char **argv)
+{
+        static const struct option opts[] = {
+                { "listen", required_argument, NULL, 'l' },
+                { "lease-sec", required_argument, NULL, 'L' },
+                { "contexts", required_argument, NULL, 'c' },
+                { "tls-cert", required_argument, NULL, 't' },
+                {}
+        };
+        const char *listen[MAX_LISTEN], *conf_listen[MAX_LISTEN];
+        size_t n_listen = 0, n_conf = 0;
+        uint32_t lease_sec = 300, arg_lease = 0;
+        PoolServerConfig cfg = {};
+        PoolStore *store = NULL;
+        PoolServer *srv = NULL;
+        LinkIdentity id;
+        int c, r;
+
+        while ((c = getopt_long(argc, argv, "", opts, NULL)) >= 0)
+                switch (c) {
+                case 'l':
+                        if (n_listen < MAX_LISTEN)
+                                listen[n_listen++] = optarg;
+                        break;
+                case 'L':
+                        arg_lease = (uint32_t) strtoul(optarg, NULL, 10);
+                        break;
+                case 'c':
+                        cfg.contexts = (unsigned) strtoul(optarg, NULL, 10);
+                        break;
+                case 't':
+                        cfg.tls_cert_key_file = optarg;
+                        break;
+                default:
+                        return 2;
+                }
+        read_config(&lease_sec, conf_listen, &n_conf);
+        if (n_listen == 0)
+                for (size_t i = 0; i < n_conf; i++)
+                        listen[n_listen++] = conf_listen[i];
+        if (n_listen == 0) {
+                fprintf(stderr, "harvest-pool serve: no --listen URL and no Listen= in pool.conf\n");
+                return 2;
+        }
+        cfg.listen = listen;
+        cfg.n_listen = n_listen;
+        cfg.lease_sec = arg_lease ? arg_lease : lease_sec;
+
+        r = load_key(&id);
+        if (r < 0)
+                return fail(r, "pool.key");
+        r = open_store(&store);
+        if (r < 0)
+                return fail(r, "pool.db");
+        block_signals();
+        r = pool_server_new(store, &id, &cfg, &srv);
+        sodium_memzero(&id, sizeof(id));
+        if (r < 0) {
+                pool_store_close(store);
+                return fail(r, "listen");
+        }
+        for (size_t i = 0; i < n_listen; i++)
+                printf("harvest-pool: serving %s (lease %us, %u contexts)\n", listen[i], cfg.lease_sec,
+                       cfg.contexts ? cfg.contexts : 64);
+        fflush(stdout);
+        int sig = wait_for_signal();
+        uint64_t req, err, commits;
+        pool_server_stats(srv, &req, &err, &commits);
+        pool_server_free(srv);
+        pool_store_close(store);
+        printf("harvest-pool: stopped by signal %d after %llu requests, %llu error replies, %llu commits\n", sig,
+               (unsigned long long) req, (unsigned long long) err, (unsigned long long) commits);
+        return 0;
+}
+
+static int verb_relay(int argc, char **argv)
+{
+        static const struct option opts[] = {
+                { "upstream", required_argument, NULL, 'u' },
+                { "listen", required_argument, NULL, 'l' },
+                { "tls-cert", required_argument, NULL, 't' },
+                { "tls-ca", required_argument, NULL, 'a' },
+                {}
+        };
+        const char *up = NULL, *lis = NULL, *cert = NULL, *ca = NULL;
+        int c;
+        while ((c = getopt_long(argc, argv, "", opts, NULL)) >= 0)
+                switch (c) {
+                case 'u':
+                        up = optarg;
+                        break;
+                case 'l':
+                        lis = optarg;
+                        break;
+                case 't':
+                        cert = optarg;
+                        break;
+                case 'a':
+                        ca = optarg;
+                        break;
+                default:
+                        return 2;
+                }
+        if (!up || !lis) {
+                fprintf(stderr, "harvest-pool relay: --upstream URL and --listen URL are required\n");
+                return 2;
+        }
+        signal(SIGPIPE, SIG_IGN);
+        printf("harvest-pool: relaying %s -> %s\n", lis, up);
+        fflush(stdout);
+        int r = pool_relay(up, lis, cert, ca);
+        return r < 0 ? fail(r, "relay") : 0;
+}
+
+/* --- submit ---------------------------------------------------------------- */
+
+typedef struct SubmitSpec {
+        const char *id;
+        int kind;
+        const char **argv;
+        size_t n_argv;
+        const char **input_names;
+        uint8_t **input_data;
+        size_t *input_len;
+        size_t n_inputs;
+        unsigned replicas, quorum;
+        const char *arch;
+        unsigned cores;
+        uint64_t memory;
+        int gpu;
+        uint64_t deadline_sec;
+        const char *kernel;
+        uint64_t global_size[LINK_DIMS_MAX];
+        size_t n_global;
+} SubmitSpec;
+
+static int submit_one(PoolStore *store, const LinkIdentity *id, const SubmitSpec *in, char *ret_id, size_t id_size)
+{
+        Hlink__TaskSpec s = HLINK__TASK_SPEC__INIT;
+        Hlink__Needs needs = HLINK__NEEDS__INIT;
+        Hlink__File files[LINK_FILES_MAX], *fp[LINK_FILES_MAX];
+        uint8_t sig[LINK_SIG_BYTES];
+        char gen[32];
+        uint64_t now = now_usec();
+        _cleanup_free_ void *spec = NULL;
+        size_t len;
+        int r;
+
+        if (in->n_inputs > LINK_FILES_MAX)
+                return -EMSGSIZE;
+        if (!in->id) {
+                uint8_t rnd[6];
+                randombytes_buf(rnd, sizeof(rnd));
+                snprintf(gen, sizeof(gen), "t-");
+                sodium_bin2hex(gen + 2, sizeof(gen) - 2, rnd, sizeof(rnd));
+        }
+        s.id = (char *) (in->id ? in->id : gen);
+        s.kind = in->kind;
+        s.argv = (char **) in->argv;
+        s.n_argv = in->n_argv;
+        for (size_t i = 0; i < in->n_inputs; i++) {
+                hlink__file__init(&files[i]);
+                files[i].name = (char *) in->input_names[i];
+                files[i].data = (ProtobufCBinaryData) { in->input_len[i], in->input_data[i] };
+                fp[i] = &files[i];
+        }
+        s.inputs = fp;
+        s.n_inputs = in->n_inputs;
+        needs.arch = (char *) (in->arch ? in->arch : "");
+        needs.cores = in->cores;
+        needs.memory_bytes = in->memory;
+        needs.gpu = in->gpu;
+        s.needs = &needs;
+        s.issued_usec = now;
+        s.deadline_usec = in->deadline_sec ? now + in->deadline_sec * USEC_PER_SEC : 0;
+        s.kernel = (char *) (in->kernel ? in->kernel : "");
+        s.global_size = (uint64_t *) in->global_size;
+        s.n_global_size = in->n_global;
+
+        r = link_task_sign(id, &s, &spec, &len, sig);
+        if (r < 0)
+                return r;
+        PoolTaskNew t = {
+                .id = s.id, .kind = in->kind, .spec = spec, .spec_len = len, .signature = sig,
+                .replicas = in->replicas ? in->replicas : 1,
+                .quorum = in->quorum ? in->quorum : (in->replicas ? in->replicas / 2 + 1 : 1),
+                .need_arch = needs.arch, .need_cores = in->cores, .need_memory_bytes = in->memory,
+                .need_gpu = in->gpu, .deadline_usec = s.deadline_usec,
+        };
+        r = pool_store_add_task(store, &t, now);
+        if (r < 0)
+                return r;
+        snprintf(ret_id, id_size, "%s", s.id);
+        return 0;
+}
+
+static int parse_kind(const char *s)
+{
+        if (!strcmp(s, "exec"))
+                return HLINK__KIND__KIND_EXEC;
+        if (!strcmp(s, "opencl"))
+                return HLINK__KIND__KIND_OPENCL;
+        if (!strcmp(s, "cuda"))
+                return HLINK__KIND__KIND_CUDA;
+        return -EINVAL;
+}
+
+static int parse_gpu(const char *s)
+{
+        if (!strcmp(s, "opencl"))
+                return HLINK__DEVICE_API__API_OPENCL;
+        if (!strcmp(s, "cuda"))
+                return HLINK__DEVICE_API__API_CUDA;
+        if (!strcmp(s, "none") || !*s)
+                return 0;
+        return -EINVAL;
+}
+
+static int read_file(const char *path, uint8_t **ret, size_t *ret_len)
+{
+        _cleanup_fclose_ FILE *f = fopen(path, "re");
+        struct stat st;
+        if (!f)
+                return -errno;
+        if (fstat(fileno(f), &st) < 0)
+                return -errno;
+        if ((size_t) st.st_size > LINK_FILE_MAX_BYTES)
+                return -EMSGSIZE;
+        uint8_t *b = malloc((size_t) st.st_size + 1);
+        if (!b)
+                return -ENOMEM;
+        size_t n = fread(b, 1, (size_t) st.st_size, f);
+        *ret = b;
+        *ret_len = n;
+        return 0;
+}
+
+/* One batch entry (JSON object) into a SubmitSpec; strings point into J. */
+static int spec_from_json(json_t *j, SubmitSpec *s)
+{
+        json_t *v, *a;
+        size_t i;
+        memset(s, 0, sizeof(*s));
+        s->kind = HLINK__KIND__KIND_EXEC;
+        if (!json_is_object(j))
+                return -EINVAL;
+        s->id = json_string_value(json_object_get(j, "id"));
+        if ((v = json_object_get(j, "kind")) && (s->kind = parse_kind(json_string_value(v) ?: "")) < 0)
+                return -EINVAL;
+        a = json_object_get(j, "argv");
+        s->n_argv = json_array_size(a);
+        s->argv = calloc(s->n_argv + 1, sizeof(char *));
+        json_array_foreach(a, i, v)
+                if (!(s->argv[i] = json_string_value(v)))
+                        return -EINVAL;
+        s->replicas = (unsigned) json_integer_value(json_object_get(j, "replicas"));
+        s->quorum = (unsigned) json_integer_value(json_object_get(j, "quorum"));
+        s->deadline_sec = (uint64_t) json_integer_value(json_object_get(j, "deadline_sec"));
+        s->kernel = json_string_value(json_object_get(j, "kernel"));
+        a = json_object_get(j, "global_size");
+        json_array_foreach(a, i, v)
+                if (i < LINK_DIMS_MAX)
+                        s->global_size[s->n_global++] = (uint64_t) json_integer_value(v);
+        json_t *needs = json_object_get(j, "needs");
+        if (needs) {
+                s->arch = json_string_value(json_object_get(needs, "arch"));
+                s->cores = (unsigned) json_integer_value(json_object_get(needs, "cores"));
+                s->memory = (uint64_t) json_integer_value(json_object_get(needs, "memory_bytes"));
+                if ((v = json_object_get(needs, "gpu")) && (s->gpu = parse_gpu(json_string_value(v) ?: "")) < 0)
+                        return -EINVAL;
+        }
+        /* inputs: {"name": "text"} */
+        json_t *inputs = json_object_get(j, "inputs");
+        const char *name;
+        size_t n = json_object_size(inputs);
+        s->input_names = calloc(n + 1, sizeof(char *));
+        s->input_data = calloc(n + 1, sizeof(uint8_t *));
+        s->input_len = calloc(n + 1, sizeof(size_t));
+        json_object_foreach(inputs, name, v) {
+                if (!json_is_string(v))
+                        return -EINVAL;
+                s->input_names[s->n_inputs] = name;
+                s->input_data[s->n_inputs] = (uint8_t *) json_string_value(v);
+                s->input_len[s->n_inputs++] = json_string_length(v);
+        }
+        return 0;
+}
+
+static void spec_json_free(SubmitSpec *s)
+{
+        free(s->argv);
+        free(s->input_names);
+        free(s->input_data);
+        free(s->input_len);
+}
+
+static int submit_batch(PoolStore *store, const LinkIdentity *id, const char *path, json_t *ids)
+{
+        json_error_t e;
+        _cleanup_fclose_ FILE *f = strcmp(path, "-") ? fopen(path, "re") : NULL;
+        FILE *in = strcmp(path, "-") ? f : stdin;
+        char *line = NULL;
+        size_t cap = 0;
+        int lineno = 0, r = 0, c;
+
+        if (!in)
+                return -errno;
+        c = fgetc(in);
+        if (c != EOF)
+                ungetc(c, in);
+        if (c == '[') {
+                /* A JSON array of task objects. */
+                json_t *a = json_loadf(in, 0, &e), *v;
+                size_t i;
+                if (!a) {
+                        fprintf(stderr, "harvest-pool submit: %s:%d: %s\n", path, e.line, e.text);
+                        return -EINVAL;
+                }
+                json_array_foreach(a, i, v) {
+                        SubmitSpec s;
+                        char tid[LINK_ID_MAX + 1];
+                        r = spec_from_json(v, &s);
+                        if (r >= 0)
+                                r = submit_one(store, id, &s, tid, sizeof(tid));
+                        spec_json_free(&s);
+                        if (r < 0) {
+                                fprintf(stderr, "harvest-pool submit: %s: task %zu: %s\n", path, i, strerror(-r));
+                                break;
+                        }
+                        json_array_append_new(ids, json_string(tid));
+                }
+                json_decref(a);
+                return r;
+        }
+        /* JSON lines: one task object a line. */
+        while (getline(&line, &cap, in) > 0) {
+                SubmitSpec s;
+                char tid[LINK_ID_MAX + 1];
+                lineno++;
+                if (line[strspn(line, " \t\r\n")] == 0 || line[strspn(line, " \t")] == '#')
+                        continue;
+                json_t *v = json_loads(line, 0, &e);
+                if (!v) {
+                        fprintf(stderr, "harvest-pool submit: %s:%d: %s\n", path, lineno, e.text);
+                        r = -EINVAL;
+                        break;
+                }
+                r = spec_from_json(v, &s);
+                if (r >= 0)
+                        r = submit_one(store, id, &s, tid, sizeof(tid));
+                spec_json_free(&s);
+                json_decref(v);
+                if (r < 0) {
+                        fprintf(stderr, "harvest-pool submit: %s:%d: %s\n", path, lineno, strerror(-r));
+                        break;
+                }
+                json_array_append_new(ids, json_string(tid));
+        }
+        free(line);
+        return r;
+}
+
+static int verb_submit(int argc, char **argv)
+{
+        static const struct option opts[] = {
+                { "id", required_argument, NULL, 'i' },
+                { "kind", required_argument, NULL, 'k' },
+                { "replicas", required_argument, NULL, 'r' },
+                { "quorum", required_argument, NULL, 'q' },
+                { "arch", required_argument, NULL, 'a' },
+                { "cores", required_argument, NULL, 'c' },
+                { "memory", required_argument, NULL, 'm' },
+                { "gpu", required_argument, NULL, 'g' },
+                { "deadline", required_argument, NULL, 'd' },
+                { "input", required_argument, NULL, 'I' },
+                { "batch", required_argument, NULL, 'b' },
+                {}
+        };
+        SubmitSpec s = { .kind = HLINK__KIND__KIND_EXEC };
+        const char *names[LINK_FILES_MAX];
+        uint8_t *data[LINK_FILES_MAX];
+        size_t lens[LINK_FILES_MAX];
+        const char *batch = NULL;
+        PoolStore *store = NULL;
+        LinkIdentity id;
+        int c, r;
+
+        s.input_names = names;
+        s.input_data = data;
+        s.input_len = lens;
+        while ((c = getopt_long(argc, argv, "+", opts, NULL)) >= 0)
+                switch (c) {
+                case 'i':
+                        s.id = optarg;
+                        break;
+                case 'k':
+                        if ((s.kind = parse_kind(optarg)) < 0)
+                                return fail(-EINVAL, "--kind (exec, opencl, cuda)");
+                        break;
+                case 'r':
+                        s.replicas = (unsigned) strtoul(optarg, NULL, 10);
+                        break;
+                case 'q':
+                        s.quorum = (unsigned) strtoul(optarg, NULL, 10);
+                        break;
+                case 'a':
+                        s.arch = optarg;
+                        break;
+                case 'c':
+                        s.cores = (unsigned) strtoul(optarg, NULL, 10);
+                        break;
+                case 'm':
+                        s.memory = strtoull(optarg, NULL, 10);
+                        break;
+                case 'g':
+                        if ((s.gpu = parse_gpu(optarg)) < 0)
+                                return fail(-EINVAL, "--gpu (opencl, cuda, none)");
+                        break;
+                case 'd':
+                        s.deadline_sec = strtoull(optarg, NULL, 10);
+                        break;
+                case 'I': {
+                        char *eq = strchr(optarg, '=');
+                        if (!eq || s.n_inputs >= LINK_FILES_MAX)
+                                return fail(-EINVAL, "--input NAME=FILE");
+                        *eq = 0;
+                        names[s.n_inputs] = optarg;
+                        r = read_file(eq + 1, &data[s.n_inputs], &lens[s.n_inputs]);
+                        if (r < 0)
+                                return fail(r, eq + 1);
+                        s.n_inputs++;
+                        break;
+                }
+                case 'b':
+                        batch = optarg;
+                        break;
+                default:
+                        return 2;
+                }
+        s.argv = (const char **) argv + optind;
+        s.n_argv = (size_t) (argc - optind);
+        if (!batch && s.n_argv == 0 && s.kind == HLINK__KIND__KIND_EXEC) {
+                fprintf(stderr, "harvest-pool submit: give the program to run (after --) or --batch FILE\n");
+                return 2;
+        }
+        r = load_key(&id);
+        if (r < 0)
+                return fail(r, "pool.key");
+        r = open_store(&store);
+        if (r < 0)
+                return fail(r, "pool.db");
+        json_t *ids = json_array();
+        r = 0;
+        /* A batch is one transaction: all of it is stored, or none. */
+        if (batch && (r = pool_store_begin(store)) >= 0)
+                r = pool_store_end(store, submit_batch(store, &id, batch, ids));
+        if (batch && r < 0)
+                json_array_clear(ids);
+        if (!batch) {
+                char tid[LINK_ID_MAX + 1];
+                r = submit_one(store, &id, &s, tid, sizeof(tid));
+                if (r >= 0)
+                        json_array_append_new(ids, json_string(tid));
+        }
+        sodium_memzero(&id, sizeof(id));
+        pool_store_close(store);
+        for (size_t i = 0; i < s.n_inputs; i++)
+                free(data[i]);
+        size_t i;
+        json_t *v;
+        if (arg_json)
+                print_json(ids);
+        else
+                json_array_foreach(ids, i, v)
+                        printf("%s\n", json_string_value(v));
+        json_decref(ids);
+        if (r == -EEXIST)
+                return fail(r, "a task with that id exists");
+        return r < 0 ? fail(r, "submit") : 0;
+}
+
+/* --- listings -------------------------------------------------------------- */
+
+static const char *short_key(json_t *k)
+{
+        static char buf[16];
+        snprintf(buf, sizeof(buf), "%.12s", json_string_value(k) ?: "-");
+        return buf;
+}
+
+static int verb_list(const char *verb, int argc, char **argv)
+{
+        static const struct option opts[] = {
+                { "task", required_argument, NULL, 't' },
+                { "outputs", no_argument, NULL, 'o' },
+                {}
+        };
+        const char *task = NULL;
+        bool outputs = false;
+        PoolStore *store = NULL;
+        json_t *j = NULL, *v;
+        size_t i;
+        int c, r;
+
+        while ((c = getopt_long(argc, argv, "", opts, NULL)) >= 0)
+                switch (c) {
+                case 't':
+                        task = optarg;
+                        break;
+                case 'o':
+                        outputs = true;
+                        break;
+                default:
+                        return 2;
+                }
+        if (optind < argc)
+                task = argv[optind];
+        r = open_store(&store);
+        if (r < 0)
+                return fail(r, "pool.db");
+        if (!strcmp(verb, "tasks"))
+                r = pool_store_tasks_json(store, now_usec(), &j);
+        else if (!strcmp(verb, "results"))
+                r = pool_store_results_json(store, task, outputs, &j);
+        else if (!strcmp(verb, "workers"))
+                r = pool_store_workers_json(store, now_usec(), &j);
+        else
+                r = pool_store_status_json(store, now_usec(), &j);
+        pool_store_close(store);
+        if (r < 0)
+                return fail(r, verb);
+        if (arg_json) {
+                print_json(j);
+                json_decref(j);
+                return 0;
+        }
+        if (!strcmp(verb, "tasks")) {
+                printf("%-24s %-12s %-6s %8s %6s %7s %6s\n", "ID", "STATE", "KIND", "REPLICAS", "QUORUM", "RESULTS", "LEASED");
+                json_array_foreach(j, i, v)
+                        printf("%-24s %-12s %-6s %8lld %6lld %7lld %6lld\n", json_string_value(json_object_get(v, "id")),
+                               json_string_value(json_object_get(v, "state")), json_string_value(json_object_get(v, "kind")),
+                               json_integer_value(json_object_get(v, "replicas")), json_integer_value(json_object_get(v, "quorum")),
+                               json_integer_value(json_object_get(v, "results")), json_integer_value(json_object_get(v, "leased")));
+        } else if (!strcmp(verb, "results")) {
+                printf("%-24s %-12s %-8s %-9s %-16s %10s\n", "TASK", "WORKER", "STATUS", "VERDICT", "HASH", "CPU_USEC");
+                json_array_foreach(j, i, v)
+                        printf("%-24s %-12s %-8s %-9s %-16.16s %10lld\n", json_string_value(json_object_get(v, "task")),
+                               short_key(json_object_get(v, "worker")), json_string_value(json_object_get(v, "status")),
+                               json_string_value(json_object_get(v, "verdict")), json_string_value(json_object_get(v, "hash")),
+                               json_integer_value(json_object_get(v, "cpu_usec")));
+        } else if (!strcmp(verb, "workers")) {
+                printf("%-12s %-8s %5s %7s %6s %9s %6s %12s\n", "WORKER", "ARCH", "CORES", "RESULTS", "AGREED", "DISAGREED",
+                       "LEASES", "CPU_USEC");
+                json_array_foreach(j, i, v)
+                        printf("%-12s %-8s %5lld %7lld %6lld %9lld %6lld %12lld\n", short_key(json_object_get(v, "key")),
+                               json_string_value(json_object_get(v, "arch")), json_integer_value(json_object_get(v, "cores")),
+                               json_integer_value(json_object_get(v, "results")), json_integer_value(json_object_get(v, "agreed")),
+                               json_integer_value(json_object_get(v, "disagreed")), json_integer_value(json_object_get(v, "leases")),
+                               json_integer_value(json_object_get(v, "cpu_usec")));
+        } else {
+                const char *k;
+                json_object_foreach(j, k, v) {
+                        if (json_is_object(v)) {
+                                const char *k2;
+                                json_t *v2;
+                                json_object_foreach(v, k2, v2)
+                                        printf("%s.%s: %lld\n", k, k2, json_integer_value(v2));
+                        } else
+                                printf("%s: %lld\n", k, json_integer_value(v));
+                }
+        }
+        json_decref(j);
+        return 0;
+}
+
+static int verb_cancel(int argc, char **argv)
+{
+        PoolStore *store = NULL;
+        int r, rc = 0;
+        if (argc < 2) {
+                fprintf(stderr, "harvest-pool cancel: which task?\n");
+                return 2;
+        }
+        r = open_store(&store);
+        if (r < 0)
+                return fail(r, "pool.db");
+        json_t *out = json_array();
+        for (int i = 1; i < argc; i++) {
+                r = pool_store_cancel(store, argv[i], now_usec());
+                json_array_append_new(out, json_pack("{s:s, s:b, s:s}", "id", argv[i], "cancelled", r >= 0,
+                                                     "error", r < 0 ? (r == -EALREADY ? "not pending" : strerror(-r)) : ""));
+                if (r < 0) {
+                        rc = 1;
+                        if (!arg_json)
+                                fprintf(stderr, "harvest-pool cancel: %s: %s\n", argv[i],
+                                        r == -EALREADY ? "not pending" : strerror(-r));
+                }
+        }
+        pool_store_close(store);
+        if (arg_json)
+                print_json(out);
+        json_decref(out);
+        return rc;
+}
+
+static void usage(FILE *f)
+{
+        fputs("usage: harvest-pool [--state-dir DIR] [--json] VERB ...\n"
+              "  init                          create the database, signing key and config; print the key\n"
+              "  key                           print the pool's public key\n"
+              "  serve --listen URL [--lease-sec N] [--contexts N] [--tls-cert PEM]\n"
+              "  relay --upstream URL --listen URL [--tls-cert PEM] [--tls-ca PEM]\n"
+              "  submit [--id ID] [--replicas N] [--quorum Q] [--arch A] [--cores N] [--memory BYTES]\n"
+              "         [--gpu opencl|cuda] [--deadline SEC] [--input NAME=FILE]... -- PROGRAM [ARG]...\n"
+              "  submit --batch FILE           JSON lines or a JSON array of tasks\n"
+              "  tasks | workers | status      list\n"
+              "  results [--task ID] [--outputs]\n"
+              "  cancel ID...\n", f);
+}
+
+int main(int argc, char **argv)
+{
+        static const struct option opts[] = {
+                { "state-dir", required_argument, NULL, 's' },
+                { "json", no_argument, NULL, 'j' },
+                { "help", no_argument, NULL, 'h' },
+                {}
+        };
+        int c;
+
+        /* Global options come before the verb; "+" stops at it. */
+        while ((c = getopt_long(argc, argv, "+h", opts, NULL)) >= 0)
+                switch (c) {
+                case 's':
+                        arg_state_dir = optarg;
+                        break;
+                case 'j':
+                        arg_json = true;
+                        break;
+                case 'h':
+                        usage(stdout);
+                        return 0;
+                default:
+                        usage(stderr);
+                        return 2;
+                }
+        if (optind >= argc) {
+                usage(stderr);
+                return 2;
+        }
+        if (link_init() < 0)
+                return fail(-EIO, "libsodium");
+        const char *verb = argv[optind];
+        /* Options after the verb: the verb's own, plus the global ones again
+         * (harvest-pool init --state-dir DIR reads naturally). */
+        int vargc = argc - optind;
+        char **vargv = argv + optind;
+        for (int i = 1; i < vargc; i++) {
+                if (!strcmp(vargv[i], "--"))
+                        break;
+                if (!strcmp(vargv[i], "--json")) {
+                        arg_json = true;
+                        memmove(&vargv[i], &vargv[i + 1], (size_t) (vargc - i) * sizeof(char *));
+                        vargc--, i--;
+                } else if (!strcmp(vargv[i], "--state-dir") && i + 1 < vargc) {
+                        arg_state_dir = vargv[i + 1];
+                        memmove(&vargv[i], &vargv[i + 2], (size_t) (vargc - i - 1) * sizeof(char *));
+                        vargc -= 2, i--;
+                } else if (!strncmp(vargv[i], "--state-dir=", 12)) {
+                        arg_state_dir = vargv[i] + 12;
+                        memmove(&vargv[i], &vargv[i + 1], (size_t) (vargc - i) * sizeof(char *));
+                        vargc--, i--;
+                }
+        }
+        optind = 1;
+        if (!strcmp(verb, "init"))
+                return verb_init(vargc, vargv);
+        if (!strcmp(verb, "key"))
+                return verb_key(vargc, vargv);
+        if (!strcmp(verb, "serve"))
+                return verb_serve(vargc, vargv);
+        if (!strcmp(verb, "relay"))
+                return verb_relay(vargc, vargv);
+        if (!strcmp(verb, "submit"))
+                return verb_submit(vargc, vargv);
+        if (!strcmp(verb, "tasks") || !strcmp(verb, "results") || !strcmp(verb, "workers") || !strcmp(verb, "status"))
+                return verb_list(verb, vargc, vargv);
+        if (!strcmp(verb, "cancel"))
+                return verb_cancel(vargc, vargv);
+        fprintf(stderr, "harvest-pool: unknown verb '%s'\n", verb);
+        usage(stderr);
+        return 2;
+}

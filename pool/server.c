@@ -1,0 +1,588 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* The pool's REP side: N contexts, each a small state machine driven by its
+ * aio's callback (receive -> handle -> send -> receive), so N requests are
+ * in progress at once and a slow one never holds up the rest. The store is
+ * the one serialisation point. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/rep.h>
+#include <nng/protocol/reqrep0/req.h>
+#include <nng/supplemental/tls/tls.h>
+
+#include "harvester/macro.h"
+#include "pool/server.h"
+
+#define N_CODES 11
+
+enum { RECEIVING, COMMITTING, SENDING };
+
+typedef struct Ctx {
+        struct PoolServer *server;
+        nng_ctx ctx;
+        nng_aio *aio;
+        int state;
+        /* While COMMITTING: the reply, held until its changes are durable. */
+        nng_msg *reply;
+        uint8_t nonce[LINK_NONCE_BYTES];
+        bool has_nonce;
+        struct Ctx *next;
+} Ctx;
+
+struct PoolServer {
+        PoolStore *store;
+        nng_socket sock;
+        nng_tls_config *tls;
+        Ctx *ctxs;
+        unsigned n_ctxs;
+        uint32_t lease_sec;
+        nng_aio *tick;
+
+        pthread_mutex_t id_lock;        /* the identity's sequence number */
+        LinkIdentity id;
+
+        atomic_uint_fast64_t requests, errors;
+        atomic_uint_fast64_t codes[N_CODES];        /* error replies by code, not yet flushed */
+        atomic_uint_fast64_t unflushed_requests;
+
+        /* Group commit: handlers queue their replies here; one thread
+         * commits everything done so far (one fsync) and sends them. */
+        pthread_t committer;
+        bool committer_running;
+        pthread_mutex_t qlock;
+        pthread_cond_t qcond;
+        Ctx *queue;
+        bool stopping;
+        atomic_uint_fast64_t commits, committed_replies;
+};
+
+static uint64_t now_usec(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / NSEC_PER_USEC;
+}
+
+/* Counters go to the store once a second, not once a request: a flood of
+ * garbage must not turn into a flood of disk writes. */
+static void flush_counters(PoolServer *s)
+{
+        const char *names[N_CODES + 1];
+        uint64_t deltas[N_CODES + 1];
+        char buf[N_CODES][48];
+        size_t n = 0;
+
+        names[n] = "requests";
+        deltas[n++] = atomic_exchange(&s->unflushed_requests, 0);
+        for (int c = 1; c < N_CODES; c++) {
+                snprintf(buf[c], sizeof(buf[c]), "errors.%s", link_error_name(c));
+                names[n] = buf[c];
+                deltas[n++] = atomic_exchange(&s->codes[c], 0);
+        }
+        if (pool_store_count(s->store, names, deltas, n) < 0 || pool_store_commit(s->store) < 0) {
+                /* Keep them for the next try. */
+                atomic_fetch_add(&s->unflushed_requests, deltas[0]);
+                for (int c = 1; c < N_CODES; c++)
+                        atomic_fetch_add(&s->codes[c], deltas[c]);
+        }
+}
+
+static void tick_done(void *arg)
+{
+        PoolServer *s = arg;
+        if (nng_aio_result(s->tick) != 0)
+                return;
+        flush_counters(s);
+        nng_sleep_aio(1000, s->tick);
+}
+
+static int encode_reply(PoolServer *s, const Hlink__Body *b, const uint8_t *reply_to, nng_msg **ret)
+{
+        _cleanup_free_ void *buf = NULL;
+        size_t len;
+        nng_msg *m;
+
+        pthread_mutex_lock(&s->id_lock);
+        int r = link_encode(&s->id, b, reply_to, now_usec(), NULL, &buf, &len);
+        pthread_mutex_unlock(&s->id_lock);
+        if (r < 0)
+                return r;
+        int rv = nng_msg_alloc(&m, 0);
+        if (rv == 0 && (rv = nng_msg_append(m, buf, len)) != 0)
+                nng_msg_free(m);
+        if (rv != 0)
+                return link_nng_errno(rv);
+        *ret = m;
+        return 0;
+}
+
+static int error_reply(PoolServer *s, int code, const char *message, const uint8_t *reply_to, nng_msg **ret)
+{
+        Hlink__Body b = HLINK__BODY__INIT;
+        Hlink__Error e = HLINK__ERROR__INIT;
+        e.code = code;
+        e.message = (char *) message;
+        b.msg_case = HLINK__BODY__MSG_ERROR;
+        b.error = &e;
+        atomic_fetch_add(&s->errors, 1);
+        if (code > 0 && code < N_CODES)
+                atomic_fetch_add(&s->codes[code], 1);
+        return encode_reply(s, &b, reply_to, ret);
+}
+
+static int errno_reply(PoolServer *s, int err, const uint8_t *reply_to, nng_msg **ret)
+{
+        int code;
+        switch (err) {
+        case -ENOENT:
+                code = HLINK__ERROR_CODE__ERR_UNKNOWN_WORKER;
+                break;
+        default:
+                code = link_error_from_errno(err);
+        }
+        static const char *const why[] = {
+                [HLINK__ERROR_CODE__ERR_MALFORMED] = "malformed message",
+                [HLINK__ERROR_CODE__ERR_TOO_LARGE] = "a size or count limit was exceeded",
+                [HLINK__ERROR_CODE__ERR_VERSION] = "wire format version not supported",
+                [HLINK__ERROR_CODE__ERR_BAD_SIGNATURE] = "signature does not verify",
+                [HLINK__ERROR_CODE__ERR_REPLAY] = "sequence number not above the last one seen: replay",
+                [HLINK__ERROR_CODE__ERR_UNKNOWN_WORKER] = "unknown worker: say hello first",
+                [HLINK__ERROR_CODE__ERR_INTERNAL] = "internal error",
+        };
+        return error_reply(s, code, code < (int) ELEMENTSOF(why) && why[code] ? why[code] : strerror(-err),
+                           reply_to, ret);
+}
+
+static int do_fetch(PoolServer *s, const uint8_t *key, const Hlink__Fetch *f, const uint8_t *nonce, nng_msg **ret)
+{
+        Hlink__Body b = HLINK__BODY__INIT;
+        Hlink__Work w = HLINK__WORK__INIT;
+        Hlink__Task tasks[LINK_TASKS_MAX], *tp[LINK_TASKS_MAX];
+        PoolLease *l = NULL;
+        unsigned max = f->max_tasks ? f->max_tasks : 1;
+
+        /* Leave room for the framing around the specs. */
+        int n = pool_store_lease(s->store, key, max, LINK_MSG_MAX_BYTES - 64 * 1024, now_usec(),
+                                 (uint64_t) s->lease_sec * USEC_PER_SEC, &l);
+        if (n < 0)
+                return errno_reply(s, n, nonce, ret);
+        for (int i = 0; i < n; i++) {
+                hlink__task__init(&tasks[i]);
+                tasks[i].spec = (ProtobufCBinaryData) { l[i].spec_len, l[i].spec };
+                tasks[i].signature = (ProtobufCBinaryData) { LINK_SIG_BYTES, l[i].signature };
+                tasks[i].lease_expires_usec = l[i].expires_usec;
+                tp[i] = &tasks[i];
+        }
+        w.n_tasks = (size_t) n;
+        w.tasks = tp;
+        w.retry_after_ms = n > 0 ? 0 : 1000;
+        b.msg_case = HLINK__BODY__MSG_WORK;
+        b.work = &w;
+        int r = encode_reply(s, &b, nonce, ret);
+        pool_leases_free(l, (size_t) n);
+        return r;
+}
+
+static int do_renew(PoolServer *s, const uint8_t *key, const Hlink__Renew *rn, const uint8_t *nonce, nng_msg **ret)
+{
+        Hlink__Body b = HLINK__BODY__INIT;
+        Hlink__RenewReply rr = HLINK__RENEW_REPLY__INIT;
+        Hlink__LeaseState ls[LINK_RENEW_MAX], *lp[LINK_RENEW_MAX];
+        uint64_t now = now_usec();
+
+        for (size_t i = 0; i < rn->n_task_ids; i++) {
+                uint64_t exp = 0;
+                hlink__lease_state__init(&ls[i]);
+                ls[i].task_id = rn->task_ids[i];
+                ls[i].valid = pool_store_renew(s->store, key, rn->task_ids[i], now,
+                                               (uint64_t) s->lease_sec * USEC_PER_SEC, &exp) >= 0;
+                ls[i].expires_usec = exp;
+                lp[i] = &ls[i];
+        }
+        rr.n_leases = rn->n_task_ids;
+        rr.leases = lp;
+        b.msg_case = HLINK__BODY__MSG_RENEW_REPLY;
+        b.renew_reply = &rr;
+        return encode_reply(s, &b, nonce, ret);
+}
+
+static int do_result(PoolServer *s, const uint8_t *key, const Hlink__Result *res, const uint8_t *nonce, nng_msg **ret)
+{
+        Hlink__Body b = HLINK__BODY__INIT;
+        Hlink__ResultAck ack = HLINK__RESULT_ACK__INIT;
+        Hlink__ResultBody *rb = NULL;
+        uint8_t hash[LINK_HASH_BYTES];
+        const char *reason = "";
+        bool accepted = false;
+
+        /* The worker's own signature over the result, kept with it. */
+        int r = link_result_verify(res, key, &rb, hash);
+        if (r < 0)
+                return errno_reply(s, r, nonce, ret);
+        r = pool_store_add_result(s->store, key, rb, hash, res->body.data, res->body.len, res->signature.data,
+                                  now_usec(), &accepted, &reason);
+        if (r == -ENOENT) {
+                hlink__result_body__free_unpacked(rb, NULL);
+                return error_reply(s, HLINK__ERROR_CODE__ERR_UNKNOWN_TASK, "no such task leased to this worker", nonce, ret);
+        }
+        if (r < 0) {
+                hlink__result_body__free_unpacked(rb, NULL);
+                return error_reply(s, HLINK__ERROR_CODE__ERR_INTERNAL, strerror(-r), nonce, ret);
+        }
+        ack.task_id = rb->task_id;
+        ack.accepted = accepted;
+        ack.reason = (char *) reason;
+        b.msg_case = HLINK__BODY__MSG_RESULT_ACK;
+        b.result_ack = &ack;
+        r = encode_reply(s, &b, nonce, ret);
+        hlink__result_body__free_unpacked(rb, NULL);
+        return r;
+}
+
+/* One request in, one reply out, always: a REQ peer is never left waiting,
+ * whatever it sent. */
+static int handle(PoolServer *s, Ctx *c, const void *data, size_t len, nng_msg **ret)
+{
+        LinkMsg *m = NULL;
+        Hlink__Body b = HLINK__BODY__INIT;
+        uint64_t now = now_usec();
+        int r;
+
+        atomic_fetch_add(&s->requests, 1);
+        atomic_fetch_add(&s->unflushed_requests, 1);
+        r = link_decode(data, len, &m);
+        if (r < 0)
+                return errno_reply(s, r, NULL, ret);
+
+        const uint8_t *key = m->env->sender.data, *nonce = m->env->nonce.data;
+        memcpy(c->nonce, nonce, LINK_NONCE_BYTES);
+        c->has_nonce = true;
+        /* The replay check and the request's own changes commit together:
+         * one fsync a request. */
+        int t = pool_store_begin(s->store);
+        if (t < 0) {
+                r = error_reply(s, HLINK__ERROR_CODE__ERR_INTERNAL, "storage busy", nonce, ret);
+                goto out;
+        }
+        if (m->body->msg_case == HLINK__BODY__MSG_HELLO)
+                r = pool_store_hello(s->store, key, m->body->hello, m->env->seq, now);
+        else
+                r = pool_store_check_seq(s->store, key, m->env->seq, now);
+        if (r < 0) {
+                pool_store_end(s->store, r);
+                r = errno_reply(s, r, nonce, ret);
+                goto out;
+        }
+        switch (m->body->msg_case) {
+        case HLINK__BODY__MSG_HELLO: {
+                Hlink__Welcome w = HLINK__WELCOME__INIT;
+                char id[64];
+                link_key_to_base64(key, id, sizeof(id));
+                w.worker_id = id;
+                w.lease_sec = s->lease_sec;
+                w.pool_time_usec = now;
+                b.msg_case = HLINK__BODY__MSG_WELCOME;
+                b.welcome = &w;
+                r = encode_reply(s, &b, nonce, ret);
+                break;
+        }
+        case HLINK__BODY__MSG_FETCH:
+                r = do_fetch(s, key, m->body->fetch, nonce, ret);
+                break;
+        case HLINK__BODY__MSG_RENEW:
+                r = do_renew(s, key, m->body->renew, nonce, ret);
+                break;
+        case HLINK__BODY__MSG_RESULT:
+                r = do_result(s, key, m->body->result, nonce, ret);
+                break;
+        case HLINK__BODY__MSG_GOODBYE: {
+                Hlink__Goodbye g = HLINK__GOODBYE__INIT;
+                pool_store_release(s->store, key, now);
+                g.reason = "";
+                b.msg_case = HLINK__BODY__MSG_GOODBYE;
+                b.goodbye = &g;
+                r = encode_reply(s, &b, nonce, ret);
+                break;
+        }
+        default:
+                r = error_reply(s, HLINK__ERROR_CODE__ERR_UNEXPECTED, "not a request", nonce, ret);
+        }
+        /* Durable only once the committer has committed: it holds the
+         * reply until then. */
+        if (pool_store_end(s->store, 0) < 0 && r >= 0) {
+                nng_msg_free(*ret);
+                *ret = NULL;
+                r = error_reply(s, HLINK__ERROR_CODE__ERR_INTERNAL, "storage failed", nonce, ret);
+        }
+out:
+        link_msg_free(m);
+        return r;
+}
+
+static void ctx_done(void *arg)
+{
+        Ctx *c = arg;
+        PoolServer *s = c->server;
+        int rv = nng_aio_result(c->aio);
+
+        if (c->state == SENDING) {
+                if (rv != 0)
+                        nng_msg_free(nng_aio_get_msg(c->aio));
+                c->state = RECEIVING;
+                nng_ctx_recv(c->ctx, c->aio);
+                return;
+        }
+        if (rv == NNG_ECLOSED || rv == NNG_ECANCELED)
+                return;
+        if (rv != 0) {
+                nng_ctx_recv(c->ctx, c->aio);
+                return;
+        }
+        nng_msg *req = nng_aio_get_msg(c->aio), *reply = NULL;
+        c->has_nonce = false;
+        int r = handle(s, c, nng_msg_body(req), nng_msg_len(req), &reply);
+        nng_msg_free(req);
+        if (r < 0 || !reply) {
+                /* Could not even build an error reply (out of memory):
+                 * drop it; the peer's timeout covers it. */
+                nng_ctx_recv(c->ctx, c->aio);
+                return;
+        }
+        if (!c->has_nonce) {
+                /* Refused before touching the store: nothing to wait for. */
+                c->state = SENDING;
+                nng_aio_set_msg(c->aio, reply);
+                nng_ctx_send(c->ctx, c->aio);
+                return;
+        }
+        c->state = COMMITTING;
+        c->reply = reply;
+        pthread_mutex_lock(&s->qlock);
+        c->next = s->queue;
+        s->queue = c;
+        pthread_cond_signal(&s->qcond);
+        pthread_mutex_unlock(&s->qlock);
+}
+
+/* Every reply queued before this commit began answers a request whose
+ * changes the commit covers: send them once it succeeded, or turn them
+ * into errors if it failed (their changes are gone). */
+static void *committer(void *arg)
+{
+        PoolServer *s = arg;
+        for (;;) {
+                pthread_mutex_lock(&s->qlock);
+                while (!s->queue && !s->stopping)
+                        pthread_cond_wait(&s->qcond, &s->qlock);
+                Ctx *list = s->queue;
+                s->queue = NULL;
+                bool stopping = s->stopping;
+                pthread_mutex_unlock(&s->qlock);
+                if (!list && stopping)
+                        return NULL;
+
+                int r = pool_store_commit(s->store);
+                atomic_fetch_add(&s->commits, 1);
+                for (Ctx *c = list, *next; c; c = next) {
+                        next = c->next;
+                        nng_msg *reply = TAKE_PTR(c->reply);
+                        if (r < 0) {
+                                nng_msg_free(reply);
+                                reply = NULL;
+                                if (error_reply(s, HLINK__ERROR_CODE__ERR_INTERNAL, "storage failed", c->nonce,
+                                                &reply) < 0)
+                                        reply = NULL;
+                        }
+                        if (stopping || !reply) {
+                                /* The aios are stopped: the peer retries. */
+                                nng_msg_free(reply);
+                                continue;
+                        }
+                        atomic_fetch_add(&s->committed_replies, 1);
+                        c->state = SENDING;
+                        nng_aio_set_msg(c->aio, reply);
+                        nng_ctx_send(c->ctx, c->aio);
+                }
+        }
+}
+
+static int listen_on(nng_socket sock, const char *url, nng_tls_config *tls)
+{
+        nng_listener l;
+        int rv = nng_listener_create(&l, sock, url);
+        if (rv == 0 && tls)
+                rv = nng_listener_set_ptr(l, NNG_OPT_TLS_CONFIG, tls);
+        if (rv == 0)
+                rv = nng_listener_start(l, 0);
+        return link_nng_errno(rv);
+}
+
+static int server_tls(const char *cert_key_file, nng_tls_config **ret)
+{
+        nng_tls_config *t;
+        int rv;
+        if (!cert_key_file)
+                return -EINVAL;
+        if ((rv = nng_tls_config_alloc(&t, NNG_TLS_MODE_SERVER)) != 0)
+                return link_nng_errno(rv);
+        if ((rv = nng_tls_config_cert_key_file(t, cert_key_file, NULL)) != 0) {
+                nng_tls_config_free(t);
+                return link_nng_errno(rv);
+        }
+        *ret = t;
+        return 0;
+}
+
+int pool_server_new(PoolStore *store, const LinkIdentity *id, const PoolServerConfig *cfg, PoolServer **ret)
+{
+        int r, rv;
+        PoolServer *s = calloc(1, sizeof(*s));
+        if (!s)
+                return -ENOMEM;
+        s->store = store;
+        s->id = *id;
+        s->lease_sec = cfg->lease_sec ? cfg->lease_sec : 300;
+        s->n_ctxs = cfg->contexts ? cfg->contexts : 64;
+        pthread_mutex_init(&s->id_lock, NULL);
+        pthread_mutex_init(&s->qlock, NULL);
+        pthread_cond_init(&s->qcond, NULL);
+
+        if ((rv = nng_rep0_open(&s->sock)) != 0) {
+                free(s);
+                return link_nng_errno(rv);
+        }
+        /* Twice the message limit: a request over the limit but under this
+         * still gets an ERR_TOO_LARGE reply; beyond, NNG drops the peer. */
+        nng_socket_set_size(s->sock, NNG_OPT_RECVMAXSZ, 2 * LINK_MSG_MAX_BYTES);
+        s->ctxs = calloc(s->n_ctxs, sizeof(*s->ctxs));
+        if (!s->ctxs) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        for (unsigned i = 0; i < s->n_ctxs; i++) {
+                Ctx *c = &s->ctxs[i];
+                c->server = s;
+                if ((rv = nng_aio_alloc(&c->aio, ctx_done, c)) != 0 || (rv = nng_ctx_open(&c->ctx, s->sock)) != 0) {
+                        r = link_nng_errno(rv);
+                        goto fail;
+                }
+        }
+        for (size_t i = 0; i < cfg->n_listen; i++) {
+                if (!strncmp(cfg->listen[i], "tls+", 4) && !s->tls && (r = server_tls(cfg->tls_cert_key_file, &s->tls)) < 0)
+                        goto fail;
+                r = listen_on(s->sock, cfg->listen[i], !strncmp(cfg->listen[i], "tls+", 4) ? s->tls : NULL);
+                if (r < 0)
+                        goto fail;
+        }
+        pool_store_set_group(store, true);
+        if (pthread_create(&s->committer, NULL, committer, s) != 0) {
+                r = -EAGAIN;
+                goto fail;
+        }
+        s->committer_running = true;
+        for (unsigned i = 0; i < s->n_ctxs; i++) {
+                s->ctxs[i].state = RECEIVING;
+                nng_ctx_recv(s->ctxs[i].ctx, s->ctxs[i].aio);
+        }
+        if ((rv = nng_aio_alloc(&s->tick, tick_done, s)) == 0)
+                nng_sleep_aio(1000, s->tick);
+        *ret = s;
+        return 0;
+fail:
+        pool_server_free(s);
+        return r;
+}
+
+void pool_server_free(PoolServer *s)
+{
+        if (!s)
+                return;
+        if (s->tick) {
+                nng_aio_stop(s->tick);
+                nng_aio_free(s->tick);
+        }
+        for (unsigned i = 0; s->ctxs && i < s->n_ctxs; i++)
+                if (s->ctxs[i].aio)
+                        nng_aio_stop(s->ctxs[i].aio);
+        /* No handler runs any more: commit what they did, drop the replies. */
+        if (s->committer_running) {
+                pthread_mutex_lock(&s->qlock);
+                s->stopping = true;
+                pthread_cond_signal(&s->qcond);
+                pthread_mutex_unlock(&s->qlock);
+                pthread_join(s->committer, NULL);
+        }
+        pool_store_set_group(s->store, false);
+        nng_close(s->sock);
+        for (unsigned i = 0; s->ctxs && i < s->n_ctxs; i++)
+                if (s->ctxs[i].aio)
+                        nng_aio_free(s->ctxs[i].aio);
+        free(s->ctxs);
+        if (s->tls)
+                nng_tls_config_free(s->tls);
+        flush_counters(s);
+        pthread_mutex_destroy(&s->id_lock);
+        pthread_mutex_destroy(&s->qlock);
+        pthread_cond_destroy(&s->qcond);
+        free(s);
+}
+
+void pool_server_stats(PoolServer *s, uint64_t *ret_requests, uint64_t *ret_errors, uint64_t *ret_commits)
+{
+        *ret_requests = atomic_load(&s->requests);
+        *ret_errors = atomic_load(&s->errors);
+        if (ret_commits)
+                *ret_commits = atomic_load(&s->commits);
+}
+
+int pool_relay(const char *upstream, const char *listen, const char *tls_cert_key_file, const char *tls_ca_file)
+{
+        nng_socket front, back;
+        nng_dialer d;
+        nng_tls_config *ftls = NULL, *btls = NULL;
+        int rv, r;
+
+        /* Raw sockets: the relay keeps NNG's request routing headers and
+         * passes bodies through untouched, so the end-to-end signatures
+         * and the workers' sequence numbers arrive as they were sent. */
+        if ((rv = nng_rep0_open_raw(&front)) != 0)
+                return link_nng_errno(rv);
+        if ((rv = nng_req0_open_raw(&back)) != 0) {
+                nng_close(front);
+                return link_nng_errno(rv);
+        }
+        nng_socket_set_size(front, NNG_OPT_RECVMAXSZ, 2 * LINK_MSG_MAX_BYTES);
+        nng_socket_set_size(back, NNG_OPT_RECVMAXSZ, 2 * LINK_MSG_MAX_BYTES);
+        r = 0;
+        if (!strncmp(listen, "tls+", 4))
+                r = server_tls(tls_cert_key_file, &ftls);
+        if (r >= 0)
+                r = listen_on(front, listen, ftls);
+        if (r >= 0 && (rv = nng_dialer_create(&d, back, upstream)) != 0)
+                r = link_nng_errno(rv);
+        if (r >= 0 && !strncmp(upstream, "tls+", 4)) {
+                if (!tls_ca_file)
+                        r = -EINVAL;
+                else if ((rv = nng_tls_config_alloc(&btls, NNG_TLS_MODE_CLIENT)) != 0 ||
+                         (rv = nng_tls_config_auth_mode(btls, NNG_TLS_AUTH_MODE_REQUIRED)) != 0 ||
+                         (rv = nng_tls_config_ca_file(btls, tls_ca_file)) != 0 ||
+                         (rv = nng_dialer_set_ptr(d, NNG_OPT_TLS_CONFIG, btls)) != 0)
+                        r = link_nng_errno(rv);
+        }
+        if (r >= 0 && (rv = nng_dialer_start(d, NNG_FLAG_NONBLOCK)) != 0)
+                r = link_nng_errno(rv);
+        if (r >= 0)
+                r = link_nng_errno(nng_device(front, back));
+        nng_close(front);
+        nng_close(back);
+        if (ftls)
+                nng_tls_config_free(ftls);
+        if (btls)
+                nng_tls_config_free(btls);
+        return r;
+}

@@ -1,0 +1,39 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* harvest-pool's network side: a REP socket served by many NNG contexts at
+ * once, each request decoded, checked, answered from the store. */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "net/link.h"
+#include "pool/store.h"
+
+typedef struct PoolServerConfig {
+        const char *const *listen;      /* URLs: tcp://, ipc://, tls+tcp:// */
+        size_t n_listen;
+        unsigned contexts;              /* requests served at once; 0: 64 */
+        uint32_t lease_sec;             /* 0: 300 */
+        const char *tls_cert_key_file;  /* tls+tcp: our certificate and key (PEM, one file) */
+} PoolServerConfig;
+
+typedef struct PoolServer PoolServer;
+
+/* Open the socket, listen on every URL and start serving. Puts STORE in
+ * group-commit mode: a reply goes out only after a commit covering its
+ * request's changes, and one commit covers every request served during the
+ * previous one. ID is the pool's
+ * identity (signs replies); STORE outlives the server. */
+int pool_server_new(PoolStore *store, const LinkIdentity *id, const PoolServerConfig *cfg, PoolServer **ret);
+/* Stop serving (in-flight requests are finished or cancelled), flush the
+ * counters, free. */
+void pool_server_free(PoolServer *s);
+
+/* Requests answered, error replies, and group commits (one fsync each)
+ * since start. */
+void pool_server_stats(PoolServer *s, uint64_t *ret_requests, uint64_t *ret_errors, uint64_t *ret_commits);
+
+/* The relay: forward every request from workers dialling LISTEN to the pool
+ * at UPSTREAM and the replies back, unchanged (signatures are end to end).
+ * Blocks until an error or the sockets close. */
+int pool_relay(const char *upstream, const char *listen, const char *tls_cert_key_file, const char *tls_ca_file);

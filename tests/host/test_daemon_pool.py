@@ -1,0 +1,540 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""harvesterd as a pool worker, on loopback: a real `harvest-pool serve` and a
+real harvesterd (temp config with [Pool] URL= and Key=, CgroupRoot, User=nobody)
+as separate processes. The pool side is checked with the pool's own CLI
+(`harvest-pool tasks/results --json`), the daemon side with `harvestctl --json`.
+
+  basic      6 tasks (one with an input file) through the daemon's job runner:
+             every task done, exactly one accepted result each, outputs as
+             computed and their sha256 right, signed by the daemon's own key
+             (STATE/link-identity.key, 0600); status shows the pool connected,
+             6 done, nothing pending, CPU contributed; STATE/results empty
+  kill9      kill -9 of harvesterd while a pool task runs, restart: the task
+             runs again (attempt 2) and is accepted exactly once
+  pooldown   the pool stops while a task runs: the finished result stays in
+             STATE/results and in status (results_pending 1, not connected,
+             last error), also across a SIGTERM/restart of the daemon; the pool
+             comes back and gets it exactly once
+  renew      a task that runs past its 2 s lease stays leased to the daemon
+             (renewed), is never handed out twice, and is accepted once
+  goodbye    SIGTERM while a task runs: goodbye, the pool takes the lease back
+             at once, the job is dropped here (released); after a restart
+             the task is fetched anew and accepted exactly once
+  paused     `harvestctl pause`: nothing is fetched (spool empty, nothing
+             leased); after `resume` the tasks are fetched, run and accepted
+  wrongkey   a daemon pinned to another pool's key refuses every reply: no job
+             in its spool, refused_replies counted, no task done
+  forged     the pool's envelopes are signed by the pinned key but its tasks by
+             another (a swapped pool.key): every task refused and counted
+             before anything of it is written or run; the spool stays empty
+
+goodbye, paused, wrongkey and forged run from test_daemon_pool_trust.py (each file
+stays under a minute under ASan); name cases on the command line to run any.
+"""
+import base64
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+BUILD = os.environ.get("HARVESTER_BUILD", "build")
+HARVESTERD = os.path.join(BUILD, "harvesterd")
+HARVESTCTL = os.path.join(BUILD, "harvestctl")
+POOL = os.path.join(BUILD, "harvest-pool")
+
+failures = []
+spawned = []
+
+
+def check(cond, what):
+    print(("ok   " if cond else "FAIL ") + what, flush=True)
+    if not cond:
+        failures.append(what)
+    return cond
+
+
+def wait_for(fn, timeout, step=0.1):
+    end = time.time() + timeout
+    while True:
+        v = fn()
+        if v or time.time() > end:
+            return v
+        time.sleep(step)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def cgroup2_mount():
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            parts = line.split()
+            sep = parts.index("-")
+            if parts[sep + 1] == "cgroup2":
+                return parts[4]
+    return None
+
+
+class Pool:
+    def __init__(self, root, name="pool", lease=10):
+        self.dir = os.path.join(root, name)
+        self.lease = lease
+        out = subprocess.run([POOL, "init", "--state-dir", self.dir], capture_output=True, text=True, check=True)
+        self.key = out.stdout.strip()
+        self.port = free_port()
+        self.url = "tcp://127.0.0.1:%d" % self.port
+        self.proc = None
+
+    def serve(self):
+        log = open(self.dir + "/serve.log", "a")
+        self.proc = subprocess.Popen([POOL, "serve", "--state-dir", self.dir, "--listen", self.url,
+                                      "--lease-sec", str(self.lease)], stdout=log, stderr=subprocess.STDOUT)
+        spawned.append(self.proc)
+        end = time.time() + 10
+        while time.time() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError("harvest-pool serve exited: " + open(self.dir + "/serve.log").read())
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("harvest-pool serve did not listen")
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def cli(self, *args):
+        out = subprocess.run([POOL, "--state-dir", self.dir, *args], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError("harvest-pool %s: %s" % (args, out.stderr))
+        return out
+
+    def json(self, *args):
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    def submit(self, *args):
+        return self.cli("submit", *args).stdout.split()
+
+    def accepted(self):
+        counts = {}
+        for r in self.json("results"):
+            if r["accepted"]:
+                counts[r["task"]] = counts.get(r["task"], 0) + 1
+        return counts
+
+    def tasks(self):
+        return {t["id"]: t for t in self.json("tasks")}
+
+
+class Daemon:
+    def __init__(self, root, name, pool_url, pool_key, cg_root):
+        self.tmp = os.path.join(root, name)
+        os.makedirs(self.tmp)
+        os.chmod(self.tmp, 0o755)
+        self.conf = os.path.join(self.tmp, "harvester.conf")
+        self.state = os.path.join(self.tmp, "state")
+        self.run = os.path.join(self.tmp, "run")
+        self.sock = os.path.join(self.run, "control.sock")
+        self.log = os.path.join(self.tmp, "daemon.log")
+        self.pts = os.path.join(self.tmp, "pts")
+        self.input = os.path.join(self.tmp, "input")
+        os.makedirs(self.pts)
+        os.makedirs(self.input)
+        with open(self.conf, "w") as f:
+            f.write(f"""[Budget]
+CPU=50%
+Burst=100%
+Window=1h
+
+[Idle]
+InputIdleSec=1s
+MaxForegroundCPU=100%
+MaxMemoryPressure=100%
+
+[Jobs]
+User=nobody
+MaxJobs=2
+
+[Daemon]
+CgroupRoot=/{cg_root}
+
+[Pool]
+URL={pool_url}
+Key={pool_key}
+MaxTasks=3
+""")
+        self.proc = None
+
+    def start(self):
+        if os.path.exists(self.sock):
+            os.unlink(self.sock)
+        logf = open(self.log, "a")
+        self.proc = subprocess.Popen(
+            [HARVESTERD, "--config", self.conf, "--state-dir", self.state, "--runtime-dir", self.run,
+             "--tty-dir", self.pts, "--input-dir", self.input], stdout=logf, stderr=subprocess.STDOUT)
+        spawned.append(self.proc)
+        for _ in range(200):
+            if os.path.exists(self.sock):
+                try:
+                    self.status()
+                    return
+                except Exception:
+                    pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError("harvesterd did not start:\n" + open(self.log).read())
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            rc = self.proc.wait(timeout=20)
+        else:
+            rc = None
+        self.proc = None
+        return rc
+
+    def ctl(self, *args):
+        r = subprocess.run([HARVESTCTL, "--socket", self.sock, *args], capture_output=True, text=True, timeout=20)
+        if r.returncode != 0:
+            raise RuntimeError(f"harvestctl {args} failed ({r.returncode}): {r.stderr}")
+        return r.stdout
+
+    def status(self):
+        return json.loads(self.ctl("--json", "status"))
+
+    def pool(self):
+        return self.status()["pool"]
+
+    def jobs(self):
+        return json.loads(self.ctl("--json", "jobs"))
+
+    def pool_jobs(self):
+        return [j for j in self.jobs() if j.get("pool_task")]
+
+    def spool_jobs(self):
+        d = os.path.join(self.state, "spool")
+        return [f for f in os.listdir(d) if f.endswith(".json")] if os.path.isdir(d) else []
+
+    def results_on_disk(self):
+        d = os.path.join(self.state, "results")
+        return sorted(f for f in os.listdir(d) if f.endswith(".result")) if os.path.isdir(d) else []
+
+    def worker_key(self):
+        with open(os.path.join(self.state, "link-identity.key"), "rb") as f:
+            return base64.b64encode(f.read()[32:]).decode()
+
+    def log_text(self):
+        try:
+            return open(self.log).read()
+        except OSError:
+            return ""
+
+
+def all_done(pool, ids):
+    t = pool.tasks()
+    return all(t[i]["state"] == "done" for i in ids)
+
+
+def case_basic(root, cg):
+    pool = Pool(root)
+    pool.serve()
+    inp = os.path.join(root, "words")
+    with open(inp, "w") as f:
+        f.write("harvest\nthe\nidle\ncycles\n")
+    ids = [pool.submit("--id", "sq%d" % i, "--", "sh", "-c", "echo square $((%d * %d))" % (i, i))[0] for i in range(5)]
+    ids += pool.submit("--id", "wc", "--input", "words=" + inp, "--", "sh", "-c", "sort words; wc -l < words")
+    d = Daemon(root, "d", pool.url, pool.key, cg)
+    d.start()
+    check(wait_for(lambda: all_done(pool, ids), 30), "basic: all 6 tasks done at the pool")
+    acc = pool.accepted()
+    check(acc == {i: 1 for i in ids}, "basic: exactly one accepted result per task: %s" % acc)
+    res = {r["task"]: r for r in pool.json("results", "--outputs")}
+    want = {"sq%d" % i: b"square %d\n" % (i * i) for i in range(5)}
+    want["wc"] = b"cycles\nharvest\nidle\nthe\n4\n"
+    got = {t: base64.b64decode(r["outputs"][0]["data_base64"]) for t, r in res.items()}
+    check(got == want, "basic: outputs are what the tasks compute (inputs delivered): %s" % got)
+    check(all(r["outputs"][0]["sha256"] == hashlib.sha256(got[t]).hexdigest() for t, r in res.items()),
+          "basic: each output's sha256 is the hash of its data")
+    check(all(r["worker"] == d.worker_key() for r in res.values()), "basic: results signed by the daemon's own key")
+    st = os.stat(os.path.join(d.state, "link-identity.key"))
+    check(st.st_mode & 0o777 == 0o600, "basic: worker identity is mode 0600")
+    p = wait_for(lambda: (lambda x: x if x["results_pending"] == 0 and x["done"] == 6 else None)(d.pool()), 10)
+    p = p or d.pool()
+    print("status.pool:", json.dumps(p))
+    check(p["connected"] and p["last_error"] is None and p["worker_id"], "basic: status shows the pool connected")
+    check(p["done"] == 6 and p["failed"] == 0 and p["tasks_held"] == 0 and p["results_pending"] == 0
+          and p["results_accepted"] == 6 and p["refused"] == 0,
+          "basic: status counts 6 done, none held, none pending, 6 accepted")
+    check(p["cpu_contributed_usec"] > 0, "basic: CPU contributed %d us" % p["cpu_contributed_usec"])
+    check(d.results_on_disk() == [], "basic: nothing left in STATE/results once acknowledged")
+    pj = d.pool_jobs()
+    check(len(pj) == 6 and all(j["pool_task"]["state"] == "acked" and j["state"] == "done" for j in pj),
+          "basic: the tasks ran as jobs of the spool, each marked acked")
+    human = d.ctl("status")
+    check("Pool:" in human and "connected" in human and "6 done" in human, "basic: harvestctl status has the Pool lines")
+    print("\n".join(l for l in human.splitlines() if l.startswith("Pool")))
+    w = pool.json("workers")
+    check(len(w) == 1 and w[0]["key"] == d.worker_key() and w[0]["cores"] == os.cpu_count(),
+          "basic: the pool knows the daemon by its key, with its core count")
+    rc = d.stop()
+    check(rc == 0, "basic: SIGTERM: clean exit (%s)" % rc)
+    check("goodbye" in d.log_text(), "basic: goodbye said at stop")
+    pool.stop()
+    return d
+
+
+def running_pool_job(d):
+    for j in d.pool_jobs():
+        if j["state"] == "running":
+            return j
+    return None
+
+
+def case_kill9(root, cg):
+    pool = Pool(root)
+    pool.serve()
+    inp = os.path.join(root, "in")
+    with open(inp, "w") as f:
+        f.write("payload 17\n")
+    pool.submit("--id", "slow", "--input", "in=" + inp, "--", "sh", "-c", "sleep 3; cat in")
+    d = Daemon(root, "d", pool.url, pool.key, cg)
+    d.start()
+    j = wait_for(lambda: running_pool_job(d), 15)
+    check(j is not None, "kill9: the pool task runs as a job")
+    time.sleep(0.5)
+    d.stop(signal.SIGKILL)
+    check(pool.accepted() == {}, "kill9: no result before the kill")
+    d.start()
+    check(wait_for(lambda: all_done(pool, ["slow"]), 30), "kill9: the task is done after the restart")
+    time.sleep(1)
+    check(pool.accepted() == {"slow": 1} and len(pool.json("results")) == 1,
+          "kill9: exactly one result at the pool, accepted")
+    res = pool.json("results", "--outputs")
+    check(base64.b64decode(res[0]["outputs"][0]["data_base64"]) == b"payload 17\n", "kill9: its output is right")
+    pj = d.pool_jobs()
+    check(len(pj) == 1 and pj[0]["attempts"] == 2 and pj[0]["state"] == "done",
+          "kill9: one job, run twice (attempts %s)" % [x["attempts"] for x in pj])
+    d.stop()
+    pool.stop()
+
+
+def case_pooldown(root, cg):
+    pool = Pool(root)
+    pool.serve()
+    pool.submit("--id", "late", "--", "sh", "-c", "sleep 2; echo delivered late")
+    d = Daemon(root, "d", pool.url, pool.key, cg)
+    d.start()
+    check(wait_for(lambda: running_pool_job(d), 15) is not None, "pooldown: the pool task runs")
+    pool.stop(signal.SIGKILL)
+    p = wait_for(lambda: (lambda x: x if x["results_pending"] == 1 and not x["connected"] else None)(d.pool()), 20)
+    print("status.pool:", json.dumps(p))
+    check(p is not None, "pooldown: the finished result waits (results_pending 1, not connected)")
+    check(p is not None and p["last_error"], "pooldown: status says the last error: %s" % (p and p["last_error"]))
+    check(len(d.results_on_disk()) == 1, "pooldown: the result is on disk in STATE/results")
+    rc = d.stop()
+    check(rc == 0, "pooldown: SIGTERM with the pool away: clean exit")
+    check(len(d.results_on_disk()) == 1, "pooldown: still on disk after the daemon stopped")
+    d.start()
+    check(d.pool()["results_pending"] == 1, "pooldown: the restarted daemon still holds it")
+    pool.serve()
+    t0 = time.time()
+    ok = wait_for(lambda: pool.accepted() == {"late": 1}, 40)
+    check(ok, "pooldown: delivered %.1f s after the pool came back" % (time.time() - t0))
+    check(wait_for(lambda: d.pool()["results_pending"] == 0 and d.results_on_disk() == [], 10),
+          "pooldown: acknowledged, then deleted from disk")
+    res = pool.json("results", "--outputs")
+    check(len(res) == 1 and base64.b64decode(res[0]["outputs"][0]["data_base64"]) == b"delivered late\n",
+          "pooldown: exactly one result, with the right output")
+    d.stop()
+    pool.stop()
+
+
+def case_renew(root, cg):
+    pool = Pool(root, lease=2)
+    pool.serve()
+    pool.submit("--id", "long", "--", "sh", "-c", "sleep 5; echo renewed")
+    d = Daemon(root, "d", pool.url, pool.key, cg)
+    d.start()
+    check(wait_for(lambda: running_pool_job(d), 15) is not None, "renew: the pool task runs")
+    time.sleep(3.5)
+    t = pool.tasks()["long"]
+    check(t["state"] == "pending" and t["leased"] == 1 and len(d.pool_jobs()) == 1,
+          "renew: past its 2 s lease the task is still leased to us, once (renewed): %s" % t)
+    check(wait_for(lambda: pool.accepted() == {"long": 1}, 20), "renew: accepted exactly once")
+    check(len(d.pool_jobs()) == 1 and len(pool.json("results")) == 1, "renew: one job, one result")
+    d.stop()
+    pool.stop()
+
+
+def case_paused(root, cg):
+    pool = Pool(root)
+    pool.serve()
+    d = Daemon(root, "d", pool.url, pool.key, cg)
+    d.start()
+    d.ctl("pause")
+    check(wait_for(lambda: d.pool()["connected"], 10), "paused: connected to the pool")
+    ids = [pool.submit("--id", "p%d" % i, "--", "echo", "p%d" % i)[0] for i in range(3)]
+    time.sleep(3)
+    check(d.spool_jobs() == [] and all(t["leased"] == 0 for t in pool.tasks().values()),
+          "paused: no work fetched while the policy forbids harvesting")
+    d.ctl("resume")
+    check(wait_for(lambda: all_done(pool, ids), 20), "paused: after resume the tasks are fetched and done")
+    check(pool.accepted() == {i: 1 for i in ids}, "paused: each accepted once")
+    d.stop()
+    pool.stop()
+
+
+def case_goodbye(root, cg):
+    pool = Pool(root, lease=60)
+    pool.serve()
+    pool.submit("--id", "bye", "--", "sh", "-c", "sleep 1.5; echo once")
+    d = Daemon(root, "d", pool.url, pool.key, cg)
+    d.start()
+    check(wait_for(lambda: running_pool_job(d), 15) is not None, "goodbye: the pool task runs")
+    rc = d.stop()
+    check(rc == 0, "goodbye: SIGTERM: clean exit")
+    t = pool.tasks()["bye"]
+    check(t["leased"] == 0 and t["state"] == "pending", "goodbye: the pool took the lease back at once (of 60 s): %s" % t)
+    with open(os.path.join(d.state, "spool", "1.json")) as f:
+        j = json.load(f)
+    check(j["state"] == "cancelled" and j["pool_task"]["state"] == "released",
+          "goodbye: the held task is dropped here, not run again after a restart")
+    d.start()
+    check(wait_for(lambda: pool.accepted() == {"bye": 1}, 20), "goodbye: fetched again as a new job, accepted once")
+    time.sleep(0.5)
+    pj = d.pool_jobs()
+    check(len(pj) == 2 and [x["state"] for x in pj] == ["cancelled", "done"] and len(pool.json("results")) == 1,
+          "goodbye: two jobs (released, done), one result")
+    d.stop()
+    pool.stop()
+
+
+def case_wrongkey(root, cg):
+    pool = Pool(root)
+    other = Pool(root, name="other")
+    pool.serve()
+    ids = [pool.submit("--id", "w%d" % i, "--", "sh", "-c", "echo should not run")[0] for i in range(3)]
+    d = Daemon(root, "d", pool.url, other.key, cg)
+    d.start()
+    p = wait_for(lambda: (lambda x: x if x["refused_replies"] >= 2 else None)(d.pool()), 15) or d.pool()
+    print("status.pool:", json.dumps(p))
+    check(p["refused_replies"] >= 2 and not p["connected"] and "pinned" in (p["last_error"] or ""),
+          "wrongkey: replies from a pool with another key are refused and counted (%d)" % p["refused_replies"])
+    check(d.spool_jobs() == [] and d.pool_jobs() == [], "wrongkey: the job spool stays empty")
+    check(all(t["state"] == "pending" and t["results"] == 0 for t in pool.tasks().values()) and pool.accepted() == {},
+          "wrongkey: nothing done at the pool")
+    d.stop()
+    pool.stop()
+
+
+def case_forged(root, cg):
+    pool = Pool(root)
+    impostor = Pool(root, name="impostor")
+    ids = [pool.submit("--id", "f%d" % i, "--", "sh", "-c", "touch /tmp/forged-ran; echo forged")[0] for i in range(3)]
+    # The tasks are signed with pool's key at submission; now the server
+    # signs its envelopes with the impostor's key, which the daemon pins.
+    shutil.copy(os.path.join(impostor.dir, "pool.key"), os.path.join(pool.dir, "pool.key"))
+    pool.serve()
+    d = Daemon(root, "d", pool.url, impostor.key, cg)
+    d.start()
+    p = wait_for(lambda: (lambda x: x if x["refused"] >= 3 else None)(d.pool()), 15) or d.pool()
+    print("status.pool:", json.dumps(p))
+    check(p["refused"] >= 3 and p["connected"], "forged: %d tasks with a bad signature refused and counted" % p["refused"])
+    check(d.spool_jobs() == [] and d.pool_jobs() == [], "forged: nothing of them reached the job spool")
+    check(not os.listdir(os.path.join(d.state, "jobs")), "forged: no job folder was made")
+    check(pool.accepted() == {}, "forged: no result sent for them")
+    check("does not verify" in d.log_text(), "forged: the refusal is logged")
+    d.stop()
+    pool.stop()
+
+
+def cleanup_cgroup(base):
+    for r, _, _ in sorted(os.walk(base), key=lambda x: -x[0].count("/")):
+        for name, val in (("cgroup.freeze", "0"), ("cgroup.kill", "1")):
+            try:
+                open(os.path.join(r, name), "w").write(val)
+            except OSError:
+                pass
+    time.sleep(0.2)
+    for r, _, _ in sorted(os.walk(base), key=lambda x: -x[0].count("/")):
+        try:
+            os.rmdir(r)
+        except OSError:
+            pass
+
+
+POOL_CASES = ["basic", "kill9", "pooldown", "renew"]
+TRUST_CASES = ["goodbye", "paused", "wrongkey", "forged"]
+
+
+def main(default=POOL_CASES):
+    if os.geteuid() != 0:
+        print("needs root (cgroups, job user)")
+        return 77
+    mnt = cgroup2_mount()
+    if not mnt:
+        print("no cgroup2 mount")
+        return 77
+    for p in (HARVESTERD, HARVESTCTL, POOL):
+        if not os.access(p, os.X_OK):
+            print("%s is not built (make BUILD=%s all)" % (p, BUILD))
+            return 77
+    cases = [case_basic, case_kill9, case_pooldown, case_renew, case_goodbye, case_paused, case_wrongkey, case_forged]
+    only = sys.argv[1:] or default
+    for case in cases:
+        name = case.__name__[5:]
+        if only and name not in only:
+            continue
+        root = tempfile.mkdtemp(prefix="test-dpool-", dir="/var/tmp")
+        os.chmod(root, 0o755)
+        cg = "harvester-dpool-%d-%s" % (os.getpid(), name)
+        t0 = time.time()
+        print("== %s" % name, flush=True)
+        ok_before = len(failures)
+        try:
+            case(root, cg)
+        except Exception as e:
+            check(False, "%s raised %r" % (case.__name__, e))
+        finally:
+            for p in spawned:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            spawned.clear()
+            logs = []
+            for dirpath, _, files in os.walk(root):
+                for f in files:
+                    if f in ("daemon.log", "serve.log"):
+                        logs.append(os.path.join(dirpath, f))
+            for l in logs:
+                text = open(l).read()
+                if "Sanitizer" in text or "runtime error" in text:
+                    check(False, "%s: sanitizer report in %s" % (name, l))
+                if len(failures) > ok_before or "Sanitizer" in text:
+                    print("--- %s ---\n%s" % (l, text[-3000:]))
+            cleanup_cgroup(os.path.join(mnt, cg))
+            shutil.rmtree(root, ignore_errors=True)
+        print("   (%.1fs)" % (time.time() - t0), flush=True)
+    print("%d failure(s)" % len(failures))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
