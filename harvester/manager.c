@@ -280,6 +280,13 @@ static void record_reaction(struct manager *m, uint64_t frozen_ns)
 	struct reaction *rc = &m->reactions[m->n_reactions % REACTION_SAMPLES];
 	uint64_t last = 0;
 	int r = m->sense ? sense_last_harvest_ns(m->sense, &last) : -EOPNOTSUPP;
+	/* A task marks itself frozen just before it is switched out: the probe
+	 * may still see it on its CPU for a few microseconds. */
+	for (int i = 0; r == -EBUSY && i < 50; i++) {
+		struct timespec ts = { 0, FREEZE_SPIN_STEP_NS };
+		nanosleep(&ts, NULL);
+		r = sense_last_harvest_ns(m->sense, &last);
+	}
 
 	rc->to_frozen_usec = (int64_t)(frozen_ns - m->pending_input_ns) / 1000;
 	if (r >= 0)
@@ -322,14 +329,21 @@ static void start_reaction(struct manager *m, uint64_t input_ns)
 		return;
 	}
 	int fd = cg_events_open(m->cg_jobs);
-	if (fd < 0)
+	if (fd < 0) {
+		m->pending_input_ns = 0;
 		return;
+	}
 	if (sd_event_add_io(m->event, &m->events_source, fd, EPOLLPRI, on_jobs_events, m) < 0) {
 		close(fd);
+		m->pending_input_ns = 0;
 		return;
 	}
 	sd_event_source_set_io_fd_own(m->events_source, true);
 	sd_event_source_set_description(m->events_source, "jobs-cgroup-events");
+	/* The freeze may have completed, and been notified, between the last
+	 * look and the open: the new fd would never fire for it. */
+	if (cg_is_frozen(m->cg_jobs, &frozen) >= 0 && frozen)
+		record_reaction(m, now_mono_ns());
 }
 
 static void apply_freeze(struct manager *m, bool want)
@@ -470,8 +484,17 @@ static void on_activity(void *userdata, uint64_t event_ns, enum sense_activity k
 	}
 	m->last_activity_usec = event_ns / NSEC_PER_USEC;
 	manager_evaluate(m, "activity");
-	if (harvesting && m->frozen && !m->pending_input_ns)
-		start_reaction(m, event_ns);
+	if (harvesting && m->frozen) {
+		/* A measurement still waiting for cgroup.events after a second
+		 * has lost its notification: drop it rather than let it swallow
+		 * this input and report the two as one long reaction. */
+		if (m->pending_input_ns && event_ns - m->pending_input_ns > NSEC_PER_SEC) {
+			m->pending_input_ns = 0;
+			m->events_source = sd_event_source_disable_unref(m->events_source);
+		}
+		if (!m->pending_input_ns)
+			start_reaction(m, event_ns);
+	}
 }
 
 /* --- the tick: budget, readings, ledger ----------------------------------------------- */
@@ -538,9 +561,62 @@ static void on_job_changed(void *userdata, struct job *j)
 
 /* --- operator ------------------------------------------------------------------ */
 
+/* The operator's pause is kept in STATE/paused ("resume", or the
+ * CLOCK_REALTIME usec it ends), so a restart or an upgrade keeps it. */
+static void pause_path(const struct manager *m, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s/paused", m->state_dir);
+}
+
+static void manager_load_pause(struct manager *m)
+{
+	char path[PATH_MAX], v[32] = "";
+	pause_path(m, path, sizeof(path));
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return;
+	if (!fgets(v, sizeof(v), f))
+		v[0] = 0;
+	fclose(f);
+	v[strcspn(v, "\n")] = 0;
+	uint64_t until, now = now_realtime_usec();
+	if (strcmp(v, "resume") == 0)
+		m->paused_until_usec = UINT64_MAX;
+	else if (sscanf(v, "%" SCNu64, &until) == 1 && until > now)
+		m->paused_until_usec = now_mono_usec() + (until - now);
+	else
+		unlink(path);
+	if (m->paused_until_usec)
+		log_info("Paused by the operator before the restart: staying paused");
+}
+
+static void manager_save_pause(struct manager *m, uint64_t for_usec)
+{
+	char path[PATH_MAX], tmp[PATH_MAX + 8];
+	pause_path(m, path, sizeof(path));
+	if (!m->paused_until_usec) {
+		unlink(path);
+		return;
+	}
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	FILE *f = fopen(tmp, "we");
+	if (!f) {
+		log_warning_errno(negative_errno(), "Cannot save the pause to %s", path);
+		return;
+	}
+	if (for_usec)
+		fprintf(f, "%" PRIu64 "\n", now_realtime_usec() + for_usec);
+	else
+		fputs("resume\n", f);
+	if (fflush(f) != 0 || fsync(fileno(f)) < 0 || rename(tmp, path) < 0)
+		log_warning_errno(negative_errno(), "Cannot save the pause to %s", path);
+	fclose(f);
+}
+
 int manager_pause(struct manager *m, uint64_t for_usec)
 {
 	m->paused_until_usec = for_usec ? now_mono_usec() + for_usec : UINT64_MAX;
+	manager_save_pause(m, for_usec);
 	manager_evaluate(m, "pause");
 	return 0;
 }
@@ -548,6 +624,7 @@ int manager_pause(struct manager *m, uint64_t for_usec)
 int manager_resume(struct manager *m)
 {
 	m->paused_until_usec = 0;
+	manager_save_pause(m, 0);
 	manager_evaluate(m, "resume");
 	return 0;
 }
@@ -721,6 +798,7 @@ int manager_run(struct manager *m)
 		return r;
 	manager_apply_cap(m);
 	policy_init(&m->policy, now_mono_usec());
+	manager_load_pause(m);
 	if ((r = jobs_open(m->event, m->state_dir, m->cg_jobs, on_job_changed, m, &m->jobs)) < 0)
 		return log_error_errno(r, "Cannot open the job spool in %s", m->state_dir);
 	gpu_jobs_start(m->gpu);

@@ -274,6 +274,7 @@ CgroupRoot=/{cg_root}
         # --- SIGTERM requeues, restart resumes, ledger persists ---------------------------------
         spent = d.status()["budget"]["spent_total_usec"]
         daemon_cpu = d.status()["daemon"]["cpu_usec"]
+        d.ctl("pause")
         rc = d.stop()
         check(rc == 0, f"SIGTERM: clean exit ({rc})")
         check(not os.path.exists(cg) or open(f"{cg}/cgroup.procs").read() == "", "no job process left")
@@ -281,6 +282,9 @@ CgroupRoot=/{cg_root}
             check(json.load(f)["state"] == "queued", "the running job was requeued in the spool")
         d.start()
         st = d.status()
+        check(st["state"] == "paused", f"the operator's pause survives a restart: {st['state']}")
+        d.ctl("resume")
+        check(not os.path.exists(os.path.join(d.state, "paused")), "resume forgets the pause")
         check(st["budget"]["spent_total_usec"] >= spent, f"ledger kept spending across restart: {spent} -> {st['budget']['spent_total_usec']}")
         time.sleep(1.5)
         j = d.jobs()[busy]
