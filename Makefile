@@ -64,6 +64,8 @@ FUZZERS    := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(wildcard tests/fuzz/fu
 .PHONY: all pool fuzz bench-pool tests deps-build deps-test demo check check-unit check-host \
         vmtest bench deb install clean bench-gpu
 .DELETE_ON_ERROR:
+# Keep intermediate objects: a second build (or make check after make) reuses them.
+.SECONDARY:
 
 all: $(PROGS) pool
 

@@ -22,9 +22,9 @@ struct config {
 
 	/* [Idle] */
 	uint64_t input_idle_usec;    /* InputIdleSec=3min */
-	uint32_t max_foreground_cpu_ppm; /* MaxForegroundCPU=50% (0% = no limit) */
+	uint32_t max_foreground_cpu_ppm; /* MaxForegroundCPU=20% (0% = no limit) */
 	bool on_battery;             /* OnBattery=no: harvest while on battery? */
-	int32_t max_temperature_mc;  /* MaxTemperature=85C, millidegrees (0C = no limit) */
+	int32_t max_temperature_mc;  /* MaxTemperature=80C, millidegrees (0C = no limit) */
 	uint32_t max_memory_pressure_ppm; /* MaxMemoryPressure=10%: PSI memory "some" avg10 (0% = none) */
 
 	/* [Jobs] */

@@ -287,9 +287,9 @@ static void assert_defaults(const struct config *c)
 	assert_true(c->window_usec == DAY_USEC);
 	assert_int_equal(c->burst_ppm, 500000);
 	assert_true(c->input_idle_usec == 3 * MIN_USEC);
-	assert_int_equal(c->max_foreground_cpu_ppm, 500000);
+	assert_int_equal(c->max_foreground_cpu_ppm, 200000);
 	assert_false(c->on_battery);
-	assert_int_equal(c->max_temperature_mc, 85000);
+	assert_int_equal(c->max_temperature_mc, 80000);
 	assert_int_equal(c->max_memory_pressure_ppm, 100000);
 	assert_string_equal(c->job_user, "harvester");
 	assert_true(c->job_memory_max_bytes == 512ULL << 20);
