@@ -14,28 +14,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from harness import cgroup2_mount, check, failures, remove_cgroup_tree  # noqa: E402
 
 BUILD = os.environ.get("HARVESTER_BUILD", "build")
 HARVESTERD = os.path.join(BUILD, "harvesterd")
 HARVESTCTL = os.path.join(BUILD, "harvestctl")
-failures = []
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        failures.append(what)
-    return cond
-
-
-def cgroup2_mount():
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            parts = line.split()
-            sep = parts.index("-")
-            if parts[sep + 1] == "cgroup2":
-                return parts[4]
-    return None
 
 
 class Daemon:
@@ -314,23 +297,7 @@ CgroupRoot=/{cg_root}
             print(open(d.log).read()[-4000:])
         except OSError:
             pass
-        # remove the test cgroups, deepest first
-        base = f"{mnt}/{cg_root}"
-        for root, dirs, _ in sorted(os.walk(base), key=lambda x: -x[0].count("/")):
-            try:
-                open(os.path.join(root, "cgroup.freeze"), "w").write("0")
-            except OSError:
-                pass
-            try:
-                open(os.path.join(root, "cgroup.kill"), "w").write("1")
-            except OSError:
-                pass
-        time.sleep(0.2)
-        for root, dirs, _ in sorted(os.walk(base), key=lambda x: -x[0].count("/")):
-            try:
-                os.rmdir(root)
-            except OSError:
-                pass
+        remove_cgroup_tree(f"{mnt}/{cg_root}")
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"{len(failures)} failure(s)")
     return 1 if failures else 0

@@ -21,6 +21,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_daemon import Daemon, check, cgroup2_mount, failures, write_conf  # noqa: E402
+from harness import remove_cgroup_tree, wait_for  # noqa: E402
 
 KERNEL = """
 __kernel void scramble(__global const uint *in, __global uint *out, uint rounds) {
@@ -68,16 +69,6 @@ def submit_gpu(d, src, n, rounds, infile):
     r = d.ctl("submit-gpu", "--source", src, "--kernel", "scramble", "--global", str(n),
               "--out-bytes", str(4 * n), "--in", infile, "--uint", str(rounds))
     return int(r.stdout.strip())
-
-
-def wait_for(fn, timeout, step=0.1):
-    end = time.time() + timeout
-    while time.time() < end:
-        v = fn()
-        if v:
-            return v
-        time.sleep(step)
-    return fn()
 
 
 def main():
@@ -316,18 +307,7 @@ OpenCLCPUDevices=yes
         except OSError:
             pass
         base = f"{mnt}/{cg_root}"
-        for root, dirs, _ in sorted(os.walk(base), key=lambda x: -x[0].count("/")):
-            for name, val in (("cgroup.freeze", "0"), ("cgroup.kill", "1")):
-                try:
-                    open(os.path.join(root, name), "w").write(val)
-                except OSError:
-                    pass
-        time.sleep(0.2)
-        for root, dirs, _ in sorted(os.walk(base), key=lambda x: -x[0].count("/")):
-            try:
-                os.rmdir(root)
-            except OSError:
-                pass
+        remove_cgroup_tree(base)
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"{len(failures)} failure(s)")
     return 1 if failures else 0

@@ -43,48 +43,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from harness import cgroup2_mount, check, failures, free_port, remove_cgroup_tree, wait_for  # noqa: E402
 
 BUILD = os.environ.get("HARVESTER_BUILD", "build")
 HARVESTERD = os.path.join(BUILD, "harvesterd")
 HARVESTCTL = os.path.join(BUILD, "harvestctl")
 POOL = os.path.join(BUILD, "harvest-pool")
 
-failures = []
 spawned = []
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        failures.append(what)
-    return cond
-
-
-def wait_for(fn, timeout, step=0.1):
-    end = time.time() + timeout
-    while True:
-        v = fn()
-        if v or time.time() > end:
-            return v
-        time.sleep(step)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def cgroup2_mount():
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            parts = line.split()
-            sep = parts.index("-")
-            if parts[sep + 1] == "cgroup2":
-                return parts[4]
-    return None
 
 
 class Pool:
@@ -465,21 +431,6 @@ def case_forged(root, cg):
     pool.stop()
 
 
-def cleanup_cgroup(base):
-    for r, _, _ in sorted(os.walk(base), key=lambda x: -x[0].count("/")):
-        for name, val in (("cgroup.freeze", "0"), ("cgroup.kill", "1")):
-            try:
-                open(os.path.join(r, name), "w").write(val)
-            except OSError:
-                pass
-    time.sleep(0.2)
-    for r, _, _ in sorted(os.walk(base), key=lambda x: -x[0].count("/")):
-        try:
-            os.rmdir(r)
-        except OSError:
-            pass
-
-
 POOL_CASES = ["basic", "kill9", "pooldown", "renew"]
 TRUST_CASES = ["goodbye", "paused", "wrongkey", "forged"]
 
@@ -529,7 +480,7 @@ def main(default=POOL_CASES):
                     check(False, "%s: sanitizer report in %s" % (name, l))
                 if len(failures) > ok_before or "Sanitizer" in text:
                     print("--- %s ---\n%s" % (l, text[-3000:]))
-            cleanup_cgroup(os.path.join(mnt, cg))
+            remove_cgroup_tree(os.path.join(mnt, cg))
             shutil.rmtree(root, ignore_errors=True)
         print("   (%.1fs)" % (time.time() - t0), flush=True)
     print("%d failure(s)" % len(failures))

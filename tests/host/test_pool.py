@@ -43,27 +43,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from harness import check, failures, free_port  # noqa: E402
 
 BUILD = os.environ.get("HARVESTER_BUILD", "build")
 POOL = os.path.join(BUILD, "harvest-pool")
 WORKER = os.path.join(BUILD, "tests", "pool-worker")
 
-failures = []
 spawned = []    # every process a case started, ended by pid if a case fails
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        failures.append(what)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class Pool:
