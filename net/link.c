@@ -582,17 +582,28 @@ int link_task_sign(const LinkIdentity *pool, const Hlink__TaskSpec *spec,
         return 0;
 }
 
-int link_task_verify(const Hlink__Task *task, const uint8_t pool_pk[LINK_KEY_BYTES],
-                     Hlink__TaskSpec **ret_spec, uint8_t *ret_spec_sha256)
+/* The checks every signed payload (a task spec, a result body) passes
+ * before it is parsed: present, not over the message limit, and signed by
+ * pk under domain. */
+static int verify_signed_bytes(const uint8_t *pk, const char *domain, const ProtobufCBinaryData *data,
+                               const ProtobufCBinaryData *sig)
 {
         int r = link_init();
         if (r < 0)
                 return r;
-        if (!task || task->spec.len == 0)
+        if (data->len == 0)
                 return -EBADMSG;
-        if (task->spec.len > LINK_MSG_MAX_BYTES)
+        if (data->len > LINK_MSG_MAX_BYTES)
                 return -EMSGSIZE;
-        r = verify_domain(pool_pk, TASK_DOMAIN, task->spec.data, task->spec.len, &task->signature);
+        return verify_domain(pk, domain, data->data, data->len, sig);
+}
+
+int link_task_verify(const Hlink__Task *task, const uint8_t pool_pk[LINK_KEY_BYTES],
+                     Hlink__TaskSpec **ret_spec, uint8_t *ret_spec_sha256)
+{
+        if (!task)
+                return -EBADMSG;
+        int r = verify_signed_bytes(pool_pk, TASK_DOMAIN, &task->spec, &task->signature);
         if (r < 0)
                 return r;
         Hlink__TaskSpec *s = hlink__task_spec__unpack(NULL, task->spec.len, task->spec.data);
@@ -682,14 +693,9 @@ int link_result_verify(const Hlink__Result *result, const uint8_t worker_pk[LINK
                        Hlink__ResultBody **ret_body, uint8_t *ret_hash)
 {
         uint8_t h[LINK_HASH_BYTES];
-        int r = link_init();
-        if (r < 0)
-                return r;
-        if (!result || result->body.len == 0)
+        if (!result)
                 return -EBADMSG;
-        if (result->body.len > LINK_MSG_MAX_BYTES)
-                return -EMSGSIZE;
-        r = verify_domain(worker_pk, RESULT_DOMAIN, result->body.data, result->body.len, &result->signature);
+        int r = verify_signed_bytes(worker_pk, RESULT_DOMAIN, &result->body, &result->signature);
         if (r < 0)
                 return r;
         Hlink__ResultBody *b = hlink__result_body__unpack(NULL, result->body.len, result->body.data);
