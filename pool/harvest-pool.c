@@ -16,6 +16,7 @@
 
 #include "harvester/macro.h"
 #include "net/link.h"
+#include "net/relay.h"
 #include "pool/server.h"
 #include "pool/store.h"
 
@@ -277,7 +278,7 @@ static int verb_relay(int argc, char **argv)
         signal(SIGPIPE, SIG_IGN);
         printf("harvest-pool: relaying %s -> %s\n", lis, up);
         fflush(stdout);
-        int r = pool_relay(up, lis, cert, ca);
+        int r = link_relay(up, lis, cert, ca);
         return r < 0 ? fail(r, "relay") : 0;
 }
 

@@ -32,8 +32,3 @@ void pool_server_free(PoolServer *s);
 /* Requests answered, error replies, and group commits (one fsync each)
  * since start. */
 void pool_server_stats(PoolServer *s, uint64_t *ret_requests, uint64_t *ret_errors, uint64_t *ret_commits);
-
-/* The relay: forward every request from workers dialling LISTEN to the pool
- * at UPSTREAM and the replies back, unchanged (signatures are end to end).
- * Blocks until an error or the sockets close. */
-int pool_relay(const char *upstream, const char *listen, const char *tls_cert_key_file, const char *tls_ca_file);
