@@ -278,9 +278,10 @@ static void child_mounts(const struct child_ctx *c, int *ret_scratch_fd) {
 			child_fail(c, hidden[i].step, errno);
 	}
 
-	/* A procfs instance of our own that shows only the job user's
-	 * processes (kernel 5.8+, where each mount has its own options); where
-	 * that is refused the host's /proc stays, read-only. */
+	/* A procfs instance of our own: it shows the job's PID namespace, and
+	 * hidepid (kernel 5.8+, where each mount has its own options) hides
+	 * other users' processes where there is none (the fork fallback).
+	 * Where that is refused the host's /proc stays, read-only. */
 	(void) mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible");
 
 	CHECK(c, STEP_READONLY, mount_setattr(AT_FDCWD, "/", AT_RECURSIVE, &ro, sizeof ro));
@@ -493,10 +494,10 @@ static int read_report(int fd, struct report *ret) {
 	return 1;
 }
 
-static pid_t clone_into_cgroup(int cgroup_fd, int *ret_pidfd) {
+static pid_t clone_into_cgroup(int cgroup_fd, uint64_t ns_flags, int *ret_pidfd) {
 	int pidfd = -1;
 	struct clone_args args = {
-		.flags = CLONE_PIDFD | CLONE_INTO_CGROUP,
+		.flags = CLONE_PIDFD | CLONE_INTO_CGROUP | ns_flags,
 		.pidfd = (uint64_t) (uintptr_t) &pidfd,
 		.exit_signal = SIGCHLD,
 		.cgroup = (uint64_t) cgroup_fd,
@@ -515,7 +516,10 @@ static int start_child(struct child_ctx *c, int cgroup_fd, int *procs_fd,
 	int pidfd = -1;
 	pid_t pid;
 
-	pid = clone_into_cgroup(cgroup_fd, &pidfd);
+	/* A PID namespace of its own: the job is its PID 1, sees only its own
+	 * processes, and whatever it leaves behind dies with it. Only clone
+	 * can put the child itself in one, so the fork fallback goes without. */
+	pid = clone_into_cgroup(cgroup_fd, c->o->no_sandbox ? 0 : CLONE_NEWPID, &pidfd);
 	if (pid == 0)
 		child_run(c);
 	if (pid > 0) {
