@@ -62,7 +62,7 @@ POOL_TESTS := $(patsubst tests/pool/%.c,$(BUILD)/tests/%,$(wildcard tests/pool/t
 FUZZERS    := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(wildcard tests/fuzz/fuzz-*.c))
 
 .PHONY: all pool fuzz bench-pool tests deps-build deps-test demo check check-unit check-host \
-        vmtest bench deb install clean bench-gpu
+        vmtest bench deb install clean bench-gpu bench-probe
 .DELETE_ON_ERROR:
 # Keep intermediate objects: a second build (or make check after make) reuses them.
 .SECONDARY:
@@ -114,6 +114,21 @@ $(BUILD)/tests/bench/gpu-bench: tests/bench/gpu-bench.c $(BUILD)/libharvester.a
 
 bench-gpu: $(BUILD)/tests/bench/gpu-bench
 	$(BUILD)/tests/bench/gpu-bench
+
+# The probe's cost per event (kernel BPF run-time stats), by state of jobs/.
+$(BUILD)/tests/bench/baseline.bpf.o: tests/bench/baseline.bpf.c $(BUILD)/vmlinux.h
+	@mkdir -p $(@D)
+	$(CLANG) -g -O2 -target bpf -D__TARGET_ARCH_x86 -I. -I$(BUILD) -c $< -o $@
+
+$(BUILD)/tests/bench/baseline.skel.h: $(BUILD)/tests/bench/baseline.bpf.o
+	$(BPFTOOL) gen skeleton $< > $@
+
+$(BUILD)/tests/bench/probe-cost: tests/bench/probe-cost.c $(BUILD)/tests/bench/baseline.skel.h $(BUILD)/libharvester.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(LDFLAGS) $< $(BUILD)/libharvester.a $(LDLIBS) -o $@
+
+bench-probe: $(BUILD)/tests/bench/probe-cost
+	$(BUILD)/tests/bench/probe-cost
 
 # --- the link and the pool -----------------------------------------------------
 # Generated code is kept, not deleted as an intermediate: the daemon includes it.

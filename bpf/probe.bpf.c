@@ -30,6 +30,14 @@ const volatile __u64 coalesce_ns = 10000000ULL;   /* input events closer than th
 __u64 last_input_ns = 0;
 __u64 last_sent_ns = 0;
 
+/* CPUs running a harvest task right now, and how many times that count has
+ * left zero. Wake-ups are timed only while a harvest task holds some CPU:
+ * otherwise none can make a foreground task wait, and at a small cap (jobs
+ * frozen nearly all the time) the map update was most of the probe's cost
+ * on a busy machine. A wake-up stamped in an earlier epoch is stale. */
+__u64 harvest_running = 0;
+__u64 harvest_epoch = 0;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -44,13 +52,19 @@ struct {
 	__type(value, struct probe_intrusion);
 } intrusion SEC(".maps");
 
-/* Foreground tasks waiting for a CPU: pid -> time they became runnable.
- * LRU, so a task that never runs again (exited) cannot fill it. */
+/* Foreground tasks waiting for a CPU: pid -> when they became runnable,
+ * and in which epoch. LRU, so a task that never runs again (exited) cannot
+ * fill it. */
+struct wakeup {
+	__u64 ns;
+	__u64 epoch;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, PROBE_WAKEUP_ENTRIES);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct wakeup);
 } wakeups SEC(".maps");
 
 struct {
@@ -60,27 +74,30 @@ struct {
 
 /* Harvest if the task's cgroup v2 is jobs/ or below it. The walk is bounded
  * (the verifier needs it, and jobs/<id>/ is one or two levels down); a task
- * deeper than PROBE_CGROUP_DEPTH below jobs/ would count as foreground. */
+ * deeper than PROBE_CGROUP_DEPTH below jobs/ would count as foreground.
+ * tp_btf hands us BTF-typed pointers, so the fields are plain loads (still
+ * relocated by CO-RE), not bpf_probe_read_kernel() calls: this runs at
+ * every context switch, and the helper calls were most of its cost. */
 static __always_inline __u32 classify(struct task_struct *t)
 {
 	struct cgroup *cg;
 	int i;
 
-	if (BPF_CORE_READ(t, pid) == 0)
+	if (t->pid == 0)
 		return PROBE_IDLE;
 	if (!harvest_cgid)
 		return PROBE_FOREGROUND;
 
-	cg = BPF_CORE_READ(t, cgroups, dfl_cgrp);
+	cg = t->cgroups->dfl_cgrp;
 	for (i = 0; i < PROBE_CGROUP_DEPTH && cg; i++) {
 		struct cgroup_subsys_state *parent;
 
-		if (BPF_CORE_READ(cg, kn, id) == harvest_cgid)
+		if (cg->kn->id == harvest_cgid)
 			return PROBE_HARVEST;
-		parent = BPF_CORE_READ(cg, self.parent);
+		parent = cg->self.parent;
 		if (!parent)
 			break;
-		cg = (struct cgroup *)((void *)parent - bpf_core_field_offset(struct cgroup, self));
+		cg = parent->cgroup;
 	}
 	return PROBE_FOREGROUND;
 }
@@ -101,15 +118,17 @@ static __always_inline __u32 log2_u64(__u64 v)
 
 static __always_inline void note_runnable(struct task_struct *t, __u64 now)
 {
-	__u32 pid = BPF_CORE_READ(t, pid);
+	struct wakeup w = { .ns = now, .epoch = harvest_epoch };
+	__u32 pid = t->pid;
 
-	bpf_map_update_elem(&wakeups, &pid, &now, BPF_ANY);
+	bpf_map_update_elem(&wakeups, &pid, &w, BPF_ANY);
 }
 
 static __always_inline int on_wakeup(struct task_struct *p)
 {
-	/* Without jobs/ there is no intrusion to measure: save the map work. */
-	if (!harvest_cgid)
+	/* Without jobs/, or with no harvest task on a CPU, there is no
+	 * intrusion to measure: save the map work. */
+	if (!harvest_cgid || !harvest_running)
 		return 0;
 	if (classify(p) != PROBE_FOREGROUND)
 		return 0;
@@ -151,6 +170,15 @@ int BPF_PROG(handle_switch, bool preempt, struct task_struct *prev, struct task_
 		c->harvest_out_ns = now;
 
 	next_kind = classify(next);
+
+	/* Each CPU adds one to harvest_running while it runs a harvest task, by
+	 * its own record of what it ran (never by a first guess), so the sum
+	 * cannot drift. */
+	if (c->last_ns && c->kind == PROBE_HARVEST && next_kind != PROBE_HARVEST)
+		__sync_fetch_and_add(&harvest_running, -1);
+	else if (next_kind == PROBE_HARVEST && !(c->last_ns && c->kind == PROBE_HARVEST) &&
+		 __sync_fetch_and_add(&harvest_running, 1) == 0)
+		__sync_fetch_and_add(&harvest_epoch, 1);
 	c->kind = next_kind;
 	c->last_ns = now;
 
@@ -158,31 +186,30 @@ int BPF_PROG(handle_switch, bool preempt, struct task_struct *prev, struct task_
 		return 0;
 
 	/* A preempted foreground task starts waiting now, as a woken one does. */
-	if (prev_kind == PROBE_FOREGROUND && prev_state == TASK_RUNNING)
+	if (prev_kind == PROBE_FOREGROUND && prev_state == TASK_RUNNING && harvest_running)
 		note_runnable(prev, now);
 
-	if (next_kind == PROBE_FOREGROUND) {
-		__u32 pid = BPF_CORE_READ(next, pid);
-		__u64 *since = bpf_map_lookup_elem(&wakeups, &pid);
+	/* Only a wait ended by a harvest task leaving the CPU is intrusion; a
+	 * stamp left behind by other switch-ins is made stale by the epoch. */
+	if (next_kind == PROBE_FOREGROUND && prev_kind == PROBE_HARVEST) {
+		__u32 pid = next->pid;
+		struct wakeup *since = bpf_map_lookup_elem(&wakeups, &pid);
 
-		if (since) {
-			__u64 wait = now > *since ? now - *since : 0;
+		if (since && since->epoch == harvest_epoch) {
+			__u64 wait = now > since->ns ? now - since->ns : 0;
+			struct probe_intrusion *in = bpf_map_lookup_elem(&intrusion, &zero);
 
 			bpf_map_delete_elem(&wakeups, &pid);
-			if (prev_kind == PROBE_HARVEST) {
-				struct probe_intrusion *in = bpf_map_lookup_elem(&intrusion, &zero);
+			if (in) {
+				__u32 slot = log2_u64(wait / 1000);
 
-				if (in) {
-					__u32 slot = log2_u64(wait / 1000);
-
-					if (slot >= PROBE_HIST_SLOTS)
-						slot = PROBE_HIST_SLOTS - 1;
-					in->hist[slot]++;
-					in->total_ns += wait;
-					in->count++;
-					if (wait > in->max_ns)
-						in->max_ns = wait;
-				}
+				if (slot >= PROBE_HIST_SLOTS)
+					slot = PROBE_HIST_SLOTS - 1;
+				in->hist[slot]++;
+				in->total_ns += wait;
+				in->count++;
+				if (wait > in->max_ns)
+					in->max_ns = wait;
 			}
 		}
 	}
