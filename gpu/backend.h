@@ -7,8 +7,10 @@
 struct gpu_device;
 
 struct gpu_backend_ops {
-	/* Build the source, create buffers and upload the IN ones. Blocks. */
-	int (*prepare)(struct gpu_device *d, const struct gpu_task *t, void **ret_state);
+	/* Build the source, create buffers and upload the IN ones. Blocks. On
+	 * failure *ret_log may get a malloc'ed message in the device's own
+	 * words (the compiler's build log), which the queue hands to done(). */
+	int (*prepare)(struct gpu_device *d, const struct gpu_task *t, void **ret_state, char **ret_log);
 	/* Run the work-groups [offset, offset + count) of dimension work_dim - 1
 	 * (counted in work-items/threads, multiples of local), wait for them,
 	 * and give the device time the profiling measured. */

@@ -46,6 +46,7 @@ struct gpu_queue {
 	struct qtask *flight;      /* the task of the chunk in flight */
 	uint64_t flight_offset;
 	struct gpu_queue_stats stats;
+	const char *done_log;      /* during the done hook: gpu_queue_done_log() */
 
 	/* shared, under lock */
 	pthread_mutex_t lock;
@@ -60,6 +61,7 @@ struct gpu_queue {
 		enum result_kind kind;
 		int error;
 		uint64_t device_ns;
+		char *log;             /* the backend's words on the error, or NULL */
 	} res;
 	bool became_idle;          /* the worker saw the device turn idle */
 	struct qtask *graveyard;   /* tasks whose backend state the worker releases */
@@ -114,6 +116,7 @@ static void *worker(void *userdata)
 	for (;;) {
 		struct qtask *task, *dead;
 		uint64_t offset, count, device_ns = 0;
+		char *log = NULL;
 		bool last, stop;
 		int r;
 
@@ -176,7 +179,7 @@ static void *worker(void *userdata)
 
 		r = 0;
 		if (!task->state)
-			r = ops->prepare(q->dev, &task->t, &task->state);
+			r = ops->prepare(q->dev, &task->t, &task->state, &log);
 		if (r >= 0)
 			r = ops->run_chunk(q->dev, task->state, &task->t, offset, count, &device_ns);
 		if (r >= 0 && last)
@@ -190,6 +193,10 @@ static void *worker(void *userdata)
 		q->res.kind = RESULT_CHUNK;
 		q->res.error = r < 0 ? r : 0;
 		q->res.device_ns = device_ns;
+		free(q->res.log);
+		q->res.log = r < 0 ? log : NULL;
+		if (r >= 0)
+			free(log);
 		pthread_mutex_unlock(&q->lock);
 		notify(q);
 	}
@@ -259,6 +266,7 @@ void gpu_queue_free(struct gpu_queue *q)
 	}
 	if (q->efd >= 0)
 		close(q->efd);
+	free(q->res.log);
 	pthread_cond_destroy(&q->cond);
 	pthread_mutex_destroy(&q->lock);
 	free(q);
@@ -360,14 +368,26 @@ static void bury(struct gpu_queue *q, struct qtask *t)
 	pthread_mutex_unlock(&q->lock);
 }
 
-static void finish_task(struct gpu_queue *q, struct qtask *t, int error)
+static void finish_task_log(struct gpu_queue *q, struct qtask *t, int error, const char *log)
 {
 	uint64_t id = t->t.id;
 
 	unlink_task(q, t);
 	bury(q, t);
+	q->done_log = log;
 	if (q->hooks.done)
 		q->hooks.done(q->userdata, id, error);
+	q->done_log = NULL;
+}
+
+static void finish_task(struct gpu_queue *q, struct qtask *t, int error)
+{
+	finish_task_log(q, t, error, NULL);
+}
+
+const char *gpu_queue_done_log(const struct gpu_queue *q)
+{
+	return q->done_log;
 }
 
 int gpu_queue_cancel(struct gpu_queue *q, uint64_t task_id)
@@ -405,12 +425,13 @@ static struct qtask *pick(struct gpu_queue *q)
 	return best;
 }
 
-static void take_chunk(struct gpu_queue *q, enum result_kind kind, int error, uint64_t device_ns);
+static void take_chunk(struct gpu_queue *q, enum result_kind kind, int error, uint64_t device_ns, const char *log);
 
 static void take_result(struct gpu_queue *q)
 {
 	enum result_kind kind;
 	uint64_t device_ns;
+	_cleanup_free_ char *log = NULL;
 	bool idle;
 	int error;
 
@@ -418,19 +439,20 @@ static void take_result(struct gpu_queue *q)
 	kind = q->res.kind;
 	error = q->res.error;
 	device_ns = q->res.device_ns;
+	log = TAKE_PTR(q->res.log);
 	q->res.kind = RESULT_NONE;
 	idle = q->became_idle;
 	q->became_idle = false;
 	pthread_mutex_unlock(&q->lock);
 
 	if (kind != RESULT_NONE)
-		take_chunk(q, kind, error, device_ns);
+		take_chunk(q, kind, error, device_ns, log);
 	/* After the result: the worker reports "idle" only after "busy". */
 	if (idle)
 		q->device_busy = false;
 }
 
-static void take_chunk(struct gpu_queue *q, enum result_kind kind, int error, uint64_t device_ns)
+static void take_chunk(struct gpu_queue *q, enum result_kind kind, int error, uint64_t device_ns, const char *log)
 {
 	uint64_t count;
 	struct qtask *t;
@@ -460,7 +482,7 @@ static void take_chunk(struct gpu_queue *q, enum result_kind kind, int error, ui
 			q->hooks.charge(q->userdata, t->t.id, device_ns);
 	}
 	if (error < 0)
-		finish_task(q, t, error);
+		finish_task_log(q, t, error, log);
 	else if (t->cancelled)
 		finish_task(q, t, -ECANCELED);
 	else if (gpu_slicer_finished(&t->slicer))

@@ -29,7 +29,7 @@ static atomic_bool hold;         /* run_chunk waits while set */
 static pthread_t worker_thread;
 static atomic_bool worker_known;
 
-static int mock_prepare(struct gpu_device *d, const struct gpu_task *t, void **ret)
+static int mock_prepare(struct gpu_device *d, const struct gpu_task *t, void **ret, char **ret_log)
 {
 	int *state = malloc(sizeof(int));
 	if (!state)
