@@ -36,7 +36,16 @@ struct gpu_device {
 	const struct gpu_backend_ops *ops;
 	struct gpu_device_info info;
 	struct gpu_drm_busy *drm;  /* busy_source DRM_FDINFO */
+	bool context_open;         /* this process holds a context on the GPU through it */
+	struct gpu_device *sibling;/* the same GPU through the other backend (one queue), or NULL */
 };
+
+/* Whether one of the GPU's compute processes is this one, through either
+ * backend: NVML then lists us, and must not count us as another user. */
+static inline bool gpu_self_present(const struct gpu_device *d)
+{
+	return d->context_open || (d->sibling && d->sibling->context_open);
+}
 
 /* DRM fdinfo busy detection (drm.c). proc is "/proc" except in tests. */
 struct gpu_drm_busy;

@@ -240,6 +240,7 @@ static int cuda_open(struct cuda_device *d)
 		r = cu_errno(cu.DevicePrimaryCtxRetain(&d->ctx, d->dev));
 		if (r < 0)
 			return r;
+		d->base.context_open = true;
 	}
 	r = cu_errno(cu.CtxSetCurrent(d->ctx));
 	if (r < 0)
@@ -392,9 +393,7 @@ static int cuda_finish(struct gpu_device *dev, void *state, const struct gpu_tas
 
 static int cuda_others_busy(struct gpu_device *dev)
 {
-	struct cuda_device *d = (struct cuda_device *) dev;
-
-	return dev->info.busy_source == GPU_BUSY_NVML ? gpu_nvml_others_busy(dev->info.pci_bus_id, d->ctx != NULL)
+	return dev->info.busy_source == GPU_BUSY_NVML ? gpu_nvml_others_busy(dev->info.pci_bus_id, gpu_self_present(dev))
 						    : -EOPNOTSUPP;
 }
 

@@ -201,6 +201,16 @@ int gpu_queue_get_fd(const struct gpu_queue *q);
  * -EINVAL for a task the device cannot run as described. Call
  * gpu_queue_kick() to start it. */
 int gpu_queue_submit(struct gpu_queue *q, const struct gpu_task *task);
+/* The queue's GPU as another backend sees it (its CUDA handle beside the
+ * OpenCL one: same PCI bus id): tasks for that backend run through it in
+ * this same queue, so one GPU keeps one order, one busy check and one chunk
+ * in flight. Borrowed: it must outlive the queue. -EINVAL for a second one
+ * or the queue's own backend. */
+int gpu_queue_add_backend(struct gpu_queue *q, struct gpu_device *same_gpu);
+/* gpu_queue_submit() for a task in BACKEND's language (OpenCL C, PTX): on
+ * the queue's device or the one gpu_queue_add_backend() gave; -ENODEV if
+ * neither is of that backend. */
+int gpu_queue_submit_on(struct gpu_queue *q, const struct gpu_task *task, enum gpu_backend backend);
 /* Drop a task: at once if it is not running, else after its chunk in
  * flight; done() reports -ECANCELED. -ENOENT if unknown. */
 int gpu_queue_cancel(struct gpu_queue *q, uint64_t task_id);

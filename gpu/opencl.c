@@ -91,6 +91,7 @@ static int cl_open(struct cl_device *d)
 		d->context = clCreateContext(cprops, 1, &d->device, NULL, NULL, &e);
 		if (!d->context)
 			return cl_errno(e);
+		d->base.context_open = true;
 	}
 	/* Lowest priority where offered, so a foreground GPU job's work goes
 	 * first between (and, where the device preempts, within) our chunks. */
@@ -270,11 +271,9 @@ static int cl_finish(struct gpu_device *dev, void *state, const struct gpu_task 
 
 static int cl_others_busy(struct gpu_device *dev)
 {
-	struct cl_device *d = (struct cl_device *) dev;
-
 	switch (dev->info.busy_source) {
 	case GPU_BUSY_NVML:
-		return gpu_nvml_others_busy(d->base.info.pci_bus_id, d->context != NULL);
+		return gpu_nvml_others_busy(dev->info.pci_bus_id, gpu_self_present(dev));
 	case GPU_BUSY_DRM_FDINFO:
 		return gpu_drm_busy_sample(dev->drm);
 	default:

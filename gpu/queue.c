@@ -21,6 +21,7 @@
 
 struct qtask {
 	struct gpu_task t;         /* deep copy, strings and arrays owned */
+	struct gpu_device *dev;    /* the queue's device, or its other backend's handle */
 	uint64_t seq;              /* submission order: age */
 	struct gpu_slicer slicer;
 	void *state;               /* backend's; touched by the worker only while granted */
@@ -32,6 +33,7 @@ enum result_kind { RESULT_NONE, RESULT_CHUNK, RESULT_BUSY };
 
 struct gpu_queue {
 	struct gpu_device *dev;
+	struct gpu_device *alt;    /* the same GPU through another backend, or NULL */
 	struct gpu_queue_config config;
 	struct gpu_queue_hooks hooks;
 	void *userdata;
@@ -100,7 +102,7 @@ static void release_graveyard(struct gpu_queue *q, struct qtask *list)
 	while (list) {
 		struct qtask *next = list->next;
 		if (list->state)
-			q->dev->ops->release(q->dev, list->state);
+			list->dev->ops->release(list->dev, list->state);
 		qtask_free(list);
 		list = next;
 	}
@@ -109,7 +111,7 @@ static void release_graveyard(struct gpu_queue *q, struct qtask *list)
 static void *worker(void *userdata)
 {
 	struct gpu_queue *q = userdata;
-	const struct gpu_backend_ops *ops = q->dev->ops;
+	const struct gpu_backend_ops *ops = q->dev->ops;   /* the busy check */
 	bool polling = false;       /* waiting for others to leave the device */
 	uint64_t last_check_ns = 0;
 
@@ -177,15 +179,17 @@ static void *worker(void *userdata)
 			}
 		}
 
+		/* The task's own backend runs it; the busy check above is the GPU's. */
+		const struct gpu_backend_ops *tops = task->dev->ops;
 		r = 0;
 		if (!task->state)
-			r = ops->prepare(q->dev, &task->t, &task->state, &log);
+			r = tops->prepare(task->dev, &task->t, &task->state, &log);
 		if (r >= 0)
-			r = ops->run_chunk(q->dev, task->state, &task->t, offset, count, &device_ns);
+			r = tops->run_chunk(task->dev, task->state, &task->t, offset, count, &device_ns);
 		if (r >= 0 && last)
-			r = ops->finish(q->dev, task->state, &task->t);
+			r = tops->finish(task->dev, task->state, &task->t);
 		if (last && task->state) {
-			ops->release(q->dev, task->state);
+			tops->release(task->dev, task->state);
 			task->state = NULL;
 		}
 
@@ -307,18 +311,38 @@ static int validate(const struct gpu_device *dev, const struct gpu_task *t)
 	return 0;
 }
 
+int gpu_queue_add_backend(struct gpu_queue *q, struct gpu_device *same_gpu)
+{
+	if (!same_gpu || q->alt || same_gpu->info.backend == q->dev->info.backend)
+		return -EINVAL;
+	q->alt = same_gpu;
+	q->dev->sibling = same_gpu;
+	same_gpu->sibling = q->dev;
+	return 0;
+}
+
 int gpu_queue_submit(struct gpu_queue *q, const struct gpu_task *task)
 {
+	return gpu_queue_submit_on(q, task, q->dev->info.backend);
+}
+
+int gpu_queue_submit_on(struct gpu_queue *q, const struct gpu_task *task, enum gpu_backend backend)
+{
+	struct gpu_device *dev = q->dev->info.backend == backend ? q->dev :
+				 q->alt && q->alt->info.backend == backend ? q->alt : NULL;
 	struct qtask *t;
 	unsigned last;
 	int r;
 
-	r = validate(q->dev, task);
+	if (!dev)
+		return -ENODEV;
+	r = validate(dev, task);
 	if (r < 0)
 		return r;
 	t = calloc(1, sizeof(*t));
 	if (!t)
 		return -ENOMEM;
+	t->dev = dev;
 	t->t = *task;
 	t->t.source = strdup(task->source);
 	t->t.kernel = strdup(task->kernel);

@@ -31,6 +31,7 @@ struct gpu_dev {
 	struct gpu_jobs *owner;
 	struct gpu_device *d;
 	bool also_cuda;              /* CUDA sees the same GPU (PCI bus id) */
+	struct gpu_device *cu;       /* ...through this handle: PTX tasks run on it, in d's queue */
 	struct gpu_queue *q;
 	sd_event_source *src;
 };
@@ -689,7 +690,8 @@ static struct gpu_dev *pick_device(struct gpu_jobs *g, enum gpu_backend backend)
 	for (unsigned i = 0; i < g->n_devs; i++) {
 		struct gpu_dev *dv = &g->devs[i];
 		struct gpu_queue_stats st;
-		if (!dv->q || gpu_device_get_info(dv->d)->backend != backend)
+		if (!dv->q || (gpu_device_get_info(dv->d)->backend != backend &&
+				!(backend == GPU_BACKEND_CUDA && dv->cu)))
 			continue;
 		gpu_queue_get_stats(dv->q, &st);
 		if (st.queued < best_n) {
@@ -741,7 +743,7 @@ static int job_enqueue(struct gpu_jobs *g, struct gpu_job *j)
 	};
 	memcpy(t.global, j->global, sizeof(t.global));
 	memcpy(t.local, j->local, sizeof(t.local));
-	r = gpu_queue_submit(dv->q, &t);
+	r = gpu_queue_submit_on(dv->q, &t, j->backend);
 	if (r < 0)
 		goto fail;
 	j->dev = dv;
@@ -1148,18 +1150,16 @@ void gpu_jobs_match_pci(struct gpu_device *const *cl, int ncl, struct gpu_device
 	}
 }
 
-/* One entry per physical GPU: drop a CUDA device whose PCI bus id an OpenCL
- * device has (the OpenCL handle runs the local OpenCL jobs; both backends
+/* One entry per physical GPU: a CUDA device whose PCI bus id an OpenCL
+ * device has joins that entry (the OpenCL handle is the queue's device and
+ * runs OpenCL C; the CUDA handle runs PTX in the same queue; both backends
  * are named). Takes both arrays. */
 static int merge_devices(struct gpu_jobs *g, struct gpu_device **cl, int ncl, struct gpu_device **cu, int ncu)
 {
-	struct gpu_device **dropped = calloc((size_t)ncu + 1, sizeof(*dropped));
 	int *same = calloc((size_t)ncu + 1, sizeof(*same));
-	int nd = 0;
 
 	g->devs = calloc((size_t)(ncl + ncu) + 1, sizeof(*g->devs));
-	if (!g->devs || !dropped || !same) {
-		free(dropped);
+	if (!g->devs || !same) {
 		free(same);
 		gpu_devices_free(cl, ncl);
 		gpu_devices_free(cu, ncu);
@@ -1171,14 +1171,13 @@ static int merge_devices(struct gpu_jobs *g, struct gpu_device **cl, int ncl, st
 	for (int i = 0; i < ncu; i++) {
 		if (same[i] >= 0) {
 			g->devs[same[i]].also_cuda = true;
-			dropped[nd++] = cu[i];
+			g->devs[same[i]].cu = cu[i];
 		} else
 			g->devs[g->n_devs++] = (struct gpu_dev) { .owner = g, .d = cu[i] };
 	}
 	free(same);
 	free(cl);
 	free(cu);
-	gpu_devices_free(dropped, nd);
 	return 0;
 }
 
@@ -1306,6 +1305,8 @@ int gpu_jobs_start(struct gpu_jobs *g)
 			continue;
 		}
 		sd_event_source_set_description(dv->src, "gpu-queue");
+		if (dv->cu && (r = gpu_queue_add_backend(dv->q, dv->cu)) < 0)
+			log_warning_errno(r, "GPU %s: its CUDA handle cannot join its queue; it runs no PTX", id);
 		gpu_queue_pause(dv->q);   /* until the first evaluation */
 	}
 	g->started = true;
@@ -1372,11 +1373,15 @@ struct gpu_jobs *gpu_jobs_free(struct gpu_jobs *g)
 		job_free(j);
 	}
 	if (g->devs) {
-		struct gpu_device **all = calloc(g->n_devs + 1, sizeof(*all));
+		struct gpu_device **all = calloc(2 * g->n_devs + 1, sizeof(*all));
+		int n = 0;
 		if (all) {
-			for (unsigned i = 0; i < g->n_devs; i++)
-				all[i] = g->devs[i].d;
-			gpu_devices_free(all, (int)g->n_devs);
+			for (unsigned i = 0; i < g->n_devs; i++) {
+				all[n++] = g->devs[i].d;
+				if (g->devs[i].cu)
+					all[n++] = g->devs[i].cu;
+			}
+			gpu_devices_free(all, n);
 		}
 		free(g->devs);
 	}
@@ -1451,11 +1456,15 @@ unsigned gpu_jobs_n_devices(const struct gpu_jobs *g)
 	return g ? g->n_devs : 0;
 }
 
-const struct gpu_device_info *gpu_jobs_device(const struct gpu_jobs *g, unsigned i)
+const struct gpu_device_info *gpu_jobs_device(const struct gpu_jobs *g, unsigned i, bool *ret_cuda_too)
 {
 	/* A device without a queue (it failed to start) takes no work: the
 	 * pool must not be told it is here. */
-	return g && i < g->n_devs && g->devs[i].q ? gpu_device_get_info(g->devs[i].d) : NULL;
+	if (!g || i >= g->n_devs || !g->devs[i].q)
+		return NULL;
+	if (ret_cuda_too)
+		*ret_cuda_too = g->devs[i].cu != NULL;
+	return gpu_device_get_info(g->devs[i].d);
 }
 
 /* --- JSON ---------------------------------------------------------------------------------------- */

@@ -178,8 +178,9 @@ void gpu_jobs_set_done_callback(struct gpu_jobs *g, gpu_jobs_done_fn fn, void *u
 
 unsigned gpu_jobs_n_devices(const struct gpu_jobs *g);
 /* Device I (< gpu_jobs_n_devices()) if it takes work (its queue runs), else
- * NULL. It runs the task kind of its info->backend. */
-const struct gpu_device_info *gpu_jobs_device(const struct gpu_jobs *g, unsigned i);
+ * NULL. It runs the task kind of its info->backend, and CUDA's too where
+ * *ret_cuda_too (optional) says so (the same GPU through both backends). */
+const struct gpu_device_info *gpu_jobs_device(const struct gpu_jobs *g, unsigned i, bool *ret_cuda_too);
 /* status "gpu" object (control.h) */
 json_t *gpu_jobs_status_json(struct gpu_jobs *g);
 /* The exec jobs' array (consumed) and the GPU jobs, in id order; every entry

@@ -275,17 +275,20 @@ static void send_hello(struct pool_link *p)
 	 * start) is never offered. */
 	Hlink__Device devs[LINK_DEVICES_MAX], *dp[LINK_DEVICES_MAX];
 	size_t nd = 0;
-	for (unsigned i = 0; i < gpu_jobs_n_devices(p->m->gpu) && nd < LINK_DEVICES_MAX; i++) {
-		const struct gpu_device_info *in = gpu_jobs_device(p->m->gpu, i);
-		if (!in)
-			continue;
-		hlink__device__init(&devs[nd]);
-		devs[nd].api = in->backend == GPU_BACKEND_CUDA ? HLINK__DEVICE_API__API_CUDA : HLINK__DEVICE_API__API_OPENCL;
-		devs[nd].name = (char *)in->name;
-		devs[nd].memory_bytes = in->global_mem_bytes;
-		devs[nd].compute_units = in->compute_units;
-		dp[nd] = &devs[nd];
-		nd++;
+	for (unsigned i = 0; i < gpu_jobs_n_devices(p->m->gpu); i++) {
+		bool cuda_too = false;
+		const struct gpu_device_info *in = gpu_jobs_device(p->m->gpu, i, &cuda_too);
+		/* One entry per API it runs: a GPU both see is offered to both. */
+		for (int api = 0; in && api < 1 + cuda_too && nd < LINK_DEVICES_MAX; api++) {
+			hlink__device__init(&devs[nd]);
+			devs[nd].api = in->backend == GPU_BACKEND_CUDA || api == 1 ? HLINK__DEVICE_API__API_CUDA
+										 : HLINK__DEVICE_API__API_OPENCL;
+			devs[nd].name = (char *)in->name;
+			devs[nd].memory_bytes = in->global_mem_bytes;
+			devs[nd].compute_units = in->compute_units;
+			dp[nd] = &devs[nd];
+			nd++;
+		}
 	}
 	caps.devices = dp;
 	caps.n_devices = nd;
