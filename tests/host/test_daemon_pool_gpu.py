@@ -12,14 +12,18 @@ device); worker "cpu" has the default (no), so it has no device it will use.
     and two exec tasks: every OpenCL task's result comes from the "gpu"
     worker only, status ok, its output bytes equal the reference computed
     here, its cpu_usec (the device time) > 0; both exec tasks are done too
+    (on a machine with a real GPU both workers see it: then "only" means
+    only workers whose hello lists a device)
   - the GPU ledger was charged: the "gpu" worker's GPU bucket spent the
     device time of its pool GPU jobs, and its ledger file says so after stop
   - a kernel with a syntax error comes back failed, its "reason" output
     holding the compiler's message (the undeclared name, "error")
   - CUDA: where a worker has a CUDA device, a PTX task gives the reference
-    bytes; elsewhere a CUDA task that reaches a worker comes back failed with
-    "no CUDA device", and the real run is reported skipped with the reason
-Exits 0 on pass, 77 to skip (not root, no cgroup2, nothing built, no OpenCL).
+    bytes and one that does not assemble fails saying so; elsewhere a CUDA
+    task that reaches a worker comes back failed with "no CUDA device", and
+    the real run is reported skipped with the reason
+Exits 0 on pass, 77 to skip (not root, no writable cgroup2, nothing built,
+no OpenCL and no CUDA device); a part that cannot run here says "skip:".
 """
 import base64
 import json
@@ -80,6 +84,7 @@ def scramble_ptx():
 class GpuDaemon(Daemon):
     def __init__(self, root, name, pool_url, pool_key, cg_root, cpu_devices):
         super().__init__(root, name, pool_url, pool_key, cg_root)
+        self.dev_us = 0
         conf = open(self.conf).read()
         conf = conf.replace("CPU=50%\n", "CPU=50%\nGPU=100%\n")
         conf = conf.replace("[Daemon]\n", "[Daemon]\nOpenCLCPUDevices=%s\n" % ("yes" if cpu_devices else "no"))
@@ -124,11 +129,13 @@ def run(root, cg):
     cd.start()
     g = gd.gpu()
     cl = [x for x in g["devices"] if x["backend"] == "opencl"]
-    if not cl:
-        print("skip: no OpenCL device here (%s): install pocl-opencl-icd" % g["opencl_absent"])
+    cuda_dev = any(x["backend"] == "cuda" or "cuda" in x["backends"] for x in g["devices"])
+    if not cl and not cuda_dev:
+        print("skip: no OpenCL device (%s: install pocl-opencl-icd) and no CUDA device (%s)" % (
+            g["opencl_absent"], g["cuda_absent"]))
         return 77
     cpu_devs = cd.gpu()["devices"]
-    real_gpu = any(not x["cpu_device"] for x in cl)
+    real_gpu = any(not x["cpu_device"] for x in g["devices"])
     print("gpu worker: %s; cpu worker: devices %s (%s)" % (
         ", ".join("%s %s" % (x["id"], x["name"]) for x in g["devices"]),
         [x["id"] for x in cpu_devs], cd.gpu()["opencl_absent"]))
@@ -147,10 +154,48 @@ def run(root, cg):
     print("pool workers:", json.dumps(list(workers.values())))
     gw, cw = workers.get(gd.worker_key(), {}), workers.get(cd.worker_key(), {})
     check(gw.get("gpu_devices", 0) >= 1, "the gpu worker's hello lists its device: %s" % gw.get("gpu_devices"))
-    check(cw.get("gpu_devices", -1) == len(cpu_devs),
+    check(cw.get("gpu_devices", -1) >= len(cpu_devs) and (real_gpu or cw.get("gpu_devices") == 0),
           "the cpu worker's hello lists only devices it uses: %s" % cw.get("gpu_devices"))
+    # Whose hello offers OpenCL: only these may run an OpenCL task.
+    cl_keys = {d.worker_key() for d in (gd, cd) if any(x["backend"] == "opencl" for x in d.gpu()["devices"])}
+    if cl:
+        opencl_part(pool, root, gd, cd, cl_keys, real_gpu)
+    else:
+        print("skip: the OpenCL part: no OpenCL device here (%s): install pocl-opencl-icd" % g["opencl_absent"])
+    cuda_part(pool, root, gd, cd, cuda_dev)
 
-    # --- OpenCL and exec tasks ------------------------------------------------------
+    for d in (gd, cd):
+        rc = d.stop()
+        check(rc == 0, "%s worker: clean exit (%s)" % (os.path.basename(d.tmp), rc))
+    charged = [d for d in (gd, cd) if d.dev_us > 0]
+    check(charged, "some worker's GPU bucket was charged")
+    for d in charged:
+        with open(os.path.join(d.state, "ledger")) as f:
+            led = json.load(f)
+        check(led.get("gpu_spent_total_usec", 0) >= d.dev_us,
+              "%s worker: the ledger file keeps the GPU spending: %s us" % (
+                  os.path.basename(d.tmp), led.get("gpu_spent_total_usec")))
+    pool.stop()
+    return 0
+
+
+def gpu_ledger(gd):
+    """A worker's pool GPU jobs charged its GPU bucket their device time."""
+    pj = [j for j in gd.jobs() if j.get("pool_task") and j["kind"] in ("opencl", "cuda")]
+    dev_us = sum(j["device_usec"] for j in pj)
+    spent = gd.gpu()["budget"]["spent_total_usec"]
+    print("%s worker: %d pool GPU jobs, %d us of device time; GPU bucket spent %d us; status.pool %s" % (
+        os.path.basename(gd.tmp), len(pj), dev_us, spent,
+        json.dumps({k: gd.pool()[k] for k in ("gpu_tasks", "device_contributed_usec")})))
+    check(dev_us > 0 and abs(spent - dev_us) <= len(pj),
+          "the GPU bucket was charged the pool GPU jobs' device time (%d vs %d us)" % (spent, dev_us))
+    check(gd.pool()["device_contributed_usec"] == dev_us, "status shows the device time contributed")
+    gd.dev_us = dev_us
+    return pj
+
+
+def opencl_part(pool, root, gd, cd, cl_keys, real_gpu):
+    gk = gd.worker_key()
     src = os.path.join(root, "scramble.cl")
     with open(src, "w") as f:
         f.write(KERNEL)
@@ -176,11 +221,11 @@ def run(root, cg):
     check(wait_for(lambda: all(t in pool.tasks() and pool.tasks()[t]["state"] == "done" for t in ids), 60),
           "every task has its result: %s" % {t: v["state"] for t, v in pool.tasks().items()})
     res = results_by_task(pool)
-    gk = gd.worker_key()
     for tid in ocl:
         r = res.get(tid, {})
         out = output(r, "out") if r else None
-        check(r.get("worker") == gk, "%s ran on the worker with the OpenCL device" % tid)
+        check(r.get("worker") in cl_keys and (real_gpu or r.get("worker") == gk),
+              "%s ran on the worker with the OpenCL device" % tid)
         check(r.get("status") == "ok" and out == want[tid],
               "%s: status %s, output %s bytes equal to the reference" % (tid, r.get("status"), len(out or b"")))
         check(r.get("cpu_usec", 0) > 0, "%s: device time %s us in the result" % (tid, r.get("cpu_usec")))
@@ -196,19 +241,14 @@ def run(root, cg):
     check("/.cache/pocl" not in why, "the runtime's temporary file names are not in the reason")
 
     # --- the GPU ledger -------------------------------------------------------------
-    pj = [j for j in gd.jobs() if j.get("pool_task") and j["kind"] == "opencl"]
-    dev_us = sum(j["device_usec"] for j in pj)
-    spent = gd.gpu()["budget"]["spent_total_usec"]
-    print("gpu worker: %d pool GPU jobs, %d us of device time; GPU bucket spent %d us; status.pool %s" % (
-        len(pj), dev_us, spent, json.dumps({k: gd.pool()[k] for k in ("gpu_tasks", "device_contributed_usec")})))
-    check(len(pj) == 4 and dev_us > 0 and abs(spent - dev_us) <= len(pj),
-          "the GPU bucket was charged the pool GPU jobs' device time (%d vs %d us)" % (spent, dev_us))
-    check(gd.pool()["device_contributed_usec"] == dev_us, "status shows the device time contributed")
-    check(all(j["state"] != "running" for j in cd.jobs() if j.get("kind") == "opencl"),
-          "the cpu worker ran no OpenCL job")
+    pj = gpu_ledger(gd)
+    if not real_gpu:
+        check(len(pj) == 4, "the gpu worker holds the 4 OpenCL tasks as GPU jobs")
+        check(not [j for j in cd.jobs() if j.get("kind") == "opencl"], "the cpu worker has no OpenCL job")
 
-    # --- CUDA ------------------------------------------------------------------------
-    cuda_dev = any(x["backend"] == "cuda" for d in (gd, cd) for x in d.gpu()["devices"])
+
+def cuda_part(pool, root, gd, cd, cuda_dev):
+    gk = gd.worker_key()
     ptx = os.path.join(root, "scramble.ptx")
     with open(ptx, "w") as f:
         f.write(scramble_ptx())
@@ -227,21 +267,29 @@ def run(root, cg):
     check(wait_for(lambda: pool.tasks().get("cuda", {}).get("state") == "done", 30), "the CUDA task has its result")
     r = results_by_task(pool).get("cuda", {})
     if cuda_dev:
-        check(r.get("status") == "ok" and output(r, "out") == reference(ws, 5), "CUDA task: output equals the reference")
+        check(r.get("status") == "ok" and output(r, "out") == reference(ws, 5),
+              "CUDA task: output equals the reference (status %s, worker %s)" % (
+                  r.get("status"), "gpu" if r.get("worker") == gk else "cpu"))
+        check(r.get("cpu_usec", 0) > 0, "CUDA task: device time %s us in the result" % r.get("cpu_usec"))
+        bad = os.path.join(root, "bad.ptx")
+        with open(bad, "w") as f:
+            f.write(scramble_ptx().replace("ld.param.u64", "ld.param.nonsense", 1))
+        pool.submit("--id", "cuda-broken", "--kind", "cuda", "--source", bad, "--kernel", "scramble", "--global", "256",
+                    "--local", "256", "--arg", "in:in=" + inp, "--arg", "out:out=1024", "--arg", "u32:256",
+                    "--arg", "u32:1")
+        check(wait_for(lambda: pool.tasks().get("cuda-broken", {}).get("state") == "done", 30),
+              "the broken PTX task has its result")
+        r = results_by_task(pool).get("cuda-broken", {})
+        why = (output(r, "reason") or b"").decode(errors="replace") if r else ""
+        print("broken PTX's reason: %s" % why)
+        check(r.get("status") == "failed" and "did not build" in why, "PTX that does not assemble fails saying so")
+        for d in (gd, cd):
+            if d.worker_key() == results_by_task(pool)["cuda"]["worker"] and d.dev_us == 0:
+                gpu_ledger(d)
     else:
         why = (output(r, "reason") or b"").decode(errors="replace") if r else ""
         check(r.get("status") == "failed" and "no CUDA device" in why, "no CUDA device: the task fails saying so: " + why)
         print("skip: the CUDA run itself: no CUDA device on this machine (%s)" % gd.gpu()["cuda_absent"])
-
-    for d in (gd, cd):
-        rc = d.stop()
-        check(rc == 0, "%s worker: clean exit (%s)" % (os.path.basename(d.tmp), rc))
-    with open(os.path.join(gd.state, "ledger")) as f:
-        led = json.load(f)
-    check(led.get("gpu_spent_total_usec", 0) >= dev_us > 0,
-          "the ledger file keeps the GPU spending: %s us" % led.get("gpu_spent_total_usec"))
-    pool.stop()
-    return 0
 
 
 def main():
@@ -256,6 +304,13 @@ def main():
         if not os.access(p, os.X_OK):
             print("%s is not built (make all)" % p)
             return 77
+    try:
+        probe = os.path.join(mnt, "harvester-dpoolgpu-probe-%d" % os.getpid())
+        os.mkdir(probe)
+        os.rmdir(probe)
+    except OSError as e:
+        print("cgroup2 at %s is not writable here: %s" % (mnt, e))
+        return 77
     root = tempfile.mkdtemp(prefix="test-dpool-gpu-", dir="/var/tmp")
     os.chmod(root, 0o755)
     supp = os.path.join(root, "lsan.supp")
