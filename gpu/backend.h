@@ -7,8 +7,10 @@
 struct gpu_device;
 
 struct gpu_backend_ops {
-	/* Build the source, create buffers and upload the IN ones. Blocks. */
-	int (*prepare)(struct gpu_device *d, const struct gpu_task *t, void **ret_state);
+	/* Build the source, create buffers and upload the IN ones. Blocks. On
+	 * failure *ret_log may get a malloc'ed message in the device's own
+	 * words (the compiler's build log), which the queue hands to done(). */
+	int (*prepare)(struct gpu_device *d, const struct gpu_task *t, void **ret_state, char **ret_log);
 	/* Run the work-groups [offset, offset + count) of dimension work_dim - 1
 	 * (counted in work-items/threads, multiples of local), wait for them,
 	 * and give the device time the profiling measured. */
@@ -34,7 +36,16 @@ struct gpu_device {
 	const struct gpu_backend_ops *ops;
 	struct gpu_device_info info;
 	struct gpu_drm_busy *drm;  /* busy_source DRM_FDINFO */
+	bool context_open;         /* this process holds a context on the GPU through it */
+	struct gpu_device *sibling;/* the same GPU through the other backend (one queue), or NULL */
 };
+
+/* Whether one of the GPU's compute processes is this one, through either
+ * backend: NVML then lists us, and must not count us as another user. */
+static inline bool gpu_self_present(const struct gpu_device *d)
+{
+	return d->context_open || (d->sibling && d->sibling->context_open);
+}
 
 /* DRM fdinfo busy detection (drm.c). proc is "/proc" except in tests. */
 struct gpu_drm_busy;

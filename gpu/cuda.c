@@ -240,6 +240,7 @@ static int cuda_open(struct cuda_device *d)
 		r = cu_errno(cu.DevicePrimaryCtxRetain(&d->ctx, d->dev));
 		if (r < 0)
 			return r;
+		d->base.context_open = true;
 	}
 	r = cu_errno(cu.CtxSetCurrent(d->ctx));
 	if (r < 0)
@@ -275,7 +276,7 @@ static void cuda_release(struct gpu_device *dev, void *state)
 	free(t);
 }
 
-static int cuda_prepare(struct gpu_device *dev, const struct gpu_task *task, void **ret_state)
+static int cuda_prepare(struct gpu_device *dev, const struct gpu_task *task, void **ret_state, char **ret_log)
 {
 	struct cuda_device *d = (struct cuda_device *) dev;
 	unsigned int opts[] = { GCU_JIT_ERROR_LOG_BUFFER, GCU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES };
@@ -295,8 +296,13 @@ static int cuda_prepare(struct gpu_device *dev, const struct gpu_task *task, voi
 	vals[0] = t->log;
 	vals[1] = (void *) (uintptr_t) sizeof(t->log);
 	r = cu_errno(cu.ModuleLoadDataEx(&t->module, task->source, ELEMENTSOF(opts), opts, vals));
-	if (r < 0)
+	if (r < 0) {
+		/* The JIT's words on the PTX, for the submitter. */
+		t->log[sizeof(t->log) - 1] = 0;
+		if (t->log[0])
+			*ret_log = strdup(t->log);
 		goto fail;
+	}
 	r = cu_errno(cu.ModuleGetFunction(&t->function, t->module, task->kernel));
 	if (r < 0)
 		goto fail;
@@ -387,9 +393,7 @@ static int cuda_finish(struct gpu_device *dev, void *state, const struct gpu_tas
 
 static int cuda_others_busy(struct gpu_device *dev)
 {
-	struct cuda_device *d = (struct cuda_device *) dev;
-
-	return dev->info.busy_source == GPU_BUSY_NVML ? gpu_nvml_others_busy(dev->info.pci_bus_id, d->ctx != NULL)
+	return dev->info.busy_source == GPU_BUSY_NVML ? gpu_nvml_others_busy(dev->info.pci_bus_id, gpu_self_present(dev))
 						    : -EOPNOTSUPP;
 }
 

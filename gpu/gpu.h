@@ -78,6 +78,14 @@ int gpu_devices_find(struct gpu_device ***ret_devices);
  * driver/loader), -ENODEV (driver, no usable device) or -ENOSYS (a driver
  * too old for a function we need). */
 int gpu_opencl_devices(struct gpu_device ***ret_devices);
+/* What gpu_opencl_devices() would find, listed by a short-lived child
+ * process: the ICD loader loads every installed driver into the process that
+ * asks (PoCL brings LLVM, tens of MB), so a daemon asks here first and loads
+ * OpenCL itself only when a device it will use is there. Returns the count
+ * with ret_infos a malloc'ed array (NULL for 0), or the child's error, or
+ * -EPIPE/-ETIMEDOUT when it died or hung (a broken driver). Forks: call it
+ * before starting threads. */
+int gpu_opencl_probe(struct gpu_device_info **ret_infos);
 int gpu_cuda_devices(struct gpu_device ***ret_devices);
 /* Why the CUDA backend is absent, for harvestctl status and test skips:
  * a constant string for an error gpu_cuda_devices() returned. */
@@ -193,6 +201,16 @@ int gpu_queue_get_fd(const struct gpu_queue *q);
  * -EINVAL for a task the device cannot run as described. Call
  * gpu_queue_kick() to start it. */
 int gpu_queue_submit(struct gpu_queue *q, const struct gpu_task *task);
+/* The queue's GPU as another backend sees it (its CUDA handle beside the
+ * OpenCL one: same PCI bus id): tasks for that backend run through it in
+ * this same queue, so one GPU keeps one order, one busy check and one chunk
+ * in flight. Borrowed: it must outlive the queue. -EINVAL for a second one
+ * or the queue's own backend. */
+int gpu_queue_add_backend(struct gpu_queue *q, struct gpu_device *same_gpu);
+/* gpu_queue_submit() for a task in BACKEND's language (OpenCL C, PTX): on
+ * the queue's device or the one gpu_queue_add_backend() gave; -ENODEV if
+ * neither is of that backend. */
+int gpu_queue_submit_on(struct gpu_queue *q, const struct gpu_task *task, enum gpu_backend backend);
 /* Drop a task: at once if it is not running, else after its chunk in
  * flight; done() reports -ECANCELED. -ENOENT if unknown. */
 int gpu_queue_cancel(struct gpu_queue *q, uint64_t task_id);
@@ -207,3 +225,7 @@ void gpu_queue_resume(struct gpu_queue *q);
  * have changed. Returns 1 if a chunk is in flight afterwards, 0 if not. */
 int gpu_queue_kick(struct gpu_queue *q);
 void gpu_queue_get_stats(const struct gpu_queue *q, struct gpu_queue_stats *ret);
+/* Only during the done hook of a task that failed: the device's own words on
+ * why (an OpenCL program's build log, CUDA's JIT error log), untruncated, or
+ * NULL when it said nothing. */
+const char *gpu_queue_done_log(const struct gpu_queue *q);

@@ -1,10 +1,14 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* The OpenCL backend, through the ICD loader (ocl-icd). */
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <CL/cl.h>
@@ -87,6 +91,7 @@ static int cl_open(struct cl_device *d)
 		d->context = clCreateContext(cprops, 1, &d->device, NULL, NULL, &e);
 		if (!d->context)
 			return cl_errno(e);
+		d->base.context_open = true;
 	}
 	/* Lowest priority where offered, so a foreground GPU job's work goes
 	 * first between (and, where the device preempts, within) our chunks. */
@@ -100,7 +105,27 @@ static int cl_open(struct cl_device *d)
 	return d->queue ? 0 : cl_errno(e);
 }
 
-static int cl_prepare(struct gpu_device *dev, const struct gpu_task *task, void **ret_state)
+/* The compiler's build log of a program that did not build: malloc'ed,
+ * NULL if the runtime has none. */
+static char *build_log(cl_program program, cl_device_id device)
+{
+	size_t n = 0;
+	char *log;
+
+	if (clGetProgramBuildInfo(program, device, CL_PROGRAM_BUILD_LOG, 0, NULL, &n) != CL_SUCCESS || n <= 1)
+		return NULL;
+	log = malloc(n + 1);
+	if (!log)
+		return NULL;
+	if (clGetProgramBuildInfo(program, device, CL_PROGRAM_BUILD_LOG, n, log, NULL) != CL_SUCCESS) {
+		free(log);
+		return NULL;
+	}
+	log[n] = 0;
+	return log;
+}
+
+static int cl_prepare(struct gpu_device *dev, const struct gpu_task *task, void **ret_state, char **ret_log)
 {
 	struct cl_device *d = (struct cl_device *) dev;
 	struct cl_task *t;
@@ -138,8 +163,12 @@ static int cl_prepare(struct gpu_device *dev, const struct gpu_task *task, void 
 	if (!t->program)
 		goto fail;
 	e = clBuildProgram(t->program, 1, &d->device, task->build_options ? task->build_options : "", NULL, NULL);
-	if (e != CL_SUCCESS)
+	if (e != CL_SUCCESS) {
+		/* The submitter needs the compiler's words, not just "did not build". */
+		if (e == CL_BUILD_PROGRAM_FAILURE)
+			*ret_log = build_log(t->program, d->device);
 		goto fail;
+	}
 	t->kernel = clCreateKernel(t->program, task->kernel, &e);
 	if (!t->kernel)
 		goto fail;
@@ -242,11 +271,9 @@ static int cl_finish(struct gpu_device *dev, void *state, const struct gpu_task 
 
 static int cl_others_busy(struct gpu_device *dev)
 {
-	struct cl_device *d = (struct cl_device *) dev;
-
 	switch (dev->info.busy_source) {
 	case GPU_BUSY_NVML:
-		return gpu_nvml_others_busy(d->base.info.pci_bus_id, d->context != NULL);
+		return gpu_nvml_others_busy(dev->info.pci_bus_id, gpu_self_present(dev));
 	case GPU_BUSY_DRM_FDINFO:
 		return gpu_drm_busy_sample(dev->drm);
 	default:
@@ -407,4 +434,115 @@ int gpu_opencl_devices(struct gpu_device ***ret_devices)
 fail:
 	gpu_devices_free(v, n);
 	return r;
+}
+
+/* --- listing in a child ----------------------------------------------------------- */
+
+#define PROBE_TIMEOUT_MS 20000   /* PoCL's first start may compile its kernel library */
+
+static int write_all(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -EIO;
+		p += n;
+		len -= (size_t) n;
+	}
+	return 0;
+}
+
+static __attribute__((noreturn)) void probe_child(int fd)
+{
+	struct gpu_device **v = NULL;
+	int n = gpu_opencl_devices(&v);
+
+	if (write_all(fd, &n, sizeof(n)) < 0)
+		_exit(1);
+	for (int i = 0; i < n; i++)
+		if (write_all(fd, &v[i]->info, sizeof(v[i]->info)) < 0)
+			_exit(1);
+	/* No clean-up: the process ends here, and the drivers' own destructors
+	 * are not worth their time. */
+	_exit(0);
+}
+
+int gpu_opencl_probe(struct gpu_device_info **ret_infos)
+{
+	_cleanup_free_ struct gpu_device_info *v = NULL;
+	int fds[2], n = 0, r = 0, status;
+	size_t want = sizeof(n), got = 0;
+	char *buf = (char *) &n;
+	pid_t pid;
+
+	if (pipe2(fds, O_CLOEXEC) < 0)
+		return negative_errno();
+	pid = fork();
+	if (pid < 0) {
+		r = negative_errno();
+		close(fds[0]);
+		close(fds[1]);
+		return r;
+	}
+	if (pid == 0) {
+		close(fds[0]);
+		probe_child(fds[1]);
+	}
+	close(fds[1]);
+
+	/* First the count, then that many records. */
+	for (bool counted = false;;) {
+		struct pollfd p = { .fd = fds[0], .events = POLLIN };
+		ssize_t k;
+
+		if (got == want) {
+			if (counted || n <= 0)
+				break;
+			counted = true;
+			if (n > 1024) {
+				r = -EBADMSG;
+				break;
+			}
+			v = calloc((size_t) n, sizeof(*v));
+			if (!v) {
+				r = -ENOMEM;
+				break;
+			}
+			buf = (char *) v;
+			want = (size_t) n * sizeof(*v);
+			got = 0;
+		}
+		k = poll(&p, 1, PROBE_TIMEOUT_MS);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0) {
+			r = k < 0 ? negative_errno() : -ETIMEDOUT;
+			break;
+		}
+		k = read(fds[0], buf + got, want - got);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0) {
+			r = k < 0 ? negative_errno() : -EPIPE;   /* the child died: a driver crashed */
+			break;
+		}
+		got += (size_t) k;
+	}
+	close(fds[0]);
+	if (r < 0)
+		kill(pid, SIGKILL);
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	if (r < 0)
+		return r;
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+		return -EPIPE;
+	if (n < 0)
+		return n;
+	*ret_infos = TAKE_PTR(v);
+	return n;
 }

@@ -21,6 +21,7 @@
 
 struct qtask {
 	struct gpu_task t;         /* deep copy, strings and arrays owned */
+	struct gpu_device *dev;    /* the queue's device, or its other backend's handle */
 	uint64_t seq;              /* submission order: age */
 	struct gpu_slicer slicer;
 	void *state;               /* backend's; touched by the worker only while granted */
@@ -32,6 +33,7 @@ enum result_kind { RESULT_NONE, RESULT_CHUNK, RESULT_BUSY };
 
 struct gpu_queue {
 	struct gpu_device *dev;
+	struct gpu_device *alt;    /* the same GPU through another backend, or NULL */
 	struct gpu_queue_config config;
 	struct gpu_queue_hooks hooks;
 	void *userdata;
@@ -46,6 +48,7 @@ struct gpu_queue {
 	struct qtask *flight;      /* the task of the chunk in flight */
 	uint64_t flight_offset;
 	struct gpu_queue_stats stats;
+	const char *done_log;      /* during the done hook: gpu_queue_done_log() */
 
 	/* shared, under lock */
 	pthread_mutex_t lock;
@@ -60,6 +63,7 @@ struct gpu_queue {
 		enum result_kind kind;
 		int error;
 		uint64_t device_ns;
+		char *log;             /* the backend's words on the error, or NULL */
 	} res;
 	bool became_idle;          /* the worker saw the device turn idle */
 	struct qtask *graveyard;   /* tasks whose backend state the worker releases */
@@ -98,7 +102,7 @@ static void release_graveyard(struct gpu_queue *q, struct qtask *list)
 	while (list) {
 		struct qtask *next = list->next;
 		if (list->state)
-			q->dev->ops->release(q->dev, list->state);
+			list->dev->ops->release(list->dev, list->state);
 		qtask_free(list);
 		list = next;
 	}
@@ -107,13 +111,14 @@ static void release_graveyard(struct gpu_queue *q, struct qtask *list)
 static void *worker(void *userdata)
 {
 	struct gpu_queue *q = userdata;
-	const struct gpu_backend_ops *ops = q->dev->ops;
+	const struct gpu_backend_ops *ops = q->dev->ops;   /* the busy check */
 	bool polling = false;       /* waiting for others to leave the device */
 	uint64_t last_check_ns = 0;
 
 	for (;;) {
 		struct qtask *task, *dead;
 		uint64_t offset, count, device_ns = 0;
+		char *log = NULL;
 		bool last, stop;
 		int r;
 
@@ -174,15 +179,17 @@ static void *worker(void *userdata)
 			}
 		}
 
+		/* The task's own backend runs it; the busy check above is the GPU's. */
+		const struct gpu_backend_ops *tops = task->dev->ops;
 		r = 0;
 		if (!task->state)
-			r = ops->prepare(q->dev, &task->t, &task->state);
+			r = tops->prepare(task->dev, &task->t, &task->state, &log);
 		if (r >= 0)
-			r = ops->run_chunk(q->dev, task->state, &task->t, offset, count, &device_ns);
+			r = tops->run_chunk(task->dev, task->state, &task->t, offset, count, &device_ns);
 		if (r >= 0 && last)
-			r = ops->finish(q->dev, task->state, &task->t);
+			r = tops->finish(task->dev, task->state, &task->t);
 		if (last && task->state) {
-			ops->release(q->dev, task->state);
+			tops->release(task->dev, task->state);
 			task->state = NULL;
 		}
 
@@ -190,6 +197,10 @@ static void *worker(void *userdata)
 		q->res.kind = RESULT_CHUNK;
 		q->res.error = r < 0 ? r : 0;
 		q->res.device_ns = device_ns;
+		free(q->res.log);
+		q->res.log = r < 0 ? log : NULL;
+		if (r >= 0)
+			free(log);
 		pthread_mutex_unlock(&q->lock);
 		notify(q);
 	}
@@ -259,6 +270,7 @@ void gpu_queue_free(struct gpu_queue *q)
 	}
 	if (q->efd >= 0)
 		close(q->efd);
+	free(q->res.log);
 	pthread_cond_destroy(&q->cond);
 	pthread_mutex_destroy(&q->lock);
 	free(q);
@@ -299,18 +311,38 @@ static int validate(const struct gpu_device *dev, const struct gpu_task *t)
 	return 0;
 }
 
+int gpu_queue_add_backend(struct gpu_queue *q, struct gpu_device *same_gpu)
+{
+	if (!same_gpu || q->alt || same_gpu->info.backend == q->dev->info.backend)
+		return -EINVAL;
+	q->alt = same_gpu;
+	q->dev->sibling = same_gpu;
+	same_gpu->sibling = q->dev;
+	return 0;
+}
+
 int gpu_queue_submit(struct gpu_queue *q, const struct gpu_task *task)
 {
+	return gpu_queue_submit_on(q, task, q->dev->info.backend);
+}
+
+int gpu_queue_submit_on(struct gpu_queue *q, const struct gpu_task *task, enum gpu_backend backend)
+{
+	struct gpu_device *dev = q->dev->info.backend == backend ? q->dev :
+				 q->alt && q->alt->info.backend == backend ? q->alt : NULL;
 	struct qtask *t;
 	unsigned last;
 	int r;
 
-	r = validate(q->dev, task);
+	if (!dev)
+		return -ENODEV;
+	r = validate(dev, task);
 	if (r < 0)
 		return r;
 	t = calloc(1, sizeof(*t));
 	if (!t)
 		return -ENOMEM;
+	t->dev = dev;
 	t->t = *task;
 	t->t.source = strdup(task->source);
 	t->t.kernel = strdup(task->kernel);
@@ -360,14 +392,26 @@ static void bury(struct gpu_queue *q, struct qtask *t)
 	pthread_mutex_unlock(&q->lock);
 }
 
-static void finish_task(struct gpu_queue *q, struct qtask *t, int error)
+static void finish_task_log(struct gpu_queue *q, struct qtask *t, int error, const char *log)
 {
 	uint64_t id = t->t.id;
 
 	unlink_task(q, t);
 	bury(q, t);
+	q->done_log = log;
 	if (q->hooks.done)
 		q->hooks.done(q->userdata, id, error);
+	q->done_log = NULL;
+}
+
+static void finish_task(struct gpu_queue *q, struct qtask *t, int error)
+{
+	finish_task_log(q, t, error, NULL);
+}
+
+const char *gpu_queue_done_log(const struct gpu_queue *q)
+{
+	return q->done_log;
 }
 
 int gpu_queue_cancel(struct gpu_queue *q, uint64_t task_id)
@@ -405,12 +449,13 @@ static struct qtask *pick(struct gpu_queue *q)
 	return best;
 }
 
-static void take_chunk(struct gpu_queue *q, enum result_kind kind, int error, uint64_t device_ns);
+static void take_chunk(struct gpu_queue *q, enum result_kind kind, int error, uint64_t device_ns, const char *log);
 
 static void take_result(struct gpu_queue *q)
 {
 	enum result_kind kind;
 	uint64_t device_ns;
+	_cleanup_free_ char *log = NULL;
 	bool idle;
 	int error;
 
@@ -418,19 +463,20 @@ static void take_result(struct gpu_queue *q)
 	kind = q->res.kind;
 	error = q->res.error;
 	device_ns = q->res.device_ns;
+	log = TAKE_PTR(q->res.log);
 	q->res.kind = RESULT_NONE;
 	idle = q->became_idle;
 	q->became_idle = false;
 	pthread_mutex_unlock(&q->lock);
 
 	if (kind != RESULT_NONE)
-		take_chunk(q, kind, error, device_ns);
+		take_chunk(q, kind, error, device_ns, log);
 	/* After the result: the worker reports "idle" only after "busy". */
 	if (idle)
 		q->device_busy = false;
 }
 
-static void take_chunk(struct gpu_queue *q, enum result_kind kind, int error, uint64_t device_ns)
+static void take_chunk(struct gpu_queue *q, enum result_kind kind, int error, uint64_t device_ns, const char *log)
 {
 	uint64_t count;
 	struct qtask *t;
@@ -460,7 +506,7 @@ static void take_chunk(struct gpu_queue *q, enum result_kind kind, int error, ui
 			q->hooks.charge(q->userdata, t->t.id, device_ns);
 	}
 	if (error < 0)
-		finish_task(q, t, error);
+		finish_task_log(q, t, error, log);
 	else if (t->cancelled)
 		finish_task(q, t, -ECANCELED);
 	else if (gpu_slicer_finished(&t->slicer))

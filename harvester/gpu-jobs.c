@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* GPU devices, queues, budget and local OpenCL jobs in the daemon: see gpu-jobs.h. */
+#include <ctype.h>
 #include <dirent.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -21,7 +22,6 @@
 #include "harvester/macro.h"
 #include "harvester/manager.h"
 
-#define GPU_JOB_REASON_MAX 240
 #define GPU_SOURCE_MAX_BYTES (1 << 20)
 /* At a stop, wait this long for the chunks in flight (a chunk is ~2 ms, but
  * a first chunk may be a PoCL build of seconds: its charge is then lost). */
@@ -31,31 +31,9 @@ struct gpu_dev {
 	struct gpu_jobs *owner;
 	struct gpu_device *d;
 	bool also_cuda;              /* CUDA sees the same GPU (PCI bus id) */
+	struct gpu_device *cu;       /* ...through this handle: PTX tasks run on it, in d's queue */
 	struct gpu_queue *q;
 	sd_event_source *src;
-};
-
-struct gpu_job {
-	struct gpu_job *next;
-	uint64_t id;
-	enum job_state state;
-	char *source, *kernel, *reason;
-	unsigned work_dim;
-	size_t global[3], local[3];
-	size_t input_bytes, out_bytes;
-	bool has_input;
-	uint32_t scalars[GPU_JOB_MAX_SCALARS];
-	unsigned n_scalars;
-	int priority;
-	unsigned attempts;
-	uint64_t submitted_usec, started_usec, finished_usec;  /* CLOCK_REALTIME */
-	uint64_t device_ns, chunks;
-	char device_id[32];
-	/* While on a queue: */
-	struct gpu_dev *dev;
-	void *input, *output;
-	struct gpu_buffer bufs[2];
-	struct gpu_arg args[2 + GPU_JOB_MAX_SCALARS];
 };
 
 struct gpu_jobs {
@@ -111,24 +89,16 @@ static const char *opencl_absent_reason(int r)
 
 /* --- jobs on disk --------------------------------------------------------------- */
 
-static void job_set_reason(struct gpu_job *j, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void job_set_reason(struct gpu_job *j, const char *fmt, ...)
-{
-	char buf[GPU_JOB_REASON_MAX];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(buf, sizeof(buf), fmt, ap);
-	va_end(ap);
-	free(j->reason);
-	j->reason = strdup(buf);
-}
-
 static void job_release_buffers(struct gpu_job *j)
 {
-	free(j->input);
-	free(j->output);
-	j->input = j->output = NULL;
+	for (unsigned i = 0; i < j->n_args; i++) {
+		free(j->args[i].host);
+		j->args[i].host = NULL;
+	}
+	free(j->bufs);
+	free(j->qargs);
+	j->bufs = NULL;
+	j->qargs = NULL;
 	j->dev = NULL;
 }
 
@@ -137,9 +107,13 @@ static void job_free(struct gpu_job *j)
 	if (!j)
 		return;
 	job_release_buffers(j);
+	for (unsigned i = 0; i < j->n_args; i++)
+		free(j->args[i].name);
+	free(j->args);
 	free(j->source);
 	free(j->kernel);
 	free(j->reason);
+	json_decref(j->pool_task);
 	free(j);
 }
 
@@ -147,6 +121,26 @@ static int job_path(const struct gpu_jobs *g, uint64_t id, const char *name, cha
 {
 	int n = snprintf(buf, len, "%s/%" PRIu64 "%s%s", g->jobs_dir, id, name ? "/" : "", name ? name : "");
 	return n < (int)len ? 0 : -ENAMETOOLONG;
+}
+
+/* The file in STATE/jobs/<id>/ of argument I's first contents (IN, INOUT) or
+ * of its result (OUT, INOUT). A local job has one of each: input, output. */
+static void arg_file(const struct gpu_job *j, unsigned i, bool out, char *buf, size_t len)
+{
+	if (!j->pool_task)
+		snprintf(buf, len, "%s", out ? "output" : "input");
+	else
+		snprintf(buf, len, "arg%u.%s", i, out ? "out" : "in");
+}
+
+static const char *source_file(const struct gpu_job *j)
+{
+	return j->backend == GPU_BACKEND_CUDA ? "source.ptx" : "source.cl";
+}
+
+static const char *backend_name(enum gpu_backend b)
+{
+	return b == GPU_BACKEND_CUDA ? "cuda" : "opencl";
 }
 
 static int fsync_dir(const char *dir)
@@ -235,24 +229,74 @@ static json_t *sizes_json(const size_t *v, unsigned n)
 	return a;
 }
 
-/* What gpu-task.json holds, and the base of what "jobs" shows. */
+static const char *karg_kind_name(const struct gpu_job_karg *a)
+{
+	switch (a->kind) {
+	case GPU_ARG_SCALAR: return "scalar";
+	case GPU_ARG_LOCAL: return "local";
+	default: return a->dir == GPU_BUFFER_IN ? "in" : a->dir == GPU_BUFFER_OUT ? "out" : "inout";
+	}
+}
+
+static json_t *args_json(const struct gpu_job *j)
+{
+	json_t *a = json_array();
+
+	for (unsigned i = 0; i < j->n_args; i++) {
+		const struct gpu_job_karg *k = &j->args[i];
+		json_t *o = json_pack("{s:s, s:I}", "kind", karg_kind_name(k), "bytes", (json_int_t)k->bytes);
+		if (k->name)
+			json_object_set_new(o, "name", json_string(k->name));
+		if (k->kind == GPU_ARG_SCALAR) {
+			char hex[2 * sizeof(k->value) + 1];
+			for (size_t b = 0; b < k->bytes && b < sizeof(k->value); b++)
+				snprintf(hex + 2 * b, 3, "%02x", k->value[b]);
+			hex[2 * (k->bytes < sizeof(k->value) ? k->bytes : sizeof(k->value))] = 0;
+			json_object_set_new(o, "value", json_string(hex));
+		}
+		json_array_append_new(a, o);
+	}
+	return a;
+}
+
+/* What gpu-task.json holds, and the base of what "jobs" shows. input_bytes,
+ * out_bytes, input and scalars sum the arguments up for the eye (and for
+ * harvestctl); "args" is what a load reads. */
 static json_t *job_to_json(const struct gpu_job *j)
 {
 	json_t *sc = json_array();
-	for (unsigned i = 0; i < j->n_scalars; i++)
-		json_array_append_new(sc, json_integer(j->scalars[i]));
-	return json_pack("{s:I, s:s, s:s, s:s, s:o, s:o, s:I, s:I, s:b, s:o, s:i, s:i, s:I, s:I, s:I,"
-			 " s:s?, s:I, s:I, s:s}",
-			 "id", (json_int_t)j->id, "kind", "opencl", "state", job_state_name(j->state),
+	size_t in_bytes = 0, out_bytes = 0;
+	bool has_input = false;
+
+	for (unsigned i = 0; i < j->n_args; i++) {
+		const struct gpu_job_karg *a = &j->args[i];
+		if (a->kind == GPU_ARG_SCALAR && a->bytes == sizeof(uint32_t)) {
+			uint32_t v;
+			memcpy(&v, a->value, sizeof(v));
+			json_array_append_new(sc, json_integer(v));
+		}
+		if (a->kind != GPU_ARG_BUFFER)
+			continue;
+		if (a->dir & GPU_BUFFER_IN) {
+			in_bytes += a->bytes;
+			has_input = true;
+		}
+		if (a->dir & GPU_BUFFER_OUT)
+			out_bytes += a->bytes;
+	}
+	return json_pack("{s:I, s:s, s:s, s:s, s:o, s:o, s:I, s:I, s:b, s:o, s:o, s:i, s:i, s:I, s:I, s:I,"
+			 " s:s?, s:I, s:I, s:s, s:O?}",
+			 "id", (json_int_t)j->id, "kind", backend_name(j->backend), "state", job_state_name(j->state),
 			 "kernel", j->kernel, "global", sizes_json(j->global, j->work_dim),
 			 "local", sizes_json(j->local, j->work_dim),
-			 "input_bytes", (json_int_t)j->input_bytes, "out_bytes", (json_int_t)j->out_bytes,
-			 "input", j->has_input, "scalars", sc, "priority", j->priority, "attempts", (int)j->attempts,
+			 "input_bytes", (json_int_t)in_bytes, "out_bytes", (json_int_t)out_bytes,
+			 "input", has_input, "scalars", sc, "args", args_json(j),
+			 "priority", j->priority, "attempts", (int)j->attempts,
 			 "submitted_usec", (json_int_t)j->submitted_usec,
 			 "started_usec", (json_int_t)j->started_usec,
 			 "finished_usec", (json_int_t)j->finished_usec,
 			 "reason", j->reason, "device_ns", (json_int_t)j->device_ns,
-			 "chunks", (json_int_t)j->chunks, "device", j->device_id);
+			 "chunks", (json_int_t)j->chunks, "device", j->device_id, "pool_task", j->pool_task);
 }
 
 static int job_save(struct gpu_jobs *g, const struct gpu_job *j)
@@ -288,31 +332,78 @@ static int sizes_from_json(json_t *a, unsigned n, size_t *ret)
 	return 0;
 }
 
+static int args_from_json(json_t *a, struct gpu_job *j)
+{
+	size_t n = json_array_size(a);
+
+	if (!json_is_array(a) || n > GPU_JOB_MAX_ARGS)
+		return -EBADMSG;
+	j->args = calloc(n + 1, sizeof(*j->args));
+	if (!j->args)
+		return -ENOMEM;
+	j->n_args = (unsigned)n;
+	for (size_t i = 0; i < n; i++) {
+		struct gpu_job_karg *k = &j->args[i];
+		const char *kind = NULL, *name = NULL, *value = NULL;
+		json_int_t bytes = -1;
+
+		if (json_unpack(json_array_get(a, i), "{s:s, s:I, s?s, s?s}", "kind", &kind, "bytes", &bytes,
+				"name", &name, "value", &value) < 0 || bytes < 0)
+			return -EBADMSG;
+		k->bytes = (size_t)bytes;
+		k->kind = GPU_ARG_BUFFER;
+		if (!strcmp(kind, "in"))
+			k->dir = GPU_BUFFER_IN;
+		else if (!strcmp(kind, "out"))
+			k->dir = GPU_BUFFER_OUT;
+		else if (!strcmp(kind, "inout"))
+			k->dir = GPU_BUFFER_INOUT;
+		else if (!strcmp(kind, "local"))
+			k->kind = GPU_ARG_LOCAL;
+		else if (!strcmp(kind, "scalar")) {
+			k->kind = GPU_ARG_SCALAR;
+			if (!value || k->bytes < 1 || k->bytes > sizeof(k->value) || strlen(value) != 2 * k->bytes)
+				return -EBADMSG;
+			for (size_t b = 0; b < k->bytes; b++) {
+				unsigned v;
+				if (sscanf(value + 2 * b, "%2x", &v) != 1)
+					return -EBADMSG;
+				k->value[b] = (uint8_t)v;
+			}
+		} else
+			return -EBADMSG;
+		if (name && !(k->name = strdup(name)))
+			return -ENOMEM;
+	}
+	return 0;
+}
+
 static int job_from_json(json_t *o, struct gpu_job **ret)
 {
-	json_int_t id, in_bytes, out_bytes, sub = 0, start = 0, fin = 0, dns = 0, chunks = 0;
-	const char *state, *kernel, *reason = NULL, *device = "";
-	json_t *global, *local, *scalars;
-	int has_input, priority = 0, attempts = 0;
+	json_int_t id, sub = 0, start = 0, fin = 0, dns = 0, chunks = 0;
+	const char *state, *kernel, *kind = "opencl", *reason = NULL, *device = "";
+	json_t *global, *local, *args, *pool_task;
+	int priority = 0, attempts = 0, r;
 
-	if (json_unpack(o, "{s:I, s:s, s:s, s:o, s:o, s:I, s:I, s:b, s:o, s?i, s?i, s?I, s?I, s?I, s?I,"
-			" s?I, s?s}",
+	if (json_unpack(o, "{s:I, s:s, s:s, s:o, s:o, s:o, s?s, s?i, s?i, s?I, s?I, s?I, s?I, s?I, s?s}",
 			"id", &id, "state", &state, "kernel", &kernel, "global", &global, "local", &local,
-			"input_bytes", &in_bytes, "out_bytes", &out_bytes, "input", &has_input, "scalars", &scalars,
-			"priority", &priority, "attempts", &attempts, "submitted_usec", &sub, "started_usec", &start,
-			"finished_usec", &fin, "device_ns", &dns, "chunks", &chunks, "device", &device) < 0)
+			"args", &args, "kind", &kind, "priority", &priority, "attempts", &attempts,
+			"submitted_usec", &sub, "started_usec", &start, "finished_usec", &fin, "device_ns", &dns,
+			"chunks", &chunks, "device", &device) < 0)
 		return -EBADMSG;
 	/* null when there is none, which unpack's "s" refuses */
 	reason = json_string_value(json_object_get(o, "reason"));
+	pool_task = json_object_get(o, "pool_task");
 	unsigned dim = (unsigned)json_array_size(global);
-	if (id <= 0 || dim < 1 || dim > 3 || out_bytes <= 0 || in_bytes < 0 || !json_is_array(scalars) ||
-	    json_array_size(scalars) > GPU_JOB_MAX_SCALARS)
+	if (id <= 0 || dim < 1 || dim > 3 || (strcmp(kind, "opencl") && strcmp(kind, "cuda")) ||
+	    (pool_task && !json_is_object(pool_task) && !json_is_null(pool_task)))
 		return -EBADMSG;
 	struct gpu_job *j = calloc(1, sizeof(*j));
 	if (!j)
 		return -ENOMEM;
 	j->id = (uint64_t)id;
 	j->work_dim = dim;
+	j->backend = strcmp(kind, "cuda") ? GPU_BACKEND_OPENCL : GPU_BACKEND_CUDA;
 	int s = -1;
 	for (int i = 0; i < _JOB_STATE_MAX; i++)
 		if (strcmp(job_state_name(i), state) == 0)
@@ -322,18 +413,10 @@ static int job_from_json(json_t *o, struct gpu_job **ret)
 		return -EBADMSG;
 	}
 	j->state = (enum job_state)s;
-	j->n_scalars = (unsigned)json_array_size(scalars);
-	for (unsigned i = 0; i < j->n_scalars; i++) {
-		json_t *v = json_array_get(scalars, i);
-		if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > UINT32_MAX) {
-			job_free(j);
-			return -EBADMSG;
-		}
-		j->scalars[i] = (uint32_t)json_integer_value(v);
+	if ((r = args_from_json(args, j)) < 0) {
+		job_free(j);
+		return r;
 	}
-	j->input_bytes = (size_t)in_bytes;
-	j->out_bytes = (size_t)out_bytes;
-	j->has_input = has_input;
 	j->priority = priority;
 	j->attempts = (unsigned)attempts;
 	j->submitted_usec = (uint64_t)sub;
@@ -342,6 +425,7 @@ static int job_from_json(json_t *o, struct gpu_job **ret)
 	j->device_ns = (uint64_t)dns;
 	j->chunks = (uint64_t)chunks;
 	snprintf(j->device_id, sizeof(j->device_id), "%s", device);
+	j->pool_task = json_is_object(pool_task) ? json_incref(pool_task) : NULL;
 	j->kernel = strdup(kernel);
 	j->reason = reason ? strdup(reason) : NULL;
 	if (!j->kernel) {
@@ -465,15 +549,84 @@ static void hook_charge(void *u, uint64_t task_id, uint64_t device_ns)
 		apply(g, false);
 }
 
-static int write_output(struct gpu_jobs *g, struct gpu_job *j)
+/* Every OUT and INOUT buffer of a finished job into its file. */
+static int write_outputs(struct gpu_jobs *g, struct gpu_job *j)
 {
-	char dir[PATH_MAX], path[PATH_MAX];
+	char dir[PATH_MAX], name[32], path[PATH_MAX];
 	int r;
 
-	if ((r = job_path(g, j->id, NULL, dir, sizeof(dir))) < 0 ||
-	    (r = job_path(g, j->id, "output", path, sizeof(path))) < 0)
+	if ((r = job_path(g, j->id, NULL, dir, sizeof(dir))) < 0)
 		return r;
-	return write_file_atomic(dir, path, j->output, j->out_bytes, 0644);
+	for (unsigned i = 0; i < j->n_args; i++) {
+		const struct gpu_job_karg *a = &j->args[i];
+		if (a->kind != GPU_ARG_BUFFER || !(a->dir & GPU_BUFFER_OUT))
+			continue;
+		arg_file(j, i, true, name, sizeof(name));
+		if ((r = job_path(g, j->id, name, path, sizeof(path))) < 0 ||
+		    (r = write_file_atomic(dir, path, a->host, a->bytes, 0644)) < 0)
+			return r;
+	}
+	return 0;
+}
+
+/* The compiler's log, made to fit a reason: blank lines dropped, lines
+ * joined with "; ", the runtime's temporary file names (PoCL's
+ * /root/.cache/pocl/kcache/tempfile_X.cl) said as "source", and a note of
+ * what was cut. The first lines are kept: they hold the first error. */
+static void condense_log(const char *log, char *buf, size_t size)
+{
+	size_t n = 0, keep = size > 64 ? size - 48 : size;
+	const char *p = log;
+
+	buf[0] = 0;
+	if (!log || size == 0)
+		return;
+	while (*p && n + 1 < keep) {
+		const char *eol = p + strcspn(p, "\n");
+		bool any = false;
+		for (const char *c = p; c < eol; c++)
+			any |= !isspace((unsigned char)*c);
+		if (any && n > 0 && n + 3 < keep) {
+			memcpy(buf + n, "; ", 2);
+			n += 2;
+		}
+		while (any && p < eol && n + 1 < keep) {
+			if (*p == '/' && (p == log || isspace((unsigned char)p[-1]))) {
+				size_t len = strcspn(p, ": \n");
+				if (p[len] == ':') {         /* a path with a line number after it */
+					n += (size_t)snprintf(buf + n, keep - n, "source");
+					if (n >= keep)
+						n = keep - 1;
+					p += len;
+					continue;
+				}
+			}
+			buf[n++] = *p == '\t' || *p == '\r' ? ' ' : *p;
+			p++;
+		}
+		p = *eol ? eol + 1 : eol;
+		if (!any)
+			continue;
+	}
+	buf[n] = 0;
+	if (*p)
+		snprintf(buf + n, size - n, " [%zu more bytes of log]", strlen(p));
+}
+
+static void set_failure_reason(struct gpu_job *j, int error, const char *log)
+{
+	const char *lang = j->backend == GPU_BACKEND_CUDA ? "the PTX" : "the OpenCL C source";
+	char words[JOB_REASON_MAX - 128];
+
+	if (error == -ENOEXEC) {
+		condense_log(log, words, sizeof(words));
+		job_set_reason(&j->reason, "%s did not build on %s%s%s", lang, j->device_id, words[0] ? ": " : "",
+			       words);
+	} else if (error == -ENOENT)
+		job_set_reason(&j->reason, "no kernel named '%s' in %s", j->kernel, lang);
+	else
+		job_set_reason(&j->reason, "the %s run failed on %s: %s", j->backend == GPU_BACKEND_CUDA ? "CUDA" : "OpenCL",
+			       j->device_id, strerror(-error));
 }
 
 static void hook_done(void *u, uint64_t task_id, int error)
@@ -485,39 +638,32 @@ static void hook_done(void *u, uint64_t task_id, int error)
 
 	if (!j)
 		return;
-	if (error == 0 && (r = write_output(g, j)) < 0) {
+	if (error == 0 && (r = write_outputs(g, j)) < 0) {
 		j->state = JOB_FAILED;
-		job_set_reason(j, "cannot write the output: %s", strerror(-r));
+		job_set_reason(&j->reason, "cannot write the output: %s", strerror(-r));
 	} else if (error == 0) {
 		j->state = JOB_DONE;
 		free(j->reason);
 		j->reason = NULL;
 	} else if (error == -ECANCELED) {
 		j->state = JOB_CANCELLED;
-		job_set_reason(j, "cancelled");
+		job_set_reason(&j->reason, "cancelled");
 	} else {
 		j->state = JOB_FAILED;
-		if (error == -ENOEXEC)
-			job_set_reason(j, "the OpenCL C source did not build on %s", j->device_id);
-		else if (error == -ENOENT)
-			job_set_reason(j, "no kernel named '%s' in the source", j->kernel);
-		else
-			job_set_reason(j, "the OpenCL run failed on %s: %s", j->device_id, strerror(-error));
+		set_failure_reason(j, error, gpu_queue_done_log(dv->q));
 	}
 	j->finished_usec = now_realtime_usec();
 	if (!j->started_usec)
 		j->started_usec = j->finished_usec;
 	job_save(g, j);
-	if (g->done_fn)
-		g->done_fn(g->done_userdata, j->id, j->state == JOB_DONE ? 0 : j->state == JOB_CANCELLED ? -ECANCELED :
-			   error ? error : -EIO, j->state == JOB_DONE ? j->output : NULL,
-			   j->state == JOB_DONE ? j->out_bytes : 0);
 	job_release_buffers(j);
 	if (j->state == JOB_FAILED)
 		log_warning("GPU job %" PRIu64 " failed: %s", j->id, j->reason);
 	else
 		log_info("GPU job %" PRIu64 " %s: %" PRIu64 " us of device time in %" PRIu64 " chunks", j->id,
 			 job_state_name(j->state), j->device_ns / 1000, j->chunks);
+	if (g->done_fn)
+		g->done_fn(g->done_userdata, j);
 }
 
 static const struct gpu_queue_hooks queue_hooks = {
@@ -536,7 +682,7 @@ static int on_queue_fd(sd_event_source *s, int fd, uint32_t revents, void *userd
 
 /* --- putting a job on a queue ------------------------------------------------------------------ */
 
-static struct gpu_dev *pick_device(struct gpu_jobs *g)
+static struct gpu_dev *pick_device(struct gpu_jobs *g, enum gpu_backend backend)
 {
 	struct gpu_dev *best = NULL;
 	unsigned best_n = UINT_MAX;
@@ -544,7 +690,8 @@ static struct gpu_dev *pick_device(struct gpu_jobs *g)
 	for (unsigned i = 0; i < g->n_devs; i++) {
 		struct gpu_dev *dv = &g->devs[i];
 		struct gpu_queue_stats st;
-		if (!dv->q || gpu_device_get_info(dv->d)->backend != GPU_BACKEND_OPENCL)
+		if (!dv->q || (gpu_device_get_info(dv->d)->backend != backend &&
+				!(backend == GPU_BACKEND_CUDA && dv->cu)))
 			continue;
 		gpu_queue_get_stats(dv->q, &st);
 		if (st.queued < best_n) {
@@ -555,44 +702,60 @@ static struct gpu_dev *pick_device(struct gpu_jobs *g)
 	return best;
 }
 
-/* Hand j (with j->source and j->input loaded) to a queue. */
+/* Hand j (with j->source and the IN buffers' host memory loaded) to a queue. */
 static int job_enqueue(struct gpu_jobs *g, struct gpu_job *j)
 {
-	struct gpu_dev *dv = pick_device(g);
-	unsigned nb = 0, na = 0;
+	struct gpu_dev *dv = pick_device(g, j->backend);
+	unsigned nb = 0;
 	int r;
 
 	if (!dv)
 		return -ENODEV;
-	j->output = calloc(1, j->out_bytes);
-	if (!j->output)
-		return -ENOMEM;
-	if (j->has_input) {
-		j->bufs[nb] = (struct gpu_buffer) { j->input, j->input_bytes, GPU_BUFFER_IN };
-		j->args[na++] = (struct gpu_arg) { .kind = GPU_ARG_BUFFER, .buffer = nb++ };
+	j->bufs = calloc(j->n_args + 1, sizeof(*j->bufs));
+	j->qargs = calloc(j->n_args + 1, sizeof(*j->qargs));
+	if (!j->bufs || !j->qargs) {
+		r = -ENOMEM;
+		goto fail;
 	}
-	j->bufs[nb] = (struct gpu_buffer) { j->output, j->out_bytes, GPU_BUFFER_OUT };
-	j->args[na++] = (struct gpu_arg) { .kind = GPU_ARG_BUFFER, .buffer = nb++ };
-	for (unsigned i = 0; i < j->n_scalars; i++) {
-		j->args[na] = (struct gpu_arg) { .kind = GPU_ARG_SCALAR, .size = sizeof(uint32_t) };
-		memcpy(j->args[na++].value, &j->scalars[i], sizeof(uint32_t));
+	for (unsigned i = 0; i < j->n_args; i++) {
+		struct gpu_job_karg *a = &j->args[i];
+		switch (a->kind) {
+		case GPU_ARG_BUFFER:
+			/* OUT only: zeroed, so unwritten bytes read back the same everywhere. */
+			if (!a->host && !(a->host = calloc(1, a->bytes ? a->bytes : 1))) {
+				r = -ENOMEM;
+				goto fail;
+			}
+			j->bufs[nb] = (struct gpu_buffer) { a->host, a->bytes, a->dir };
+			j->qargs[i] = (struct gpu_arg) { .kind = GPU_ARG_BUFFER, .buffer = nb++ };
+			break;
+		case GPU_ARG_SCALAR:
+			j->qargs[i] = (struct gpu_arg) { .kind = GPU_ARG_SCALAR, .size = a->bytes };
+			memcpy(j->qargs[i].value, a->value, sizeof(a->value));
+			break;
+		default:
+			j->qargs[i] = (struct gpu_arg) { .kind = GPU_ARG_LOCAL, .size = a->bytes };
+		}
 	}
 	struct gpu_task t = {
 		.id = j->id, .priority = j->priority, .source = j->source, .kernel = j->kernel,
-		.work_dim = j->work_dim, .buffers = j->bufs, .n_buffers = nb, .args = j->args, .n_args = na,
+		.work_dim = j->work_dim, .buffers = j->bufs, .n_buffers = nb, .args = j->qargs, .n_args = j->n_args,
 	};
 	memcpy(t.global, j->global, sizeof(t.global));
 	memcpy(t.local, j->local, sizeof(t.local));
-	r = gpu_queue_submit(dv->q, &t);
-	if (r < 0) {
-		free(j->output);
-		j->output = NULL;
-		return r;
-	}
+	r = gpu_queue_submit_on(dv->q, &t, j->backend);
+	if (r < 0)
+		goto fail;
 	j->dev = dv;
 	j->attempts++;
 	snprintf(j->device_id, sizeof(j->device_id), "%s", gpu_device_get_info(dv->d)->id);
 	return 0;
+fail:
+	free(j->bufs);
+	free(j->qargs);
+	j->bufs = NULL;
+	j->qargs = NULL;
+	return r;
 }
 
 static int check_spec(const struct gpu_job_spec *s)
@@ -610,53 +773,97 @@ static int check_spec(const struct gpu_job_spec *s)
 	return 0;
 }
 
+/* Source and IN buffers on disk first, so a job the record names can be run
+ * again after a stop. */
+static int job_write_inputs(struct gpu_jobs *g, struct gpu_job *j)
+{
+	char dir[PATH_MAX], name[32], path[PATH_MAX];
+	int r;
+
+	if ((r = job_path(g, j->id, NULL, dir, sizeof(dir))) < 0)
+		return r;
+	if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+		return negative_errno();
+	if ((r = job_path(g, j->id, source_file(j), path, sizeof(path))) < 0 ||
+	    (r = write_file_atomic(dir, path, j->source, strlen(j->source), 0644)) < 0)
+		return r;
+	for (unsigned i = 0; i < j->n_args; i++) {
+		const struct gpu_job_karg *a = &j->args[i];
+		if (a->kind != GPU_ARG_BUFFER || !(a->dir & GPU_BUFFER_IN))
+			continue;
+		arg_file(j, i, false, name, sizeof(name));
+		if ((r = job_path(g, j->id, name, path, sizeof(path))) < 0 ||
+		    (r = write_file_atomic(dir, path, a->host, a->bytes, 0600)) < 0)
+			return r;
+	}
+	return 0;
+}
+
+static int job_new(struct gpu_jobs *g, enum gpu_backend backend, const char *source, const char *kernel,
+		   unsigned work_dim, const size_t *global, const size_t *local, unsigned n_args, struct gpu_job **ret)
+{
+	struct gpu_job *j = calloc(1, sizeof(*j));
+
+	if (!j)
+		return -ENOMEM;
+	j->id = jobs_new_id(g->m->jobs);
+	j->state = JOB_QUEUED;
+	j->backend = backend;
+	j->work_dim = work_dim >= 1 && work_dim <= 3 ? work_dim : 1;
+	memcpy(j->global, global, j->work_dim * sizeof(*global));
+	memcpy(j->local, local, j->work_dim * sizeof(*local));
+	j->submitted_usec = now_realtime_usec();
+	j->source = strdup(source ? source : "");
+	j->kernel = strdup(kernel ? kernel : "");
+	j->args = calloc(n_args + 1, sizeof(*j->args));
+	j->n_args = n_args;
+	if (!j->source || !j->kernel || !j->args) {
+		job_free(j);
+		return -ENOMEM;
+	}
+	*ret = j;
+	return 0;
+}
+
+/* Copy of data for an IN buffer's host memory (one byte for an empty one). */
+static void *dup_data(const void *data, size_t len)
+{
+	void *p = malloc(len ? len : 1);
+	if (p && len)
+		memcpy(p, data, len);
+	return p;
+}
+
 int gpu_jobs_submit(struct gpu_jobs *g, const struct gpu_job_spec *spec, uint64_t *ret_id)
 {
-	char dir[PATH_MAX], path[PATH_MAX];
 	struct gpu_job *j;
+	unsigned na = 0;
 	int r;
 
 	if ((r = check_spec(spec)) < 0)
 		return r;
-	if (!g || !pick_device(g))
+	if (!g || !pick_device(g, GPU_BACKEND_OPENCL))
 		return -ENODEV;
-	if (!(j = calloc(1, sizeof(*j))))
-		return -ENOMEM;
-	j->id = jobs_new_id(g->m->jobs);
-	j->state = JOB_QUEUED;
-	j->work_dim = spec->work_dim;
-	memcpy(j->global, spec->global, sizeof(j->global));
-	memcpy(j->local, spec->local, sizeof(j->local));
-	j->input_bytes = spec->input ? spec->input_bytes : 0;
-	j->has_input = spec->input != NULL;
-	j->out_bytes = spec->out_bytes;
-	j->n_scalars = spec->n_scalars;
-	if (spec->n_scalars)
-		memcpy(j->scalars, spec->scalars, spec->n_scalars * sizeof(uint32_t));
+	r = job_new(g, GPU_BACKEND_OPENCL, spec->source, spec->kernel, spec->work_dim, spec->global, spec->local,
+		    (spec->input ? 1 : 0) + 1 + spec->n_scalars, &j);
+	if (r < 0)
+		return r;
 	j->priority = spec->priority;
-	j->submitted_usec = now_realtime_usec();
-	j->source = strdup(spec->source);
-	j->kernel = strdup(spec->kernel);
-	j->input = j->has_input ? malloc(j->input_bytes ? j->input_bytes : 1) : NULL;
-	if (!j->source || !j->kernel || (j->has_input && !j->input)) {
-		job_free(j);
-		return -ENOMEM;
+	if (spec->input) {
+		j->args[na] = (struct gpu_job_karg) { .kind = GPU_ARG_BUFFER, .dir = GPU_BUFFER_IN,
+						      .bytes = spec->input_bytes };
+		if (!(j->args[na++].host = dup_data(spec->input, spec->input_bytes))) {
+			r = -ENOMEM;
+			goto fail;
+		}
 	}
-	if (j->has_input && j->input_bytes)
-		memcpy(j->input, spec->input, j->input_bytes);
+	j->args[na++] = (struct gpu_job_karg) { .kind = GPU_ARG_BUFFER, .dir = GPU_BUFFER_OUT, .bytes = spec->out_bytes };
+	for (unsigned i = 0; i < spec->n_scalars; i++) {
+		j->args[na] = (struct gpu_job_karg) { .kind = GPU_ARG_SCALAR, .bytes = sizeof(uint32_t) };
+		memcpy(j->args[na++].value, &spec->scalars[i], sizeof(uint32_t));
+	}
 
-	/* Source and input on disk first, so a job the spool names can be run again. */
-	if ((r = job_path(g, j->id, NULL, dir, sizeof(dir))) < 0)
-		goto fail;
-	if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
-		r = negative_errno();
-		goto fail;
-	}
-	if ((r = job_path(g, j->id, "source.cl", path, sizeof(path))) < 0 ||
-	    (r = write_file_atomic(dir, path, j->source, strlen(j->source), 0644)) < 0)
-		goto fail;
-	if (j->has_input && ((r = job_path(g, j->id, "input", path, sizeof(path))) < 0 ||
-			     (r = write_file_atomic(dir, path, j->input, j->input_bytes, 0600)) < 0))
+	if ((r = job_write_inputs(g, j)) < 0)
 		goto fail;
 	if ((r = job_enqueue(g, j)) < 0)
 		goto fail;
@@ -675,6 +882,125 @@ fail:
 	return r;
 }
 
+/* What a pool task asks that no device could do, or NULL. */
+static const char *pool_spec_invalid(const struct gpu_pool_spec *s)
+{
+	if (!s->kernel || !*s->kernel)
+		return "no kernel name";
+	if (!s->source || !*s->source)
+		return "no source (input kernel.cl or kernel.ptx)";
+	if (strlen(s->source) > GPU_SOURCE_MAX_BYTES)
+		return "the source is over 1 MiB";
+	if (s->work_dim < 1 || s->work_dim > 3)
+		return "the ND-range must have 1 to 3 dimensions";
+	for (unsigned i = 0; i < s->work_dim; i++) {
+		if (s->global[i] == 0)
+			return "a global size is 0";
+		if (s->local[i] && s->global[i] % s->local[i])
+			return "a global size is not a multiple of its local size";
+		if (s->backend == GPU_BACKEND_CUDA && !s->local[i])
+			return "a CUDA task needs its block size (local size)";
+	}
+	if (s->n_args > GPU_JOB_MAX_ARGS)
+		return "more than 32 kernel arguments";
+	for (unsigned i = 0; i < s->n_args; i++) {
+		const struct gpu_job_arg *a = &s->args[i];
+		switch (a->kind) {
+		case GPU_ARG_BUFFER:
+			if (a->dir < GPU_BUFFER_IN || a->dir > GPU_BUFFER_INOUT)
+				return "a buffer without a direction";
+			if (a->bytes > GPU_JOB_MAX_BYTES)
+				return "a buffer over 256 MiB";
+			if ((a->dir & GPU_BUFFER_OUT) && (!a->name || !*a->name))
+				return "an output buffer without a name";
+			if ((a->dir & GPU_BUFFER_IN) && a->bytes && !a->data)
+				return "an input buffer without its input";
+			break;
+		case GPU_ARG_SCALAR:
+			if (a->bytes < 1 || a->bytes > sizeof(a->value))
+				return "a scalar of other than 1 to 16 bytes";
+			break;
+		case GPU_ARG_LOCAL:
+			if (a->bytes == 0 || s->backend == GPU_BACKEND_CUDA)
+				return "__local memory of 0 bytes, or on CUDA";
+			break;
+		default:
+			return "an argument of unknown kind";
+		}
+	}
+	return NULL;
+}
+
+int gpu_jobs_submit_pool(struct gpu_jobs *g, const struct gpu_pool_spec *spec, json_t *pool_task,
+			 struct gpu_job **ret)
+{
+	const char *api = backend_name(spec->backend);
+	const char *bad = spec->refuse_reason ? spec->refuse_reason : pool_spec_invalid(spec);
+	struct gpu_job *j;
+	int r;
+
+	if (!g || !pool_task)
+		return -EINVAL;
+	r = job_new(g, spec->backend, spec->source, spec->kernel, spec->work_dim, spec->global, spec->local,
+		    bad ? 0 : spec->n_args, &j);
+	if (r < 0)
+		return r;
+	j->pool_task = json_incref(pool_task);
+	for (unsigned i = 0; !bad && i < spec->n_args; i++) {
+		const struct gpu_job_arg *a = &spec->args[i];
+		struct gpu_job_karg *k = &j->args[i];
+		*k = (struct gpu_job_karg) { .kind = a->kind, .dir = a->dir, .bytes = a->bytes };
+		memcpy(k->value, a->value, sizeof(k->value));
+		if ((a->kind == GPU_ARG_BUFFER && (a->dir & GPU_BUFFER_OUT) && !(k->name = strdup(a->name))) ||
+		    (a->kind == GPU_ARG_BUFFER && (a->dir & GPU_BUFFER_IN) && !(k->host = dup_data(a->data, a->bytes)))) {
+			job_free(j);
+			return -ENOMEM;
+		}
+	}
+
+	/* A task that cannot run here fails with its reason, so that the pool
+	 * and its submitter learn why, rather than lapse and come back. */
+	if (bad)
+		job_set_reason(&j->reason, "the %s task cannot be run as described: %s", api, bad);
+	else if (!pick_device(g, spec->backend))
+		job_set_reason(&j->reason, "no %s device here (%s)", spec->backend == GPU_BACKEND_CUDA ? "CUDA" : "OpenCL",
+			       (spec->backend == GPU_BACKEND_CUDA ? g->cuda_absent : g->opencl_absent) ?:
+			       "none takes work");
+	else if ((r = job_write_inputs(g, j)) < 0) {
+		job_free(j);
+		return r;
+	} else if ((r = job_enqueue(g, j)) < 0) {
+		if (r != -EINVAL) {
+			job_free(j);
+			return r;
+		}
+		job_set_reason(&j->reason, "the %s device cannot run the task as described "
+			       "(sizes, work-groups or arguments)", api);
+	}
+	if (j->reason) {
+		char dir[PATH_MAX];
+		j->state = JOB_FAILED;
+		j->finished_usec = now_realtime_usec();
+		job_release_buffers(j);
+		if ((r = job_path(g, j->id, NULL, dir, sizeof(dir))) < 0 ||
+		    (mkdir(dir, 0755) < 0 && errno != EEXIST && (r = negative_errno()) < 0)) {
+			job_free(j);
+			return r;
+		}
+	}
+	if ((r = job_save(g, j)) < 0) {
+		if (j->dev)
+			gpu_queue_cancel(j->dev->q, j->id);
+		job_free(j);
+		return r;
+	}
+	job_append(g, j);
+	if (j->dev)
+		gpu_queue_kick(j->dev->q);
+	*ret = j;
+	return 0;
+}
+
 int gpu_jobs_cancel(struct gpu_jobs *g, uint64_t id)
 {
 	struct gpu_job *j = g ? job_find(g, id) : NULL;
@@ -687,20 +1013,65 @@ int gpu_jobs_cancel(struct gpu_jobs *g, uint64_t id)
 		/* done() marks it cancelled: at once, or after its chunk in flight. */
 		return gpu_queue_cancel(j->dev->q, id);
 	j->state = JOB_CANCELLED;
-	job_set_reason(j, "cancelled");
+	job_set_reason(&j->reason, "cancelled");
 	j->finished_usec = now_realtime_usec();
 	job_save(g, j);
 	return 0;
 }
 
+int gpu_jobs_save(struct gpu_jobs *g, struct gpu_job *j)
+{
+	return job_save(g, j);
+}
+
+struct gpu_job *gpu_jobs_first(const struct gpu_jobs *g)
+{
+	return g ? g->head : NULL;
+}
+
+int gpu_jobs_output_path(const struct gpu_jobs *g, const struct gpu_job *j, unsigned arg, char *buf, size_t len)
+{
+	char name[32];
+
+	if (arg >= j->n_args)
+		return -EINVAL;
+	arg_file(j, arg, true, name, sizeof(name));
+	return job_path(g, j->id, name, buf, len);
+}
+
 /* --- load at start ----------------------------------------------------------------------------- */
+
+/* The source and IN buffers of a job to run again. */
+static int job_read_inputs(struct gpu_jobs *g, struct gpu_job *j)
+{
+	char name[32], path[PATH_MAX];
+	size_t len;
+	void *text;
+	int r;
+
+	if ((r = job_path(g, j->id, source_file(j), path, sizeof(path))) < 0 ||
+	    (r = read_file(path, GPU_SOURCE_MAX_BYTES, &text, &len)) < 0)
+		return r;
+	free(j->source);
+	j->source = text;
+	for (unsigned i = 0; i < j->n_args; i++) {
+		struct gpu_job_karg *a = &j->args[i];
+		if (a->kind != GPU_ARG_BUFFER || !(a->dir & GPU_BUFFER_IN))
+			continue;
+		arg_file(j, i, false, name, sizeof(name));
+		if ((r = job_path(g, j->id, name, path, sizeof(path))) < 0 ||
+		    (r = read_file(path, GPU_JOB_MAX_BYTES, &a->host, &len)) < 0)
+			return r;
+		if (len != a->bytes)
+			return -EBADMSG;
+	}
+	return 0;
+}
 
 static void job_load_one(struct gpu_jobs *g, uint64_t id)
 {
 	char path[PATH_MAX];
 	struct gpu_job *j = NULL;
-	size_t len;
-	void *text;
 	int r;
 
 	if (job_path(g, id, "gpu-task.json", path, sizeof(path)) < 0 || access(path, F_OK) < 0)
@@ -724,20 +1095,18 @@ static void job_load_one(struct gpu_jobs *g, uint64_t id)
 	if (j->state == JOB_RUNNING) {
 		/* The daemon stopped while it ran: the device's work is gone, run it again. */
 		j->state = JOB_QUEUED;
-		job_set_reason(j, "requeued: the daemon stopped while it ran");
+		job_set_reason(&j->reason, "requeued: the daemon stopped while it ran");
 	}
-	if ((r = job_path(g, id, "source.cl", path, sizeof(path))) >= 0 &&
-	    (r = read_file(path, GPU_SOURCE_MAX_BYTES, &text, &len)) >= 0)
-		j->source = text;
-	if (r >= 0 && j->has_input && (r = job_path(g, id, "input", path, sizeof(path))) >= 0 &&
-	    (r = read_file(path, GPU_JOB_MAX_BYTES, &j->input, &len)) >= 0 && len != j->input_bytes)
-		r = -EBADMSG;
+	r = job_read_inputs(g, j);
 	if (r >= 0)
 		r = job_enqueue(g, j);
 	if (r < 0) {
 		j->state = JOB_FAILED;
-		job_set_reason(j, r == -ENODEV ? "requeued, but no OpenCL device is left" :
-			       "requeued, but cannot be run again: %s", strerror(-r));
+		if (r == -ENODEV)
+			job_set_reason(&j->reason, "requeued, but no %s device is left",
+				       j->backend == GPU_BACKEND_CUDA ? "CUDA" : "OpenCL");
+		else
+			job_set_reason(&j->reason, "requeued, but cannot be run again: %s", strerror(-r));
 		j->finished_usec = now_realtime_usec();
 		job_release_buffers(j);
 	}
@@ -781,18 +1150,16 @@ void gpu_jobs_match_pci(struct gpu_device *const *cl, int ncl, struct gpu_device
 	}
 }
 
-/* One entry per physical GPU: drop a CUDA device whose PCI bus id an OpenCL
- * device has (the OpenCL handle runs the local OpenCL jobs; both backends
+/* One entry per physical GPU: a CUDA device whose PCI bus id an OpenCL
+ * device has joins that entry (the OpenCL handle is the queue's device and
+ * runs OpenCL C; the CUDA handle runs PTX in the same queue; both backends
  * are named). Takes both arrays. */
 static int merge_devices(struct gpu_jobs *g, struct gpu_device **cl, int ncl, struct gpu_device **cu, int ncu)
 {
-	struct gpu_device **dropped = calloc((size_t)ncu + 1, sizeof(*dropped));
 	int *same = calloc((size_t)ncu + 1, sizeof(*same));
-	int nd = 0;
 
 	g->devs = calloc((size_t)(ncl + ncu) + 1, sizeof(*g->devs));
-	if (!g->devs || !dropped || !same) {
-		free(dropped);
+	if (!g->devs || !same) {
 		free(same);
 		gpu_devices_free(cl, ncl);
 		gpu_devices_free(cu, ncu);
@@ -804,14 +1171,13 @@ static int merge_devices(struct gpu_jobs *g, struct gpu_device **cl, int ncl, st
 	for (int i = 0; i < ncu; i++) {
 		if (same[i] >= 0) {
 			g->devs[same[i]].also_cuda = true;
-			dropped[nd++] = cu[i];
+			g->devs[same[i]].cu = cu[i];
 		} else
 			g->devs[g->n_devs++] = (struct gpu_dev) { .owner = g, .d = cu[i] };
 	}
 	free(same);
 	free(cl);
 	free(cu);
-	gpu_devices_free(dropped, nd);
 	return 0;
 }
 
@@ -833,8 +1199,26 @@ int gpu_jobs_new(struct manager *m, struct gpu_jobs **ret)
 		return -ENOMEM;
 	}
 
-	/* Each backend on its own (as gpu_devices_find), to say why one is absent. */
-	ncl = gpu_opencl_devices(&cl);
+	/* Each backend on its own (as gpu_devices_find), to say why one is
+	 * absent. OpenCL is listed in a child first: the ICD loader would load
+	 * every driver into the daemon (PoCL with LLVM: ~70 MB resident) even
+	 * when none of their devices is one we use. */
+	struct gpu_device_info *probed = NULL;
+	int np = gpu_opencl_probe(&probed), usable = 0;
+	for (int i = 0; i < np; i++)
+		usable += !probed[i].cpu_device || m->config.opencl_cpu_devices;
+	free(probed);
+	if (np == 0 || (np > 0 && usable == 0)) {
+		ncl = 0;
+		if (np > 0)
+			g->opencl_absent = "only OpenCL CPU devices (OpenCLCPUDevices=no)";
+	} else if (np == -ENOENT || np == -ENODEV || np == -ENOSYS)
+		ncl = np;
+	else {
+		if (np < 0)
+			log_warning_errno(np, "Listing the OpenCL devices in a child failed; listing them here");
+		ncl = gpu_opencl_devices(&cl);
+	}
 	if (ncl > 0 && !m->config.opencl_cpu_devices) {
 		/* A CPU "GPU" (PoCL) would run harvest work in the daemon itself,
 		 * outside jobs/ and its cap: only tests ask for that. */
@@ -921,6 +1305,8 @@ int gpu_jobs_start(struct gpu_jobs *g)
 			continue;
 		}
 		sd_event_source_set_description(dv->src, "gpu-queue");
+		if (dv->cu && (r = gpu_queue_add_backend(dv->q, dv->cu)) < 0)
+			log_warning_errno(r, "GPU %s: its CUDA handle cannot join its queue; it runs no PTX", id);
 		gpu_queue_pause(dv->q);   /* until the first evaluation */
 	}
 	g->started = true;
@@ -987,11 +1373,15 @@ struct gpu_jobs *gpu_jobs_free(struct gpu_jobs *g)
 		job_free(j);
 	}
 	if (g->devs) {
-		struct gpu_device **all = calloc(g->n_devs + 1, sizeof(*all));
+		struct gpu_device **all = calloc(2 * g->n_devs + 1, sizeof(*all));
+		int n = 0;
 		if (all) {
-			for (unsigned i = 0; i < g->n_devs; i++)
-				all[i] = g->devs[i].d;
-			gpu_devices_free(all, (int)g->n_devs);
+			for (unsigned i = 0; i < g->n_devs; i++) {
+				all[n++] = g->devs[i].d;
+				if (g->devs[i].cu)
+					all[n++] = g->devs[i].cu;
+			}
+			gpu_devices_free(all, n);
 		}
 		free(g->devs);
 	}
@@ -1066,6 +1456,17 @@ unsigned gpu_jobs_n_devices(const struct gpu_jobs *g)
 	return g ? g->n_devs : 0;
 }
 
+const struct gpu_device_info *gpu_jobs_device(const struct gpu_jobs *g, unsigned i, bool *ret_cuda_too)
+{
+	/* A device without a queue (it failed to start) takes no work: the
+	 * pool must not be told it is here. */
+	if (!g || i >= g->n_devs || !g->devs[i].q)
+		return NULL;
+	if (ret_cuda_too)
+		*ret_cuda_too = g->devs[i].cu != NULL;
+	return gpu_device_get_info(g->devs[i].d);
+}
+
 /* --- JSON ---------------------------------------------------------------------------------------- */
 
 static json_t *backends_json(const struct gpu_dev *dv)
@@ -1088,25 +1489,6 @@ static json_t *device_json(const struct gpu_dev *dv)
 			 "global_mem_bytes", (json_int_t)in->global_mem_bytes, "compute_units", (int)in->compute_units,
 			 "low_priority", in->low_priority, "busy_detection", busy_detection_name(in->busy_source),
 			 "cpu_device", in->cpu_device);
-}
-
-json_t *gpu_jobs_capabilities_json(const struct gpu_jobs *g)
-{
-	json_t *a = json_array();
-
-	for (unsigned i = 0; g && i < g->n_devs; i++) {
-		const struct gpu_dev *dv = &g->devs[i];
-		json_t *o = device_json(dv), *kinds = json_array();
-		/* Each backend runs its own task kind: OpenCL C on OpenCL, PTX on CUDA. */
-		json_t *b;
-		size_t k;
-		json_array_foreach(json_object_get(o, "backends"), k, b)
-			json_array_append_new(kinds, json_string(json_string_value(b)));
-		json_object_set_new(o, "kinds", kinds);
-		json_object_del(o, "version");
-		json_array_append_new(a, o);
-	}
-	return a;
 }
 
 json_t *gpu_jobs_status_json(struct gpu_jobs *g)
@@ -1157,9 +1539,10 @@ static json_t *job_public_json(const struct gpu_jobs *g, const struct gpu_job *j
 	json_t *o = job_to_json(j);
 
 	json_object_set_new(o, "device_usec", json_integer((json_int_t)(j->device_ns / NSEC_PER_USEC)));
-	if (job_path(g, j->id, "output", path, sizeof(path)) >= 0)
+	json_object_del(o, "args");
+	if (!j->pool_task && job_path(g, j->id, "output", path, sizeof(path)) >= 0)
 		json_object_set_new(o, "output", json_string(path));
-	if (job_path(g, j->id, "source.cl", path, sizeof(path)) >= 0)
+	if (job_path(g, j->id, source_file(j), path, sizeof(path)) >= 0)
 		json_object_set_new(o, "source", json_string(path));
 	return o;
 }

@@ -20,9 +20,13 @@
  *    (gpu-task.json, source.cl, input, and output when done) beside the exec
  *    jobs, sharing their ids; a job queued or running at a stop is queued
  *    again at the next start.
+ *  - GPU tasks from the pool (pool-link.c): the same queues, slicing, budget
+ *    and policy, kept the same way (gpu-task.json has their "pool_task";
+ *    buffers are argN.in and argN.out, the source source.cl or source.ptx).
  *
  * Kernel arguments of a local job, in order: the input buffer (if any), the
- * output buffer, then each scalar as a 32-bit unsigned int.
+ * output buffer, then each scalar as a 32-bit unsigned int. A pool task
+ * names its own (struct gpu_job_arg).
  */
 #pragma once
 
@@ -32,8 +36,12 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "gpu/gpu.h"
+#include "harvester/jobs.h"
+
 #define GPU_JOB_MAX_BYTES (256ULL << 20)   /* per buffer */
 #define GPU_JOB_MAX_SCALARS 8
+#define GPU_JOB_MAX_ARGS 32
 
 struct gpu_jobs;
 struct gpu_device;
@@ -52,6 +60,64 @@ struct gpu_job_spec {
 	const uint32_t *scalars;
 	unsigned n_scalars;
 	int priority;                /* higher first */
+};
+
+/* One kernel argument of a pool task, in the kernel's order. */
+struct gpu_job_arg {
+	enum gpu_arg_kind kind;      /* BUFFER, SCALAR or LOCAL */
+	enum gpu_buffer_dir dir;     /* BUFFER */
+	const char *name;            /* BUFFER OUT and INOUT: the output it is returned as */
+	const void *data;            /* BUFFER IN and INOUT: its first contents, bytes long */
+	size_t bytes;                /* BUFFER: its size; LOCAL: __local bytes; SCALAR: 1 to 16 */
+	uint8_t value[16];           /* SCALAR, as the kernel's type (little-endian) */
+};
+
+/* A GPU task from the pool. */
+struct gpu_pool_spec {
+	enum gpu_backend backend;    /* OPENCL: source is OpenCL C; CUDA: PTX */
+	const char *source;
+	const char *kernel;
+	unsigned work_dim;           /* 1 to 3 */
+	size_t global[3];
+	size_t local[3];             /* 0: the device picks (OpenCL only) */
+	const struct gpu_job_arg *args;
+	unsigned n_args;
+	const char *refuse_reason;   /* set: the caller found it cannot run (the
+				      * link's own limits); kept failed with this */
+};
+
+/* A kernel argument as the job keeps it. */
+struct gpu_job_karg {
+	enum gpu_arg_kind kind;
+	enum gpu_buffer_dir dir;
+	char *name;                  /* BUFFER OUT/INOUT of a pool task; else NULL */
+	size_t bytes;
+	uint8_t value[16];
+	void *host;                  /* BUFFER, while on a queue */
+};
+
+/* A GPU job, local or from the pool. Only gpu-jobs.c changes it, except
+ * pool_task, whose content pool-link.c owns (saved with gpu_jobs_save()). */
+struct gpu_job {
+	struct gpu_job *next;
+	uint64_t id;
+	enum job_state state;
+	enum gpu_backend backend;
+	char *source, *kernel, *reason;
+	unsigned work_dim;
+	size_t global[3], local[3];
+	struct gpu_job_karg *args;
+	unsigned n_args;
+	int priority;
+	unsigned attempts;
+	uint64_t submitted_usec, started_usec, finished_usec;  /* CLOCK_REALTIME */
+	uint64_t device_ns, chunks;
+	char device_id[32];
+	json_t *pool_task;           /* NULL for a local job */
+	/* While on a queue: */
+	struct gpu_dev *dev;
+	struct gpu_buffer *bufs;
+	struct gpu_arg *qargs;
 };
 
 /* A GPU both backends see: for each CUDA device, ret_same[i] is the index
@@ -90,21 +156,35 @@ int gpu_jobs_submit(struct gpu_jobs *g, const struct gpu_job_spec *spec, uint64_
 /* -ENOENT if no GPU job has the id, -EALREADY if it has ended. */
 int gpu_jobs_cancel(struct gpu_jobs *g, uint64_t id);
 
-/* Called on the loop when a GPU job ends (for the pool link: send the
- * result back): error 0 with its output (valid only during the call; also
- * in STATE/jobs/<id>/output), -ECANCELED, or the failure's -errno. */
-typedef void (*gpu_jobs_done_fn)(void *userdata, uint64_t id, int error, const void *output, size_t out_bytes);
+/* Take a verified pool task: always a job (0 and *ret), which is queued on a
+ * device of the spec's backend with the least work, or, when it cannot run
+ * here (no such device, a description the device cannot run, a buffer too
+ * large), already failed with the reason; POOL_TASK is referenced and kept
+ * with it. -errno (nothing kept) only when it cannot be stored. */
+int gpu_jobs_submit_pool(struct gpu_jobs *g, const struct gpu_pool_spec *spec, json_t *pool_task,
+			 struct gpu_job **ret);
+/* Write J's record again (after its pool_task changed). */
+int gpu_jobs_save(struct gpu_jobs *g, struct gpu_job *j);
+/* The first GPU job (lowest id); follow ->next. */
+struct gpu_job *gpu_jobs_first(const struct gpu_jobs *g);
+/* STATE/jobs/<id>/<file of argument ARG's result> into BUF: what an OUT or
+ * INOUT buffer held when J was done. */
+int gpu_jobs_output_path(const struct gpu_jobs *g, const struct gpu_job *j, unsigned arg, char *buf, size_t len);
+
+/* Called on the loop when a GPU job has ended (done, failed, cancelled on
+ * its queue) and its record and outputs are on disk: for the pool link. */
+typedef void (*gpu_jobs_done_fn)(void *userdata, struct gpu_job *j);
 void gpu_jobs_set_done_callback(struct gpu_jobs *g, gpu_jobs_done_fn fn, void *userdata);
 
 unsigned gpu_jobs_n_devices(const struct gpu_jobs *g);
+/* Device I (< gpu_jobs_n_devices()) if it takes work (its queue runs), else
+ * NULL. It runs the task kind of its info->backend, and CUDA's too where
+ * *ret_cuda_too (optional) says so (the same GPU through both backends). */
+const struct gpu_device_info *gpu_jobs_device(const struct gpu_jobs *g, unsigned i, bool *ret_cuda_too);
 /* status "gpu" object (control.h) */
 json_t *gpu_jobs_status_json(struct gpu_jobs *g);
 /* The exec jobs' array (consumed) and the GPU jobs, in id order; every entry
  * gets "kind": "exec" or "opencl". */
 json_t *gpu_jobs_merge_json(struct gpu_jobs *g, json_t *exec_jobs);
-/* What the devices can run, for the pool link's capabilities:
- * [{id, name, vendor, backends:["opencl",...], kinds:["opencl",...],
- *   global_mem_bytes, compute_units, low_priority, busy_detection}] */
-json_t *gpu_jobs_capabilities_json(const struct gpu_jobs *g);
 /* The control socket's "submit-gpu" verb (caller already checked uid 0). */
 json_t *gpu_jobs_control_submit(struct gpu_jobs *g, uid_t uid, json_t *req);

@@ -17,7 +17,6 @@
 #include "harvester/sandbox.h"
 
 #define JOB_MAX_ARGS 4096
-#define JOB_REASON_MAX 240
 
 struct jobs {
 	sd_event *event;
@@ -80,8 +79,7 @@ static char **strv_copy(char *const *v)
 	return c;
 }
 
-static void job_set_reason(struct job *j, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void job_set_reason(struct job *j, const char *fmt, ...)
+void job_set_reason(char **reason, const char *fmt, ...)
 {
 	char buf[JOB_REASON_MAX];
 	va_list ap;
@@ -89,8 +87,8 @@ static void job_set_reason(struct job *j, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
-	free(j->reason);
-	j->reason = strdup(buf);
+	free(*reason);
+	*reason = strdup(buf);
 }
 
 static void job_free(struct job *j)
@@ -274,7 +272,7 @@ static int jobs_load(struct jobs *js)
 			/* The daemon died while it ran: its cgroup and processes are gone
 			 * with the old instance (or are killed below); run it again. */
 			j->state = JOB_QUEUED;
-			job_set_reason(j, "requeued: the daemon stopped while it ran");
+			job_set_reason(&j->reason, "requeued: the daemon stopped while it ran");
 			job_save(js, j);
 		}
 		jobs_append(js, j);
@@ -511,7 +509,7 @@ static void job_finish(struct jobs *js, struct job *j, const siginfo_t *si)
 		/* reason set by jobs_cancel */
 	} else if (j->kill_reason) {
 		j->state = JOB_FAILED;
-		job_set_reason(j, "%s", j->kill_reason);
+		job_set_reason(&j->reason, "%s", j->kill_reason);
 	} else if (j->signal == 0 && j->exit_code == 0) {
 		j->state = JOB_DONE;
 		free(j->reason);
@@ -520,21 +518,21 @@ static void job_finish(struct jobs *js, struct job *j, const siginfo_t *si)
 		j->state = JOB_FAILED;
 		last_stderr_line(js, j, tail, sizeof(tail));
 		if (oom && me.oom_kill > 0)
-			job_set_reason(j, "memory limit reached (oom-kill, %" PRIu64 " kill(s)); %s %d",
+			job_set_reason(&j->reason, "memory limit reached (oom-kill, %" PRIu64 " kill(s)); %s %d",
 				       me.oom_kill, j->signal ? "killed by signal" : "exit status",
 				       j->signal ? j->signal : j->exit_code);
 		else if (pids_hit)
-			job_set_reason(j, "process limit reached (pids.max hit %" PRIu64 " time(s)); exit status %d%s%s",
+			job_set_reason(&j->reason, "process limit reached (pids.max hit %" PRIu64 " time(s)); exit status %d%s%s",
 				       pids_max, j->exit_code, tail[0] ? ": " : "", tail);
 		else if (oom)
-			job_set_reason(j, "memory limit reached (memory.max hit); %s %d%s%s",
+			job_set_reason(&j->reason, "memory limit reached (memory.max hit); %s %d%s%s",
 				       j->signal ? "killed by signal" : "exit status",
 				       j->signal ? j->signal : j->exit_code, tail[0] ? ": " : "", tail);
 		else if (j->signal)
-			job_set_reason(j, "killed by signal %d (%s)%s%s", j->signal, strsignal(j->signal),
+			job_set_reason(&j->reason, "killed by signal %d (%s)%s%s", j->signal, strsignal(j->signal),
 				       tail[0] ? ": " : "", tail);
 		else
-			job_set_reason(j, "exit status %d%s%s", j->exit_code, tail[0] ? ": " : "", tail);
+			job_set_reason(&j->reason, "exit status %d%s%s", j->exit_code, tail[0] ? ": " : "", tail);
 	}
 	free(j->kill_reason);
 	j->kill_reason = NULL;
@@ -585,12 +583,12 @@ static int job_start(struct jobs *js, struct job *j, const struct job_limits *li
 	snprintf(cg, sizeof(cg), "%s/%" PRIu64, js->cg_jobs, j->id);
 
 	if ((r = mkdir_p(dir, 0755)) < 0 || (r = mkdir_p(scratch, 0700)) < 0) {
-		job_set_reason(j, "cannot create %s: %s", scratch, strerror(-r));
+		job_set_reason(&j->reason, "cannot create %s: %s", scratch, strerror(-r));
 		return r;
 	}
 	if (chown(scratch, lim->uid, lim->gid) < 0) {
 		r = negative_errno();
-		job_set_reason(j, "cannot give %s to uid %u: %s", scratch, (unsigned)lim->uid, strerror(-r));
+		job_set_reason(&j->reason, "cannot give %s to uid %u: %s", scratch, (unsigned)lim->uid, strerror(-r));
 		return r;
 	}
 
@@ -598,7 +596,7 @@ static int job_start(struct jobs *js, struct job *j, const struct job_limits *li
 	cg_kill(cg);
 	cg_remove(cg);
 	if ((r = cg_create(cg)) < 0) {
-		job_set_reason(j, "cannot create cgroup %s: %s", cg, strerror(-r));
+		job_set_reason(&j->reason, "cannot create cgroup %s: %s", cg, strerror(-r));
 		return r;
 	}
 	/* Limits where the controllers exist; where they do not (a hybrid host)
@@ -622,7 +620,7 @@ static int job_start(struct jobs *js, struct job *j, const struct job_limits *li
 	_cleanup_close_ int err = open_output(dir, "stderr", lim->uid, lim->gid);
 	if (out < 0 || err < 0) {
 		r = out < 0 ? out : err;
-		job_set_reason(j, "cannot open output in %s: %s", dir, strerror(-r));
+		job_set_reason(&j->reason, "cannot open output in %s: %s", dir, strerror(-r));
 		cg_remove(cg);
 		return r;
 	}
@@ -644,7 +642,7 @@ static int job_start(struct jobs *js, struct job *j, const struct job_limits *li
 	if (pidfd >= 0)
 		close(pidfd);
 	if (r < 0) {
-		job_set_reason(j, "sandbox: %s: %s", step ? step : "spawn", strerror(-r));
+		job_set_reason(&j->reason, "sandbox: %s: %s", step ? step : "spawn", strerror(-r));
 		cg_kill(cg);
 		cg_remove(cg);
 		return r;
@@ -706,12 +704,12 @@ int jobs_cancel(struct jobs *js, uint64_t id)
 		if (j->state == JOB_QUEUED) {
 			j->state = JOB_CANCELLED;
 			j->finished_usec = now_realtime_usec();
-			job_set_reason(j, "cancelled by the operator");
+			job_set_reason(&j->reason, "cancelled by the operator");
 			return job_save(js, j);
 		}
 		if (j->state == JOB_RUNNING) {
 			j->state = JOB_CANCELLED;
-			job_set_reason(j, "cancelled by the operator");
+			job_set_reason(&j->reason, "cancelled by the operator");
 			if (j->cgroup)
 				cg_kill(j->cgroup);
 			return 0;
@@ -740,7 +738,7 @@ void jobs_requeue_all(struct jobs *js)
 		}
 		j->pid = 0;
 		j->state = JOB_QUEUED;
-		job_set_reason(j, "requeued: the daemon stopped while it ran");
+		job_set_reason(&j->reason, "requeued: the daemon stopped while it ran");
 		job_save(js, j);
 	}
 }

@@ -93,6 +93,12 @@ int jobs_cancel(struct jobs *js, uint64_t id);
 /* Kill every running job and queue it again (SIGTERM, stop): nothing lost. */
 void jobs_requeue_all(struct jobs *js);
 
+/* Longest reason kept (bytes, with the NUL): a GPU job's may quote a build log. */
+#define JOB_REASON_MAX 1024
+/* Set *reason (an exec or GPU job's, freed and replaced) from a format,
+ * truncated to JOB_REASON_MAX. */
+void job_set_reason(char **reason, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 unsigned jobs_count(const struct jobs *js, enum job_state s);
 const char *job_state_name(enum job_state s);
 /* [{id, state, argv, ...}] as in control.h */

@@ -13,6 +13,8 @@
 
 #include <sodium.h>
 
+#include "gpu/gpu.h"
+#include "harvester/gpu-jobs.h"
 #include "harvester/log.h"
 #include "harvester/macro.h"
 #include "harvester/manager.h"
@@ -28,6 +30,8 @@
 #define FETCH_IDLE_MIN_USEC (200 * USEC_PER_MSEC)
 #define FETCH_IDLE_MAX_USEC (30 * USEC_PER_SEC)
 #define AGENT "harvesterd/" HARVESTER_VERSION
+/* A GPU task's outputs must fit one result message, with room for the rest. */
+#define GPU_RESULT_MAX_BYTES (LINK_MSG_MAX_BYTES - 64U * 1024U)
 
 /* pool_task "state": the task's life on this side. */
 #define PT_HELD     "held"       /* queued or running here; lease renewed */
@@ -80,45 +84,95 @@ static uint64_t realtime_usec(void)
 
 /* --- pool tasks in the spool ---------------------------------------------------- */
 
-static const char *pt_str(const struct job *j, const char *key)
+/* A pool task held here is an exec job (jobs.h, the exec spool) or a GPU
+ * job (gpu-jobs.h); they share one id space. Exactly one is set, or neither
+ * at the end of a walk. */
+struct ptask {
+	struct job *x;
+	struct gpu_job *g;
+};
+
+#define FOREACH_PTASK(p, t) for (struct ptask t = ptask_first(p); t.x || t.g; ptask_next(p, &t))
+
+static struct ptask ptask_first(struct pool_link *p)
 {
-	return j->pool_task ? json_string_value(json_object_get(j->pool_task, key)) : NULL;
+	struct job *x = jobs_first(p->m->jobs);
+	return x ? (struct ptask){ .x = x } : (struct ptask){ .g = gpu_jobs_first(p->m->gpu) };
 }
 
-static bool pt_is(const struct job *j, const char *state)
+static void ptask_next(struct pool_link *p, struct ptask *t)
 {
-	const char *s = pt_str(j, "state");
+	if (t->x) {
+		t->x = t->x->next;
+		if (!t->x)
+			t->g = gpu_jobs_first(p->m->gpu);
+	} else
+		t->g = t->g->next;
+}
+
+static json_t *pt_obj(const struct ptask *t)
+{
+	return t->x ? t->x->pool_task : t->g->pool_task;
+}
+
+static uint64_t pt_id(const struct ptask *t)
+{
+	return t->x ? t->x->id : t->g->id;
+}
+
+static enum job_state pt_job_state(const struct ptask *t)
+{
+	return t->x ? t->x->state : t->g->state;
+}
+
+static const char *pt_str(const struct ptask *t, const char *key)
+{
+	json_t *o = pt_obj(t);
+	return o ? json_string_value(json_object_get(o, key)) : NULL;
+}
+
+static bool pt_is(const struct ptask *t, const char *state)
+{
+	const char *s = pt_str(t, "state");
 	return s && strcmp(s, state) == 0;
 }
 
-static bool job_live(const struct job *j)
+static bool job_live(const struct ptask *t)
 {
-	return j->state == JOB_QUEUED || j->state == JOB_RUNNING;
+	return pt_job_state(t) == JOB_QUEUED || pt_job_state(t) == JOB_RUNNING;
 }
 
-static void pt_set_state(struct pool_link *p, struct job *j, const char *state)
+static void pt_set_state(struct pool_link *p, struct ptask *t, const char *state)
 {
-	json_object_set_new(j->pool_task, "state", json_string(state));
-	int r = jobs_save(p->m->jobs, j);
+	json_object_set_new(pt_obj(t), "state", json_string(state));
+	int r = t->x ? jobs_save(p->m->jobs, t->x) : gpu_jobs_save(p->m->gpu, t->g);
 	if (r < 0)
-		log_warning_errno(r, "Cannot save job %" PRIu64 " (pool task %s)", j->id, pt_str(j, "task"));
+		log_warning_errno(r, "Cannot save job %" PRIu64 " (pool task %s)", pt_id(t), pt_str(t, "task"));
+}
+
+static void pt_cancel(struct pool_link *p, struct ptask *t)
+{
+	if (t->x)
+		jobs_cancel(p->m->jobs, t->x->id);
+	else
+		gpu_jobs_cancel(p->m->gpu, t->g->id);
 }
 
 static unsigned held_count(struct pool_link *p, bool running_only)
 {
 	unsigned n = 0;
-	for (struct job *j = jobs_first(p->m->jobs); j; j = j->next)
-		if (pt_is(j, PT_HELD) && (running_only ? j->state == JOB_RUNNING : job_live(j)))
+	FOREACH_PTASK(p, t)
+		if (pt_is(&t, PT_HELD) && (running_only ? pt_job_state(&t) == JOB_RUNNING : job_live(&t)))
 			n++;
 	return n;
 }
 
-static struct job *find_job(struct pool_link *p, uint64_t id)
+static struct ptask find_job(struct pool_link *p, uint64_t id)
 {
-	for (struct job *j = jobs_first(p->m->jobs); j; j = j->next)
-		if (j->id == id)
-			return j;
-	return NULL;
+	FOREACH_PTASK(p, t)
+		if (pt_id(&t) == id)
+			return t;
+	return (struct ptask){ 0 };
 }
 
 static int result_path(struct pool_link *p, uint64_t job_id, char *buf, size_t len)
@@ -216,7 +270,28 @@ static void send_hello(struct pool_link *p)
 	caps.memory_bytes = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
 	caps.cpu_budget_ppm = p->m->config.cpu_ppm;
 	caps.gpu_budget_ppm = p->m->config.gpu_ppm;
-	/* No GPU devices offered yet: the pool sends no OpenCL/CUDA tasks. */
+	/* The devices whose queue runs: the pool matches OpenCL and CUDA tasks
+	 * to them. A device left out (OpenCLCPUDevices=no, a queue that did not
+	 * start) is never offered. */
+	Hlink__Device devs[LINK_DEVICES_MAX], *dp[LINK_DEVICES_MAX];
+	size_t nd = 0;
+	for (unsigned i = 0; i < gpu_jobs_n_devices(p->m->gpu); i++) {
+		bool cuda_too = false;
+		const struct gpu_device_info *in = gpu_jobs_device(p->m->gpu, i, &cuda_too);
+		/* One entry per API it runs: a GPU both see is offered to both. */
+		for (int api = 0; in && api < 1 + cuda_too && nd < LINK_DEVICES_MAX; api++) {
+			hlink__device__init(&devs[nd]);
+			devs[nd].api = in->backend == GPU_BACKEND_CUDA || api == 1 ? HLINK__DEVICE_API__API_CUDA
+										 : HLINK__DEVICE_API__API_OPENCL;
+			devs[nd].name = (char *)in->name;
+			devs[nd].memory_bytes = in->global_mem_bytes;
+			devs[nd].compute_units = in->compute_units;
+			dp[nd] = &devs[nd];
+			nd++;
+		}
+	}
+	caps.devices = dp;
+	caps.n_devices = nd;
 	h.caps = &caps;
 	h.agent = AGENT;
 	b.msg_case = HLINK__BODY__MSG_HELLO;
@@ -241,9 +316,12 @@ static void send_renew(struct pool_link *p)
 	const char *ids[LINK_RENEW_MAX];
 	size_t n = 0;
 
-	for (struct job *j = jobs_first(p->m->jobs); j && n < LINK_RENEW_MAX; j = j->next)
-		if (pt_is(j, PT_HELD) && job_live(j))
-			ids[n++] = pt_str(j, "task");
+	FOREACH_PTASK(p, t) {
+		if (n >= LINK_RENEW_MAX)
+			break;
+		if (pt_is(&t, PT_HELD) && job_live(&t))
+			ids[n++] = pt_str(&t, "task");
+	}
 	rn.task_ids = (char **)ids;
 	rn.n_task_ids = n;
 	b.msg_case = HLINK__BODY__MSG_RENEW;
@@ -280,14 +358,14 @@ static int read_all(const char *path, size_t max, uint8_t **ret, size_t *ret_len
 }
 
 /* Send the result of job J, read back from its file. */
-static int send_result(struct pool_link *p, struct job *j)
+static int send_result(struct pool_link *p, struct ptask *j)
 {
 	char path[PATH_MAX];
 	_cleanup_free_ uint8_t *buf = NULL;
 	size_t len = 0;
 	int r;
 
-	if ((r = result_path(p, j->id, path, sizeof(path))) < 0 ||
+	if ((r = result_path(p, pt_id(j), path, sizeof(path))) < 0 ||
 	    (r = read_all(path, LINK_MSG_MAX_BYTES, &buf, &len, NULL)) < 0)
 		return r;
 	if (len <= LINK_SIG_BYTES)
@@ -299,7 +377,7 @@ static int send_result(struct pool_link *p, struct job *j)
 	res.body = (ProtobufCBinaryData){ len - LINK_SIG_BYTES, buf + LINK_SIG_BYTES };
 	b.msg_case = HLINK__BODY__MSG_RESULT;
 	b.result = &res;
-	p->inflight_job = j->id;
+	p->inflight_job = pt_id(j);
 	return submit(p, REQ_RESULT, &b);
 }
 
@@ -309,7 +387,7 @@ static bool fetch_allowed(struct pool_link *p)
 	return policy_allows_harvest(m->policy.state) && !m->budget.exhausted;
 }
 
-static int write_result_file(struct pool_link *p, struct job *j);
+static int write_result_file(struct pool_link *p, struct ptask *j);
 
 /* Pick the next request: hello first, then results awaiting an answer, then
  * lease renewals, then more work. */
@@ -327,19 +405,19 @@ static void step(struct pool_link *p)
 		send_hello(p);
 		return;
 	}
-	for (struct job *j = jobs_first(p->m->jobs); j; j = j->next) {
-		if (!pt_is(j, PT_RESULT))
+	FOREACH_PTASK(p, t) {
+		if (!pt_is(&t, PT_RESULT))
 			continue;
-		int r = send_result(p, j);
+		int r = send_result(p, &t);
 		if (r >= 0 || p->inflight != REQ_NONE)
 			return;
 		if (r == -ENOENT || r == -EBADMSG) {
 			/* Lost or damaged on disk: the job's output is still there. */
-			log_warning_errno(r, "Result of job %" PRIu64 " unreadable; writing it again", j->id);
-			if (write_result_file(p, j) >= 0 && send_result(p, j) >= 0)
+			log_warning_errno(r, "Result of job %" PRIu64 " unreadable; writing it again", pt_id(&t));
+			if (write_result_file(p, &t) >= 0 && send_result(p, &t) >= 0)
 				return;
 		}
-		log_warning_errno(r, "Cannot send the result of job %" PRIu64, j->id);
+		log_warning_errno(r, "Cannot send the result of job %" PRIu64, pt_id(&t));
 		return;
 	}
 	unsigned held = held_count(p, false);
@@ -417,19 +495,107 @@ static Hlink__Status result_status(const struct job *j)
 	return HLINK__STATUS__STATUS_FAILED;            /* could not start */
 }
 
-/* Sign J's result (stdout is the output "stdout", as pool workers do) and
+/* Sign RB (its task id, spec hash and outputs filled in by the caller) and
  * write it durably to STATE/results/<job id>.result. */
-static int write_result_file(struct pool_link *p, struct job *j)
+static int sign_and_write(struct pool_link *p, uint64_t job_id, Hlink__ResultBody *rb)
 {
-	char out_path[PATH_MAX], path[PATH_MAX];
-	_cleanup_free_ uint8_t *data = NULL;
+	char path[PATH_MAX];
 	_cleanup_free_ void *body = NULL;
-	uint8_t spec_hash[LINK_HASH_BYTES], sig[LINK_SIG_BYTES];
-	size_t len = 0, body_len = 0;
+	uint8_t sig[LINK_SIG_BYTES];
+	size_t body_len = 0;
+	int r;
+
+	if ((r = link_client_sign_result(p->client, rb, &body, &body_len, sig)) < 0)
+		return r;
+	if ((r = result_path(p, job_id, path, sizeof(path))) < 0)
+		return r;
+	return write_atomic(p->results_dir, path, sig, sizeof(sig), body, body_len);
+}
+
+/* A GPU task's result: each OUT/INOUT buffer as the output of its name, or,
+ * when it did not finish, one output "reason" saying why (the compiler's
+ * log for a source that did not build); cpu_usec is its device time. */
+static int write_gpu_result_file(struct pool_link *p, struct gpu_job *j)
+{
+	const struct ptask t = { .g = j };
+	uint8_t spec_hash[LINK_HASH_BYTES];
+	Hlink__File files[LINK_FILES_MAX], *outs[LINK_FILES_MAX];
+	uint8_t *data[LINK_FILES_MAX] = { 0 };
+	size_t n = 0;
 	bool truncated = false;
 	int r;
 
-	if ((r = hex_to_hash(pt_str(j, "spec_sha256"), spec_hash)) < 0)
+	if ((r = hex_to_hash(pt_str(&t, "spec_sha256"), spec_hash)) < 0)
+		return r;
+	Hlink__ResultBody rb = HLINK__RESULT_BODY__INIT;
+	rb.task_id = (char *)pt_str(&t, "task");
+	rb.status = j->state == JOB_DONE ? HLINK__STATUS__STATUS_OK :
+		    j->state == JOB_CANCELLED ? HLINK__STATUS__STATUS_KILLED : HLINK__STATUS__STATUS_FAILED;
+	rb.exit_code = j->state == JOB_DONE ? 0 : -1;
+	rb.cpu_usec = j->device_ns / NSEC_PER_USEC;
+	rb.wall_usec = j->finished_usec > j->started_usec && j->started_usec ? j->finished_usec - j->started_usec : 0;
+	rb.spec_sha256 = (ProtobufCBinaryData){ LINK_HASH_BYTES, spec_hash };
+	for (unsigned i = 0; j->state == JOB_DONE && i < j->n_args && r >= 0; i++) {
+		const struct gpu_job_karg *a = &j->args[i];
+		char path[PATH_MAX];
+		size_t len = 0;
+		bool cut = false;
+		if (a->kind != GPU_ARG_BUFFER || !(a->dir & GPU_BUFFER_OUT) || !a->name)
+			continue;
+		if (n >= LINK_FILES_MAX) {
+			truncated = true;
+			break;
+		}
+		if ((r = gpu_jobs_output_path(p->m->gpu, j, i, path, sizeof(path))) >= 0 &&
+		    (r = read_all(path, LINK_FILE_MAX_BYTES, &data[n], &len, &cut)) >= 0) {
+			hlink__file__init(&files[n]);
+			files[n].name = a->name;
+			files[n].data = (ProtobufCBinaryData){ len, data[n] };
+			outs[n] = &files[n];
+			n++;
+			truncated |= cut;
+		}
+	}
+	if (r >= 0 && j->state != JOB_DONE) {
+		const char *why = j->reason ? j->reason : "failed";
+		hlink__file__init(&files[0]);
+		files[0].name = "reason";
+		files[0].data = (ProtobufCBinaryData){ strlen(why), (uint8_t *)why };
+		outs[0] = &files[0];
+		n = 1;
+	}
+	/* Output past the link's limits cannot travel: the task failed. */
+	if (truncated)
+		rb.status = HLINK__STATUS__STATUS_FAILED;
+	rb.outputs = outs;
+	rb.n_outputs = n;
+	if (r >= 0)
+		r = sign_and_write(p, j->id, &rb);
+	for (size_t i = 0; i < ELEMENTSOF(data); i++)
+		free(data[i]);
+	return r;
+}
+
+static int write_exec_result_file(struct pool_link *p, struct job *j);
+
+static int write_result_file(struct pool_link *p, struct ptask *t)
+{
+	return t->x ? write_exec_result_file(p, t->x) : write_gpu_result_file(p, t->g);
+}
+
+/* Sign J's result (stdout is the output "stdout", as pool workers do) and
+ * write it durably to STATE/results/<job id>.result. */
+static int write_exec_result_file(struct pool_link *p, struct job *j)
+{
+	const struct ptask t = { .x = j };
+	char out_path[PATH_MAX];
+	_cleanup_free_ uint8_t *data = NULL;
+	uint8_t spec_hash[LINK_HASH_BYTES];
+	size_t len = 0;
+	bool truncated = false;
+	int r;
+
+	if ((r = hex_to_hash(pt_str(&t, "spec_sha256"), spec_hash)) < 0)
 		return r;
 	if ((r = jobs_output_path(p->m->jobs, j, "stdout", out_path, sizeof(out_path))) < 0)
 		return r;
@@ -443,7 +609,7 @@ static int write_result_file(struct pool_link *p, struct job *j)
 
 	Hlink__ResultBody rb = HLINK__RESULT_BODY__INIT;
 	Hlink__File out = HLINK__FILE__INIT, *outs[] = { &out };
-	rb.task_id = (char *)pt_str(j, "task");
+	rb.task_id = (char *)pt_str(&t, "task");
 	rb.status = result_status(j);
 	/* Output past the link's file limit cannot travel: the task failed. */
 	if (truncated)
@@ -456,48 +622,194 @@ static int write_result_file(struct pool_link *p, struct job *j)
 	out.data = (ProtobufCBinaryData){ len, data };
 	rb.outputs = outs;
 	rb.n_outputs = 1;
-	if ((r = link_client_sign_result(p->client, &rb, &body, &body_len, sig)) < 0)
-		return r;
-	if ((r = result_path(p, j->id, path, sizeof(path))) < 0)
-		return r;
-	return write_atomic(p->results_dir, path, sig, sizeof(sig), body, body_len);
+	return sign_and_write(p, j->id, &rb);
+}
+
+/* A held task that finished: its result on disk, to be sent. 0 if nothing
+ * was to be done or it was written. */
+static int task_finished(struct pool_link *p, struct ptask *t)
+{
+	if (!pt_is(t, PT_HELD) || job_live(t))
+		return 0;
+	int r = write_result_file(p, t);
+	if (r < 0)
+		/* Stays "held" and finished: written again at the next start. */
+		return log_error_errno(r, "Cannot write the result of pool task %s (job %" PRIu64 ")", pt_str(t, "task"),
+				       pt_id(t));
+	pt_set_state(p, t, PT_RESULT);
+	if (t->g && t->g->state != JOB_DONE)
+		log_info("Pool task %s (GPU job %" PRIu64 ") %s: %s; result written, to be sent", pt_str(t, "task"),
+			 pt_id(t), job_state_name(pt_job_state(t)), t->g->reason ? t->g->reason : "");
+	else
+		log_info("Pool task %s (job %" PRIu64 ") %s; result written, to be sent", pt_str(t, "task"), pt_id(t),
+			 job_state_name(pt_job_state(t)));
+	return 1;
 }
 
 void pool_link_job_changed(struct pool_link *p, struct job *j)
 {
-	if (!p || !pt_is(j, PT_HELD) || job_live(j))
-		return;
-	int r = write_result_file(p, j);
-	if (r < 0) {
-		/* Stays "held" and finished: written again at the next start. */
-		log_error_errno(r, "Cannot write the result of pool task %s (job %" PRIu64 ")", pt_str(j, "task"), j->id);
-		return;
-	}
-	pt_set_state(p, j, PT_RESULT);
-	log_info("Pool task %s (job %" PRIu64 ") %s; result written, to be sent", pt_str(j, "task"), j->id,
-		 job_state_name(j->state));
-	step(p);
+	struct ptask t = { .x = j };
+	if (p && task_finished(p, &t) > 0)
+		step(p);
 }
 
-static void result_answered(struct pool_link *p, struct job *j, bool accepted, const char *reason)
+static void on_gpu_done(void *userdata, struct gpu_job *j)
+{
+	struct pool_link *p = userdata;
+	struct ptask t = { .g = j };
+	if (task_finished(p, &t) > 0)
+		step(p);
+}
+
+static void result_answered(struct pool_link *p, struct ptask *j, bool accepted, const char *reason)
 {
 	char path[PATH_MAX];
-	if (result_path(p, j->id, path, sizeof(path)) >= 0 && unlink(path) < 0 && errno != ENOENT)
+	if (result_path(p, pt_id(j), path, sizeof(path)) >= 0 && unlink(path) < 0 && errno != ENOENT)
 		log_warning_errno(negative_errno(), "Cannot delete %s", path);
 	else {
 		_cleanup_close_ int dfd = open(p->results_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		if (dfd >= 0)
 			(void)fsync(dfd);
 	}
-	json_object_set_new(j->pool_task, "accepted", json_boolean(accepted));
+	json_object_set_new(pt_obj(j), "accepted", json_boolean(accepted));
 	pt_set_state(p, j, PT_ACKED);
 	p->results_sent++;
 	p->results_accepted += accepted;
 	log_info("Pool %s result of task %s (job %" PRIu64 ")%s%s", accepted ? "accepted the" : "did not want the",
-		 pt_str(j, "task"), j->id, reason && *reason ? ": " : "", reason ? reason : "");
+		 pt_str(j, "task"), pt_id(j), reason && *reason ? ": " : "", reason ? reason : "");
 }
 
 /* --- work ----------------------------------------------------------------------------- */
+
+static const Hlink__File *find_input(const Hlink__TaskSpec *spec, const char *name)
+{
+	for (size_t i = 0; i < spec->n_inputs; i++)
+		if (spec->inputs[i]->name && strcmp(spec->inputs[i]->name, name) == 0)
+			return spec->inputs[i];
+	return NULL;
+}
+
+/* An output name the result can carry: a plain file name. */
+static bool output_name_ok(const char *s)
+{
+	return s && *s && strlen(s) <= LINK_STR_MAX && !strchr(s, '/') && strcmp(s, ".") && strcmp(s, "..") &&
+	       link_utf8_ok(s, LINK_STR_MAX);
+}
+
+/* The spec's kernel arguments into ARGS (N_ARGS of them); what the link's
+ * own limits forbid (outputs that would not fit a result, an argument
+ * naming no input) is said in *ret_why, for the job to fail with. */
+static void gpu_args_from_spec(const Hlink__TaskSpec *spec, struct gpu_job_arg *args, const char **ret_why)
+{
+	size_t outs = 0, out_bytes = 0;
+
+	for (size_t i = 0; i < spec->n_args && !*ret_why; i++) {
+		const Hlink__KernelArg *ka = spec->args[i];
+		struct gpu_job_arg *a = &args[i];
+		const Hlink__File *in;
+
+		*a = (struct gpu_job_arg){ .kind = GPU_ARG_BUFFER, .name = ka->name, .bytes = ka->bytes };
+		switch (ka->kind) {
+		case HLINK__ARG_KIND__ARG_IN:
+		case HLINK__ARG_KIND__ARG_INOUT:
+			a->dir = ka->kind == HLINK__ARG_KIND__ARG_IN ? GPU_BUFFER_IN : GPU_BUFFER_INOUT;
+			if (!ka->name || !(in = find_input(spec, ka->name))) {
+				*ret_why = "a buffer argument names no input of the task";
+				break;
+			}
+			a->data = in->data.data;
+			a->bytes = in->data.len;
+			break;
+		case HLINK__ARG_KIND__ARG_OUT:
+			a->dir = GPU_BUFFER_OUT;
+			break;
+		case HLINK__ARG_KIND__ARG_SCALAR:
+			a->kind = GPU_ARG_SCALAR;
+			a->bytes = ka->value.len;
+			if (ka->value.len >= 1 && ka->value.len <= sizeof(a->value))
+				memcpy(a->value, ka->value.data, ka->value.len);
+			break;
+		case HLINK__ARG_KIND__ARG_LOCAL:
+			a->kind = GPU_ARG_LOCAL;
+			break;
+		default:
+			*ret_why = "an argument of unknown kind";
+		}
+		if (*ret_why || a->kind != GPU_ARG_BUFFER || !(a->dir & GPU_BUFFER_OUT))
+			continue;
+		if (!output_name_ok(a->name)) {
+			*ret_why = "an output buffer needs a plain file name";
+			continue;
+		}
+		for (size_t k = 0; k < i; k++)
+			if (args[k].kind == GPU_ARG_BUFFER && (args[k].dir & GPU_BUFFER_OUT) && !strcmp(args[k].name, a->name))
+				*ret_why = "two output buffers of one name";
+		outs++;
+		out_bytes += a->bytes;
+		if (a->bytes > LINK_FILE_MAX_BYTES || outs > LINK_FILES_MAX || out_bytes > GPU_RESULT_MAX_BYTES)
+			*ret_why = "its outputs would not fit a result (at most 16 of 256 KiB, 960 KiB in all)";
+	}
+}
+
+/* An OpenCL or CUDA task: through the GPU queue, slicing, budget and policy
+ * of local GPU jobs; one that cannot run here fails at once with why. */
+static void take_gpu_task(struct pool_link *p, const Hlink__Task *t, const Hlink__TaskSpec *spec,
+			  const uint8_t hash[LINK_HASH_BYTES])
+{
+	bool cuda = spec->kind == HLINK__KIND__KIND_CUDA;
+	const char *why = NULL;
+	char hex[2 * LINK_HASH_BYTES + 1];
+	_cleanup_free_ char *source = NULL;
+	struct gpu_job_arg args[GPU_JOB_MAX_ARGS];
+	struct gpu_pool_spec gs = {
+		.backend = cuda ? GPU_BACKEND_CUDA : GPU_BACKEND_OPENCL,
+		.kernel = spec->kernel,
+		.work_dim = (unsigned)spec->n_global_size,
+		.args = args,
+	};
+	const Hlink__File *src = find_input(spec, cuda ? "kernel.ptx" : "kernel.cl");
+
+	if (src && (source = malloc(src->data.len + 1))) {
+		memcpy(source, src->data.data, src->data.len);
+		source[src->data.len] = 0;
+		gs.source = source;
+	}
+	if (spec->n_global_size < 1 || spec->n_global_size > 3 ||
+	    (spec->n_local_size && spec->n_local_size != spec->n_global_size))
+		why = "the ND-range needs 1 to 3 global sizes, and as many local sizes or none";
+	else if (spec->n_args > GPU_JOB_MAX_ARGS)
+		why = "more than 32 kernel arguments";
+	for (size_t i = 0; !why && i < spec->n_global_size; i++) {
+		gs.global[i] = (size_t)spec->global_size[i];
+		gs.local[i] = spec->n_local_size ? (size_t)spec->local_size[i] : 0;
+	}
+	if (!why) {
+		gs.n_args = (unsigned)spec->n_args;
+		gpu_args_from_spec(spec, args, &why);
+	}
+	gs.refuse_reason = why;     /* gpu-jobs keeps it failed with this reason */
+
+	sodium_bin2hex(hex, sizeof(hex), hash, LINK_HASH_BYTES);
+	json_t *pt = json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:I}", "task", spec->id, "state", PT_HELD,
+			       "kind", cuda ? "cuda" : "opencl", "spec_sha256", hex,
+			       "lease_expires_usec", (json_int_t)t->lease_expires_usec,
+			       "deadline_usec", (json_int_t)spec->deadline_usec, "fetched_usec", (json_int_t)realtime_usec());
+	struct gpu_job *j = NULL;
+	int r = pt ? gpu_jobs_submit_pool(p->m->gpu, &gs, pt, &j) : -ENOMEM;
+	json_decref(pt);
+	if (r < 0) {
+		/* Not stored: the lease lapses and it is handed out again. */
+		log_error_errno(r, "Cannot queue pool task %s", spec->id);
+		return;
+	}
+	if (j->state == JOB_FAILED) {
+		struct ptask pt_ = { .g = j };
+		log_warning("Pool task %s (GPU job %" PRIu64 ") cannot run here: %s", spec->id, j->id, j->reason);
+		task_finished(p, &pt_);    /* sent by the step after this reply */
+	} else
+		log_info("Pool task %s queued as GPU job %" PRIu64 " on %s: kernel %s", spec->id, j->id, j->device_id,
+			 spec->kernel);
+}
 
 static void take_task(struct pool_link *p, const Hlink__Task *t)
 {
@@ -514,8 +826,13 @@ static void take_task(struct pool_link *p, const Hlink__Task *t)
 				  p->refused);
 		return;
 	}
+	if (spec->kind == HLINK__KIND__KIND_OPENCL || spec->kind == HLINK__KIND__KIND_CUDA) {
+		take_gpu_task(p, t, spec, hash);
+		hlink__task_spec__free_unpacked(spec, NULL);
+		return;
+	}
 	if (spec->kind != HLINK__KIND__KIND_EXEC || spec->n_argv == 0) {
-		/* We offer no GPU; the lease lapses and the pool hands it on. */
+		/* Not a kind we know: the lease lapses and the pool hands it on. */
 		p->unsupported++;
 		log_warning("Pool task %s: kind %d is not run here; left to lapse", spec->id, spec->kind);
 		hlink__task_spec__free_unpacked(spec, NULL);
@@ -547,12 +864,12 @@ static void take_task(struct pool_link *p, const Hlink__Task *t)
 
 static void on_lease_lost(struct pool_link *p, const char *task_id)
 {
-	for (struct job *j = jobs_first(p->m->jobs); j; j = j->next) {
-		if (!pt_is(j, PT_HELD) || !job_live(j) || strcmp(pt_str(j, "task"), task_id) != 0)
+	FOREACH_PTASK(p, t) {
+		if (!pt_is(&t, PT_HELD) || !job_live(&t) || strcmp(pt_str(&t, "task"), task_id) != 0)
 			continue;
-		log_notice("Pool task %s (job %" PRIu64 "): the pool no longer wants it; dropped", task_id, j->id);
-		pt_set_state(p, j, PT_RELEASED);
-		jobs_cancel(p->m->jobs, j->id);
+		log_notice("Pool task %s (job %" PRIu64 "): the pool no longer wants it; dropped", task_id, pt_id(&t));
+		pt_set_state(p, &t, PT_RELEASED);
+		pt_cancel(p, &t);
 	}
 }
 
@@ -599,10 +916,10 @@ static void on_reply(LinkClient *c, int error, LinkMsg *reply, void *userdata)
 		} else if (what == REQ_RESULT && result_error_is_final(code)) {
 			/* Sending it again cannot change the answer: keep the job's
 			 * record of it, drop the file. */
-			struct job *j = find_job(p, p->inflight_job);
+			struct ptask j = find_job(p, p->inflight_job);
 			set_connected(p);
-			if (j)
-				result_answered(p, j, false, b->error->message);
+			if (j.x || j.g)
+				result_answered(p, &j, false, b->error->message);
 		} else
 			set_failed(p, 0, "the pool answered %s: %s", link_error_name(code), b->error->message);
 		goto next;
@@ -648,9 +965,9 @@ static void on_reply(LinkClient *c, int error, LinkMsg *reply, void *userdata)
 	case REQ_RESULT: {
 		if (b->msg_case != HLINK__BODY__MSG_RESULT_ACK)
 			break;
-		struct job *j = find_job(p, p->inflight_job);
-		if (j && pt_is(j, PT_RESULT))
-			result_answered(p, j, b->result_ack->accepted, b->result_ack->reason);
+		struct ptask j = find_job(p, p->inflight_job);
+		if ((j.x || j.g) && pt_is(&j, PT_RESULT))
+			result_answered(p, &j, b->result_ack->accepted, b->result_ack->reason);
 		break;
 	}
 	default:
@@ -725,11 +1042,12 @@ int pool_link_new(struct manager *m, struct pool_link **ret)
 	/* Pick up where an earlier run stopped: finished tasks whose result was
 	 * never written get it now; results on disk are sent once welcomed. */
 	unsigned held = 0, pending = 0;
-	for (struct job *j = jobs_first(m->jobs); j; j = j->next) {
-		if (pt_is(j, PT_HELD) && !job_live(j))
-			pool_link_job_changed(p, j);
-		held += pt_is(j, PT_HELD) && job_live(j);
-		pending += pt_is(j, PT_RESULT);
+	if (m->gpu)
+		gpu_jobs_set_done_callback(m->gpu, on_gpu_done, p);
+	FOREACH_PTASK(p, t) {
+		task_finished(p, &t);
+		held += pt_is(&t, PT_HELD) && job_live(&t);
+		pending += pt_is(&t, PT_RESULT);
 	}
 	char b64[64] = "";
 	link_key_to_base64(link_client_key(p->client), b64, sizeof(b64));
@@ -763,10 +1081,10 @@ void pool_link_stop(struct pool_link *p)
 	}
 	/* The pool hands our leases out again: do not run those here too. */
 	unsigned n = 0;
-	for (struct job *j = jobs_first(p->m->jobs); j; j = j->next)
-		if (pt_is(j, PT_HELD) && j->state == JOB_QUEUED) {
-			pt_set_state(p, j, PT_RELEASED);
-			jobs_cancel(p->m->jobs, j->id);
+	FOREACH_PTASK(p, t)
+		if (pt_is(&t, PT_HELD) && pt_job_state(&t) == JOB_QUEUED) {
+			pt_set_state(p, &t, PT_RELEASED);
+			pt_cancel(p, &t);
 			n++;
 		}
 	log_info("Pool %s: goodbye; %u held task(s) given back", p->url, n);
@@ -776,6 +1094,8 @@ struct pool_link *pool_link_free(struct pool_link *p)
 {
 	if (!p)
 		return NULL;
+	if (p->m && p->m->gpu)
+		gpu_jobs_set_done_callback(p->m->gpu, NULL, NULL);
 	sd_event_source_disable_unref(p->io);
 	sd_event_source_disable_unref(p->timer);
 	link_client_free(p->client);
@@ -788,24 +1108,30 @@ struct pool_link *pool_link_free(struct pool_link *p)
 
 json_t *pool_link_status_json(struct pool_link *p)
 {
-	unsigned done = 0, failed = 0, pending = 0, acked = 0, accepted = 0;
-	uint64_t cpu = 0, now = mono_usec();
+	unsigned done = 0, failed = 0, pending = 0, acked = 0, accepted = 0, gpu = 0;
+	uint64_t cpu = 0, device = 0, now = mono_usec();
 
-	for (struct job *j = jobs_first(p->m->jobs); j; j = j->next) {
-		if (!j->pool_task || pt_is(j, PT_RELEASED))
+	FOREACH_PTASK(p, t) {
+		if (!pt_obj(&t) || pt_is(&t, PT_RELEASED))
 			continue;
-		if (!job_live(j)) {
-			done += j->state == JOB_DONE;
-			failed += j->state != JOB_DONE;
-			cpu += j->cpu_usec;
+		gpu += t.g != NULL;
+		if (!job_live(&t)) {
+			done += pt_job_state(&t) == JOB_DONE;
+			failed += pt_job_state(&t) != JOB_DONE;
+			if (t.x)
+				cpu += t.x->cpu_usec;
 		}
-		pending += pt_is(j, PT_RESULT);
-		if (pt_is(j, PT_ACKED)) {
+		/* device time is spent while it runs, not only once it ended */
+		if (t.g)
+			device += t.g->device_ns / NSEC_PER_USEC;
+		pending += pt_is(&t, PT_RESULT);
+		if (pt_is(&t, PT_ACKED)) {
 			acked++;
-			accepted += json_is_true(json_object_get(j->pool_task, "accepted"));
+			accepted += json_is_true(json_object_get(pt_obj(&t), "accepted"));
 		}
 	}
-	return json_pack("{s:s, s:b, s:s?, s:s?, s:I, s:I, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:I, s:I}",
+	return json_pack("{s:s, s:b, s:s?, s:s?, s:I, s:I, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:I, s:I,"
+			 " s:i, s:I}",
 			 "url", p->url, "connected", p->connected, "worker_id", p->worker_id,
 			 "last_error", p->last_error[0] ? p->last_error : NULL,
 			 "since_usec", (json_int_t)p->since_realtime_usec,
@@ -816,5 +1142,6 @@ json_t *pool_link_status_json(struct pool_link *p)
 			 "refused_replies", (int)p->refused_replies, "unsupported", (int)p->unsupported,
 			 "results_pending", (int)pending, "results_acked", (int)acked, "results_accepted", (int)accepted,
 			 "cpu_contributed_usec", (json_int_t)cpu,
-			 "retry_in_usec", (json_int_t)(p->next_try_usec > now ? p->next_try_usec - now : 0));
+			 "retry_in_usec", (json_int_t)(p->next_try_usec > now ? p->next_try_usec - now : 0),
+			 "gpu_tasks", (int)gpu, "device_contributed_usec", (json_int_t)device);
 }

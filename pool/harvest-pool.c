@@ -302,6 +302,10 @@ typedef struct SubmitSpec {
         const char *kernel;
         uint64_t global_size[LINK_DIMS_MAX];
         size_t n_global;
+        uint64_t local_size[LINK_DIMS_MAX];
+        size_t n_local;
+        Hlink__KernelArg **args;
+        size_t n_args;
 } SubmitSpec;
 
 static int submit_one(PoolStore *store, const LinkIdentity *id, const SubmitSpec *in, char *ret_id, size_t id_size)
@@ -346,6 +350,10 @@ static int submit_one(PoolStore *store, const LinkIdentity *id, const SubmitSpec
         s.kernel = (char *) (in->kernel ? in->kernel : "");
         s.global_size = (uint64_t *) in->global_size;
         s.n_global_size = in->n_global;
+        s.local_size = (uint64_t *) in->local_size;
+        s.n_local_size = in->n_local;
+        s.args = in->args;
+        s.n_args = in->n_args;
 
         r = link_task_sign(id, &s, &spec, &len, sig);
         if (r < 0)
@@ -530,6 +538,77 @@ static int submit_batch(PoolStore *store, const LinkIdentity *id, const char *pa
         return r;
 }
 
+#define KERNEL_ARGS_MAX 32
+
+/* "N[,N[,N]]": an ND-range's sizes. */
+static int parse_dims(const char *s, uint64_t *v, size_t *ret_n)
+{
+        size_t n = 0;
+        char *end;
+        do {
+                if (n == LINK_DIMS_MAX)
+                        return -EINVAL;
+                errno = 0;
+                v[n++] = strtoull(s, &end, 10);
+                if (errno || end == s || (*end && *end != ','))
+                        return -EINVAL;
+                s = end + 1;
+        } while (*end);
+        *ret_n = n;
+        return 0;
+}
+
+/* One --arg of an opencl/cuda task: in:NAME=FILE, inout:NAME=FILE (FILE
+ * becomes the input NAME), out:NAME=BYTES, local:BYTES, or a scalar
+ * u32:V, i32:V, u64:V, i64:V, f32:V, f64:V (little-endian, as x86 and GPUs). */
+static int parse_kernel_arg(char *s, Hlink__KernelArg *a, uint8_t value[8], const char **ret_name,
+                            const char **ret_file)
+{
+        char *colon = strchr(s, ':'), *eq, *end;
+        hlink__kernel_arg__init(a);
+        *ret_file = NULL;
+        if (!colon)
+                return -EINVAL;
+        *colon = 0;
+        const char *kind = s, *rest = colon + 1;
+        errno = 0;
+        if (!strcmp(kind, "in") || !strcmp(kind, "inout") || !strcmp(kind, "out")) {
+                if (!(eq = strchr(rest, '=')) || eq == rest)
+                        return -EINVAL;
+                *eq = 0;
+                a->name = (char *) rest;
+                a->kind = !strcmp(kind, "in") ? HLINK__ARG_KIND__ARG_IN :
+                          !strcmp(kind, "out") ? HLINK__ARG_KIND__ARG_OUT : HLINK__ARG_KIND__ARG_INOUT;
+                if (a->kind == HLINK__ARG_KIND__ARG_OUT) {
+                        a->bytes = strtoull(eq + 1, &end, 10);
+                        return errno || *end || end == eq + 1 ? -EINVAL : 0;
+                }
+                *ret_name = rest;
+                *ret_file = eq + 1;
+                return 0;
+        }
+        if (!strcmp(kind, "local")) {
+                a->kind = HLINK__ARG_KIND__ARG_LOCAL;
+                a->bytes = strtoull(rest, &end, 10);
+                return errno || *end || end == rest ? -EINVAL : 0;
+        }
+        a->kind = HLINK__ARG_KIND__ARG_SCALAR;
+        a->value.data = value;
+        if (kind[0] == 'f') {
+                double d = strtod(rest, &end);
+                float f = (float) d;
+                a->value.len = !strcmp(kind, "f32") ? 4 : !strcmp(kind, "f64") ? 8 : 0;
+                memcpy(value, a->value.len == 4 ? (void *) &f : (void *) &d, a->value.len);
+        } else {
+                uint64_t u = kind[0] == 'i' ? (uint64_t) strtoll(rest, &end, 0) : strtoull(rest, &end, 0);
+                a->value.len = !strcmp(kind + 1, "32") ? 4 : !strcmp(kind + 1, "64") ? 8 : 0;
+                if (kind[0] != 'i' && kind[0] != 'u')
+                        a->value.len = 0;
+                memcpy(value, &u, a->value.len);   /* little-endian hosts */
+        }
+        return errno || *end || end == rest || a->value.len == 0 ? -EINVAL : 0;
+}
+
 static int verb_submit(int argc, char **argv)
 {
         static const struct option opts[] = {
@@ -544,8 +623,17 @@ static int verb_submit(int argc, char **argv)
                 { "deadline", required_argument, NULL, 'd' },
                 { "input", required_argument, NULL, 'I' },
                 { "batch", required_argument, NULL, 'b' },
+                { "source", required_argument, NULL, 'S' },
+                { "kernel", required_argument, NULL, 'K' },
+                { "global", required_argument, NULL, 'G' },
+                { "local", required_argument, NULL, 'L' },
+                { "arg", required_argument, NULL, 'A' },
                 {}
         };
+        Hlink__KernelArg kargs[KERNEL_ARGS_MAX], *kargp[KERNEL_ARGS_MAX];
+        uint8_t kvals[KERNEL_ARGS_MAX][8];
+        const char *source = NULL;
+        bool gpu_given = false;
         SubmitSpec s = { .kind = HLINK__KIND__KIND_EXEC };
         const char *names[LINK_FILES_MAX];
         uint8_t *data[LINK_FILES_MAX];
@@ -558,6 +646,7 @@ static int verb_submit(int argc, char **argv)
         s.input_names = names;
         s.input_data = data;
         s.input_len = lens;
+        s.args = kargp;
         while ((c = getopt_long(argc, argv, "+", opts, NULL)) >= 0)
                 switch (c) {
                 case 'i':
@@ -585,7 +674,38 @@ static int verb_submit(int argc, char **argv)
                 case 'g':
                         if ((s.gpu = parse_gpu(optarg)) < 0)
                                 return fail(-EINVAL, "--gpu (opencl, cuda, none)");
+                        gpu_given = true;
                         break;
+                case 'S':
+                        source = optarg;
+                        break;
+                case 'K':
+                        s.kernel = optarg;
+                        break;
+                case 'G':
+                case 'L':
+                        if (parse_dims(optarg, c == 'G' ? s.global_size : s.local_size, c == 'G' ? &s.n_global : &s.n_local) < 0)
+                                return fail(-EINVAL, c == 'G' ? "--global N[,N[,N]]" : "--local N[,N[,N]]");
+                        break;
+                case 'A': {
+                        const char *file, *name = NULL;
+                        if (s.n_args >= KERNEL_ARGS_MAX ||
+                            parse_kernel_arg(optarg, &kargs[s.n_args], kvals[s.n_args], &name, &file) < 0)
+                                return fail(-EINVAL, "--arg in:NAME=FILE | inout:NAME=FILE | out:NAME=BYTES | local:BYTES | "
+                                                     "u32:V | i32:V | u64:V | i64:V | f32:V | f64:V");
+                        kargp[s.n_args] = &kargs[s.n_args];
+                        s.n_args++;
+                        if (file) {
+                                if (s.n_inputs >= LINK_FILES_MAX)
+                                        return fail(-EINVAL, "--arg: too many inputs");
+                                names[s.n_inputs] = name;
+                                r = read_file(file, &data[s.n_inputs], &lens[s.n_inputs]);
+                                if (r < 0)
+                                        return fail(r, file);
+                                s.n_inputs++;
+                        }
+                        break;
+                }
                 case 'd':
                         s.deadline_sec = strtoull(optarg, NULL, 10);
                         break;
@@ -609,6 +729,27 @@ static int verb_submit(int argc, char **argv)
                 }
         s.argv = (const char **) argv + optind;
         s.n_argv = (size_t) (argc - optind);
+        if (s.kind == HLINK__KIND__KIND_OPENCL || s.kind == HLINK__KIND__KIND_CUDA) {
+                bool cuda = s.kind == HLINK__KIND__KIND_CUDA;
+                /* The source travels as an input of the convention's name. */
+                if (!batch && (!source || !s.kernel || s.n_global == 0)) {
+                        fprintf(stderr, "harvest-pool submit: an %s task needs --source FILE, --kernel NAME and --global N[,N[,N]]\n",
+                                cuda ? "cuda" : "opencl");
+                        return 2;
+                }
+                if (source) {
+                        if (s.n_inputs >= LINK_FILES_MAX)
+                                return fail(-EINVAL, "--source: too many inputs");
+                        names[s.n_inputs] = cuda ? "kernel.ptx" : "kernel.cl";
+                        r = read_file(source, &data[s.n_inputs], &lens[s.n_inputs]);
+                        if (r < 0)
+                                return fail(r, source);
+                        s.n_inputs++;
+                }
+                /* Only a worker with such a device can run it. */
+                if (!gpu_given)
+                        s.gpu = cuda ? HLINK__DEVICE_API__API_CUDA : HLINK__DEVICE_API__API_OPENCL;
+        }
         if (!batch && s.n_argv == 0 && s.kind == HLINK__KIND__KIND_EXEC) {
                 fprintf(stderr, "harvest-pool submit: give the program to run (after --) or --batch FILE\n");
                 return 2;
@@ -782,6 +923,8 @@ static void usage(FILE *f)
               "  relay --upstream URL --listen URL [--tls-cert PEM] [--tls-ca PEM]\n"
               "  submit [--id ID] [--replicas N] [--quorum Q] [--arch A] [--cores N] [--memory BYTES]\n"
               "         [--gpu opencl|cuda] [--deadline SEC] [--input NAME=FILE]... -- PROGRAM [ARG]...\n"
+              "  submit --kind opencl|cuda --source FILE --kernel NAME --global N[,N,N] [--local N[,N,N]]\n"
+              "         [--arg in:NAME=FILE|inout:NAME=FILE|out:NAME=BYTES|local:BYTES|u32:V|i32:V|u64:V|f32:V|...]...\n"
               "  submit --batch FILE           JSON lines or a JSON array of tasks\n"
               "  tasks | workers | status      list\n"
               "  results [--task ID] [--outputs]\n"

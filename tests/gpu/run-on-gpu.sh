@@ -3,7 +3,10 @@
 # else, where the CUDA parts skip and say why). Under 5 minutes:
 #   build, the CUDA declaration check and backend tests, the sliced-kernel
 #   checks (CUDA on the GPU, OpenCL on whatever ICD is installed), the
-#   chunk-sizing and DRM unit tests, and make bench-gpu.
+#   chunk-sizing and DRM unit tests, make bench-gpu, and (as root, where
+#   harvesterd and harvest-pool build) GPU tasks from a real pool through two
+#   real harvesterd workers: tests/host/test_daemon_pool_gpu.py, which runs
+#   a PTX task on the GPU and an OpenCL one on any OpenCL device.
 # usage: sh tests/gpu/run-on-gpu.sh [BUILD]     (default build/gpu)
 # With PREBUILT=1 it runs what BUILD already holds (a machine without the
 # build dependencies: build elsewhere, copy the tree with BUILD).
@@ -43,6 +46,17 @@ run() {
 	esac
 }
 
+# The daemon side needs the whole build (BPF skeleton, NNG, SQLite): where it
+# does not build, that check says so and skips; the rest still counts.
+POOL_BINS="$B/harvesterd $B/harvestctl $B/harvest-pool"
+pool_ok=1
+if [ "${PREBUILT:-0}" != 1 ]; then
+	say "build the daemon and the pool ($B)"
+	# shellcheck disable=SC2086
+	timeout 240 make -s BUILD="$B" $POOL_BINS >"$B/pool-build.log" 2>&1 || pool_ok=0
+fi
+for f in $POOL_BINS; do [ -x "$f" ] || pool_ok=0; done
+
 export HARVESTER_BUILD="$B"
 run cuda-declarations-and-absence "$B/tests/test-gpu-cuda"
 run cuda-sliced-kernel "$B/tests/test-gpu-cuda-run"
@@ -50,6 +64,12 @@ run opencl-sliced-kernel "$B/tests/test-gpu-queue"
 run chunk-sizing "$B/tests/test-gpu-slice"
 run queue-logic "$B/tests/test-gpu-queue-mock"
 run drm-fdinfo "$B/tests/test-gpu-drm"
+if [ "$pool_ok" = 1 ]; then
+	run pool-gpu-tasks python3 tests/host/test_daemon_pool_gpu.py
+else
+	skip=$((skip + 1))
+	say "SKIP pool-gpu-tasks: harvesterd/harvest-pool did not build here ($(tail -n 3 "$B/pool-build.log" 2>/dev/null | tr '\n' ' '))"
+fi
 
 say "make bench-gpu"
 if [ "${PREBUILT:-0}" = 1 ]; then

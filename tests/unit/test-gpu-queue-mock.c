@@ -24,12 +24,12 @@
 
 #define NS_PER_UNIT 1000u   /* the mock device: 1 us per work-item, no overhead */
 
-static atomic_int busy, prepared, released, finished, fail_at_chunk, chunks_run;
+static atomic_int busy, prepared, released, finished, fail_at_chunk, chunks_run, prepared_alt;
 static atomic_bool hold;         /* run_chunk waits while set */
 static pthread_t worker_thread;
 static atomic_bool worker_known;
 
-static int mock_prepare(struct gpu_device *d, const struct gpu_task *t, void **ret)
+static int mock_prepare(struct gpu_device *d, const struct gpu_task *t, void **ret, char **ret_log)
 {
 	int *state = malloc(sizeof(int));
 	if (!state)
@@ -88,6 +88,23 @@ static const struct gpu_backend_ops mock_ops = {
 static struct gpu_device mock = {
 	.ops = &mock_ops,
 	.info = { .backend = GPU_BACKEND_OPENCL, .id = "mock:0", .name = "mock", .busy_source = GPU_BUSY_NVML },
+};
+
+/* The same GPU through a second backend (as CUDA beside OpenCL). */
+static int alt_prepare(struct gpu_device *d, const struct gpu_task *t, void **ret, char **ret_log)
+{
+	prepared_alt++;
+	return mock_prepare(d, t, ret, ret_log);
+}
+
+static const struct gpu_backend_ops alt_ops = {
+	.prepare = alt_prepare, .run_chunk = mock_run, .finish = mock_finish,
+	.release = mock_release, .others_busy = mock_busy, .free = mock_free,
+};
+
+static struct gpu_device mock_alt = {
+	.ops = &alt_ops,
+	.info = { .backend = GPU_BACKEND_CUDA, .id = "mock-cuda:0", .name = "mock", .busy_source = GPU_BUSY_NVML },
 };
 
 struct ctx {
@@ -156,7 +173,8 @@ static struct gpu_task task(uint64_t id)
 
 static int reset(void **state)
 {
-	busy = prepared = released = finished = fail_at_chunk = chunks_run = 0;
+	busy = prepared = released = finished = fail_at_chunk = chunks_run = prepared_alt = 0;
+	mock.sibling = mock_alt.sibling = NULL;
 	hold = false;
 	memset(out, 0, sizeof(out));
 	return 0;
@@ -299,6 +317,33 @@ static void test_free_while_busy(void **state)
 	assert_int_equal(c.dones, 0);
 }
 
+/* One GPU through two backends: a task in the other backend's language runs
+ * through that handle, in the same queue; a backend the queue lacks, or a
+ * second handle, is refused. */
+static void test_second_backend(void **state)
+{
+	struct ctx c = {};
+	struct gpu_queue *q;
+	struct gpu_task t = task(7);
+
+	t.local[0] = 1;    /* CUDA wants its block size */
+	assert_int_equal(gpu_queue_new(&mock, NULL, &hooks, &c, &q), 0);
+	assert_int_equal(gpu_queue_submit_on(q, &t, GPU_BACKEND_CUDA), -ENODEV);
+	assert_int_equal(gpu_queue_add_backend(q, &mock), -EINVAL);
+	assert_int_equal(gpu_queue_add_backend(q, &mock_alt), 0);
+	assert_int_equal(gpu_queue_add_backend(q, &mock_alt), -EINVAL);
+	assert_ptr_equal(mock.sibling, &mock_alt);
+	assert_int_equal(gpu_queue_submit_on(q, &t, GPU_BACKEND_CUDA), 0);
+	until_done(q, &c, 1);
+	gpu_queue_free(q);
+	assert_int_equal(c.error, 0);
+	assert_int_equal(c.done_id, 7);
+	check_out();
+	assert_int_equal(prepared_alt, 1);
+	assert_int_equal(prepared, 1);
+	assert_int_equal(released, 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -307,6 +352,7 @@ int main(void)
 		cmocka_unit_test_setup(test_cancel_in_flight, reset),
 		cmocka_unit_test_setup(test_failure_then_next, reset),
 		cmocka_unit_test_setup(test_free_while_busy, reset),
+		cmocka_unit_test_setup(test_second_backend, reset),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

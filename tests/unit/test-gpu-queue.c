@@ -3,7 +3,8 @@
  * The GPU queue on a real OpenCL device (PoCL's CPU device here): sliced
  * runs give the bytes of an unsliced run, device time is charged chunk by
  * chunk, dispatch stops when the caller says no and resumes after,
- * priorities, cancel, build errors. Skips where no OpenCL device exists.
+ * priorities, cancel, build errors and their build log; listing devices in
+ * a child process loads no driver here. Skips where no OpenCL device exists.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -28,6 +29,10 @@ const char *__lsan_default_suppressions(void)
 
 static struct gpu_device **devices;
 static int n_devices;
+/* gpu_opencl_probe(), run before anything here loaded OpenCL's drivers */
+static struct gpu_device_info *probed;
+static int n_probed;
+static bool driver_loaded_after_probe;
 
 #define N_1D 1000003u   /* prime: no chunk size divides it */
 
@@ -70,6 +75,8 @@ struct ctx {
 	unsigned charge_cap;
 	uint64_t done_ids[8];
 	int done_errors[8];
+	struct gpu_queue *q;       /* set: done() keeps gpu_queue_done_log() */
+	char *done_logs[8];
 };
 
 static bool may_dispatch(void *u) { return ((struct ctx *) u)->allow; }
@@ -88,8 +95,10 @@ static void done(void *u, uint64_t id, int error)
 {
 	struct ctx *c = u;
 	if (c->dones < 8) {
+		const char *log = c->q ? gpu_queue_done_log(c->q) : NULL;
 		c->done_ids[c->dones] = id;
 		c->done_errors[c->dones] = error;
+		c->done_logs[c->dones] = log ? strdup(log) : NULL;
 	}
 	c->dones++;
 }
@@ -361,6 +370,7 @@ static void test_priority_order_cancel_errors(void **state)
 	struct gpu_queue *q;
 
 	assert_int_equal(gpu_queue_new(devices[0], NULL, &hooks, &c, &q), 0);
+	c.q = q;
 	for (int i = 0; i < 3; i++) {
 		o[i] = calloc(N_1D, 4);
 		b[i][0] = (struct gpu_buffer) { in, N_1D * 4, GPU_BUFFER_IN };
@@ -417,6 +427,12 @@ static void test_priority_order_cancel_errors(void **state)
 	drive(q, &c, 5, 60ULL * 1000000000ULL);
 	assert_int_equal(c.dones, 5);
 	assert_int_equal(c.done_errors[4], -ENOEXEC);
+	/* with the compiler's words, naming what it did not know */
+	printf("build log: %s\n", c.done_logs[4] ? c.done_logs[4] : "(none)");
+	assert_non_null(c.done_logs[4]);
+	assert_non_null(strstr(c.done_logs[4], "undeclared"));
+	for (int i = 0; i < 4; i++)
+		assert_null(c.done_logs[i]);     /* nothing for a task that ran or was cancelled */
 	/* and a missing kernel name */
 	bad.id = 21;
 	bad.source = "__kernel void k(__global uint *o) { o[0] = 1; }";
@@ -426,9 +442,43 @@ static void test_priority_order_cancel_errors(void **state)
 	assert_int_equal(c.done_errors[5], -ENOENT);
 
 	gpu_queue_free(q);
+	for (int i = 0; i < 8; i++)
+		free(c.done_logs[i]);
 	for (int i = 0; i < 3; i++)
 		free(o[i]);
 	free(in);
+}
+
+/* The child's list is the list this process makes, and making it loaded no
+ * driver (PoCL, LLVM) here. */
+static void test_probe_in_child(void **state)
+{
+	printf("probe: %d device(s) listed by a child; driver loaded here after it: %s\n", n_probed,
+	       driver_loaded_after_probe ? "yes" : "no");
+	assert_false(driver_loaded_after_probe);
+	assert_int_equal(n_probed, n_devices);
+	for (int i = 0; i < n_devices; i++) {
+		const struct gpu_device_info *info = gpu_device_get_info(devices[i]);
+		assert_string_equal(probed[i].id, info->id);
+		assert_string_equal(probed[i].name, info->name);
+		assert_int_equal(probed[i].global_mem_bytes, info->global_mem_bytes);
+		assert_int_equal(probed[i].cpu_device, info->cpu_device);
+	}
+}
+
+/* Any ICD driver's library mapped into this process? */
+static bool driver_mapped(void)
+{
+	char line[512];
+	bool found = false;
+	FILE *f = fopen("/proc/self/maps", "re");
+
+	assert_non_null(f);
+	while (fgets(line, sizeof(line), f))
+		if (strstr(line, "libpocl") || strstr(line, "libLLVM") || strstr(line, "libnvidia-opencl"))
+			found = true;
+	fclose(f);
+	return found;
 }
 
 /* Freeing a queue with work in flight and queued waits and releases it all. */
@@ -461,6 +511,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_devices),
+		cmocka_unit_test(test_probe_in_child),
 		cmocka_unit_test(test_sliced_equals_unsliced),
 		cmocka_unit_test(test_2d_workgroups),
 		cmocka_unit_test(test_stop_and_resume),
@@ -470,6 +521,8 @@ int main(void)
 	};
 	int r;
 
+	n_probed = gpu_opencl_probe(&probed);
+	driver_loaded_after_probe = driver_mapped();
 	n_devices = gpu_opencl_devices(&devices);
 	if (n_devices <= 0) {
 		printf("skip: no OpenCL device (%s)\n", n_devices == 0 || n_devices == -ENOENT ?
@@ -478,5 +531,6 @@ int main(void)
 	}
 	r = cmocka_run_group_tests(tests, NULL, NULL);
 	gpu_devices_free(devices, n_devices);
+	free(probed);
 	return r;
 }

@@ -1,0 +1,350 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""GPU tasks from the pool, on loopback: a real `harvest-pool serve` (plain
+tcp) and two real harvesterd workers, separate processes. Worker "gpu" has
+[Daemon] OpenCLCPUDevices=yes (this machine's PoCL CPU device is its OpenCL
+device); worker "cpu" has the default (no), so it has no device it will use.
+
+  - hello: the "gpu" worker's hello lists its OpenCL device (the pool's
+    workers listing counts it); the "cpu" worker lists none, and never loaded
+    PoCL/LLVM into its process (its maps; RSS of both printed)
+  - three OpenCL tasks (scramble: an input buffer, an output buffer, a uint)
+    and two exec tasks: every OpenCL task's result comes from the "gpu"
+    worker only, status ok, its output bytes equal the reference computed
+    here, its cpu_usec (the device time) > 0; both exec tasks are done too
+    (on a machine with a real GPU both workers see it: then "only" means
+    only workers whose hello lists a device)
+  - the GPU ledger was charged: the "gpu" worker's GPU bucket spent the
+    device time of its pool GPU jobs, and its ledger file says so after stop
+  - a kernel with a syntax error comes back failed, its "reason" output
+    holding the compiler's message (the undeclared name, "error")
+  - CUDA: where a worker has a CUDA device, a PTX task gives the reference
+    bytes and one that does not assemble fails saying so; elsewhere a CUDA
+    task that reaches a worker comes back failed with "no CUDA device", and
+    the real run is reported skipped with the reason
+Exits 0 on pass, 77 to skip (not root, no writable cgroup2, nothing built,
+no OpenCL and no CUDA device); a part that cannot run here says "skip:".
+"""
+import base64
+import json
+import os
+import re
+import shutil
+import struct
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import cgroup2_mount, check, failures, remove_cgroup_tree, wait_for  # noqa: E402
+from test_daemon_pool import HARVESTCTL, HARVESTERD, POOL, Daemon, Pool, spawned  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+KERNEL = """
+__kernel void scramble(__global const uint *in, __global uint *out, uint rounds) {
+	uint i = (uint) get_global_id(0);
+	uint x = in[i] ^ (i * 2654435761u);
+	for (uint r = 0; r < rounds; r++)
+		x = x * 1664525u + 1013904223u + i;
+	out[i] = x;
+}
+"""
+BAD_KERNEL = """
+__kernel void broken(__global uint *out) {
+	out[get_global_id(0)] = not_declared_anywhere + 1
+}
+"""
+M = 0xFFFFFFFF
+# PoCL and the ICD loader keep allocations for the process's life.
+LSAN_SUPP = "leak:libpocl\nleak:libOpenCL\nleak:libLLVM\nleak:libclang\nleak:libhwloc\n"
+
+
+def words(n, seed):
+    return [((i + seed) * 2246822519 + 3266489917) & M for i in range(n)]
+
+
+def reference(ws, rounds):
+    out = []
+    for i, w in enumerate(ws):
+        x = w ^ ((i * 2654435761) & M)
+        for _ in range(rounds):
+            x = (x * 1664525 + 1013904223 + i) & M
+        out.append(x)
+    return struct.pack("<%dI" % len(out), *out)
+
+
+def scramble_ptx():
+    """The PTX of scramble() kept for the C tests in tests/gpu/kernels.h."""
+    text = open(os.path.join(HERE, "..", "gpu", "kernels.h")).read()
+    body = text.split("gpu_test_scramble_ptx[] =", 1)[1].split(";\n", 1)[0]
+    lits = re.findall(r'"((?:[^"\\]|\\.)*)"', body)
+    return "".join(bytes(s, "ascii").decode("unicode_escape") for s in lits)
+
+
+class GpuDaemon(Daemon):
+    def __init__(self, root, name, pool_url, pool_key, cg_root, cpu_devices):
+        super().__init__(root, name, pool_url, pool_key, cg_root)
+        self.dev_us = 0
+        conf = open(self.conf).read()
+        conf = conf.replace("CPU=50%\n", "CPU=50%\nGPU=100%\n")
+        conf = conf.replace("[Daemon]\n", "[Daemon]\nOpenCLCPUDevices=%s\n" % ("yes" if cpu_devices else "no"))
+        with open(self.conf, "w") as f:
+            f.write(conf)
+
+    def rss_kib(self):
+        for line in open("/proc/%d/status" % self.proc.pid):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return -1
+
+    def drivers_loaded(self):
+        libs = set()
+        for line in open("/proc/%d/maps" % self.proc.pid):
+            path = line.split()[-1]
+            if "pocl" in path or "libLLVM" in path or "nvidia-opencl" in path:
+                libs.add(os.path.basename(path))
+        return sorted(libs)
+
+    def gpu(self):
+        return self.status()["gpu"]
+
+
+def results_by_task(pool):
+    return {r["task"]: r for r in pool.json("results", "--outputs")}
+
+
+def output(r, name):
+    for o in r["outputs"]:
+        if o["name"] == name:
+            return base64.b64decode(o["data_base64"])
+    return None
+
+
+def run(root, cg):
+    pool = Pool(root)
+    pool.serve()
+    gd = GpuDaemon(root, "gpu", pool.url, pool.key, cg + "-g", True)
+    cd = GpuDaemon(root, "cpu", pool.url, pool.key, cg + "-c", False)
+    gd.start()
+    cd.start()
+    g = gd.gpu()
+    cl = [x for x in g["devices"] if x["backend"] == "opencl"]
+    cuda_dev = any(x["backend"] == "cuda" or "cuda" in x["backends"] for x in g["devices"])
+    if not cl and not cuda_dev:
+        print("skip: no OpenCL device (%s: install pocl-opencl-icd) and no CUDA device (%s)" % (
+            g["opencl_absent"], g["cuda_absent"]))
+        return 77
+    cpu_devs = cd.gpu()["devices"]
+    real_gpu = any(not x["cpu_device"] for x in g["devices"])
+    print("gpu worker: %s; cpu worker: devices %s (%s)" % (
+        ", ".join("%s %s" % (x["id"], x["name"]) for x in g["devices"]),
+        [x["id"] for x in cpu_devs], cd.gpu()["opencl_absent"]))
+
+    # --- hello and memory --------------------------------------------------------
+    time.sleep(0.5)
+    loaded = cd.drivers_loaded()
+    print("RSS: gpu worker %d KiB (drivers %s), cpu worker %d KiB (drivers %s)" % (
+        gd.rss_kib(), gd.drivers_loaded(), cd.rss_kib(), loaded))
+    if not real_gpu:
+        check(cpu_devs == [] and "OpenCLCPUDevices=no" in (cd.gpu()["opencl_absent"] or ""),
+              "the cpu worker uses no device: %s" % cd.gpu()["opencl_absent"])
+        check(loaded == [], "the cpu worker never loaded an OpenCL driver: %s" % loaded)
+    check(wait_for(lambda: len(pool.json("workers")) == 2, 15), "both workers said hello")
+    workers = {w["key"]: w for w in pool.json("workers")}
+    print("pool workers:", json.dumps(list(workers.values())))
+    gw, cw = workers.get(gd.worker_key(), {}), workers.get(cd.worker_key(), {})
+    check(gw.get("gpu_devices", 0) >= 1, "the gpu worker's hello lists its device: %s" % gw.get("gpu_devices"))
+    check(cw.get("gpu_devices", -1) >= len(cpu_devs) and (real_gpu or cw.get("gpu_devices") == 0),
+          "the cpu worker's hello lists only devices it uses: %s" % cw.get("gpu_devices"))
+    # Whose hello offers OpenCL: only these may run an OpenCL task.
+    cl_keys = {d.worker_key() for d in (gd, cd) if any(x["backend"] == "opencl" for x in d.gpu()["devices"])}
+    if cl:
+        opencl_part(pool, root, gd, cd, cl_keys, real_gpu)
+    else:
+        print("skip: the OpenCL part: no OpenCL device here (%s): install pocl-opencl-icd" % g["opencl_absent"])
+    cuda_part(pool, root, gd, cd, cuda_dev)
+
+    for d in (gd, cd):
+        rc = d.stop()
+        check(rc == 0, "%s worker: clean exit (%s)" % (os.path.basename(d.tmp), rc))
+    charged = [d for d in (gd, cd) if d.dev_us > 0]
+    check(charged, "some worker's GPU bucket was charged")
+    for d in charged:
+        with open(os.path.join(d.state, "ledger")) as f:
+            led = json.load(f)
+        check(led.get("gpu_spent_total_usec", 0) >= d.dev_us,
+              "%s worker: the ledger file keeps the GPU spending: %s us" % (
+                  os.path.basename(d.tmp), led.get("gpu_spent_total_usec")))
+    pool.stop()
+    return 0
+
+
+def gpu_ledger(gd):
+    """A worker's pool GPU jobs charged its GPU bucket their device time."""
+    pj = [j for j in gd.jobs() if j.get("pool_task") and j["kind"] in ("opencl", "cuda")]
+    dev_us = sum(j["device_usec"] for j in pj)
+    spent = gd.gpu()["budget"]["spent_total_usec"]
+    print("%s worker: %d pool GPU jobs, %d us of device time; GPU bucket spent %d us; status.pool %s" % (
+        os.path.basename(gd.tmp), len(pj), dev_us, spent,
+        json.dumps({k: gd.pool()[k] for k in ("gpu_tasks", "device_contributed_usec")})))
+    check(dev_us > 0 and abs(spent - dev_us) <= len(pj),
+          "the GPU bucket was charged the pool GPU jobs' device time (%d vs %d us)" % (spent, dev_us))
+    check(gd.pool()["device_contributed_usec"] == dev_us, "status shows the device time contributed")
+    gd.dev_us = dev_us
+    return pj
+
+
+def opencl_part(pool, root, gd, cd, cl_keys, real_gpu):
+    gk = gd.worker_key()
+    src = os.path.join(root, "scramble.cl")
+    with open(src, "w") as f:
+        f.write(KERNEL)
+    want, ocl = {}, []
+    for k, (n, rounds) in enumerate([(4096, 16), (65536, 64), (1000, 3)]):
+        ws = words(n, k)
+        inp = os.path.join(root, "in%d.bin" % k)
+        with open(inp, "wb") as f:
+            f.write(struct.pack("<%dI" % n, *ws))
+        tid = "cl%d" % k
+        pool.submit("--id", tid, "--kind", "opencl", "--source", src, "--kernel", "scramble", "--global", str(n),
+                    "--arg", "in:in=" + inp, "--arg", "out:out=%d" % (4 * n), "--arg", "u32:%d" % rounds)
+        want[tid] = reference(ws, rounds)
+        ocl.append(tid)
+    execs = [pool.submit("--id", "cpu%d" % i, "--", "sh", "-c", "echo cpu task %d" % i)[0] for i in range(2)]
+    bad = os.path.join(root, "bad.cl")
+    with open(bad, "w") as f:
+        f.write(BAD_KERNEL)
+    pool.submit("--id", "broken", "--kind", "opencl", "--source", bad, "--kernel", "broken", "--global", "64",
+                "--arg", "out:out=256")
+
+    ids = ocl + execs + ["broken"]
+    check(wait_for(lambda: all(t in pool.tasks() and pool.tasks()[t]["state"] == "done" for t in ids), 60),
+          "every task has its result: %s" % {t: v["state"] for t, v in pool.tasks().items()})
+    res = results_by_task(pool)
+    for tid in ocl:
+        r = res.get(tid, {})
+        out = output(r, "out") if r else None
+        check(r.get("worker") in cl_keys and (real_gpu or r.get("worker") == gk),
+              "%s ran on the worker with the OpenCL device" % tid)
+        check(r.get("status") == "ok" and out == want[tid],
+              "%s: status %s, output %s bytes equal to the reference" % (tid, r.get("status"), len(out or b"")))
+        check(r.get("cpu_usec", 0) > 0, "%s: device time %s us in the result" % (tid, r.get("cpu_usec")))
+    for tid in execs:
+        r = res.get(tid, {})
+        check(r.get("status") == "ok" and output(r, "stdout") == b"cpu task %s\n" % tid[3:].encode(),
+              "exec task %s done on %s" % (tid, "the gpu worker" if r.get("worker") == gk else "the cpu worker"))
+    r = res.get("broken", {})
+    why = (output(r, "reason") or b"").decode(errors="replace") if r else ""
+    print("broken kernel's reason: %s" % why)
+    check(r.get("status") == "failed" and "not_declared_anywhere" in why and "error" in why,
+          "a kernel with a syntax error fails with the compiler's message in its reason")
+    check("/.cache/pocl" not in why, "the runtime's temporary file names are not in the reason")
+
+    # --- the GPU ledger -------------------------------------------------------------
+    pj = gpu_ledger(gd)
+    if not real_gpu:
+        check(len(pj) == 4, "the gpu worker holds the 4 OpenCL tasks as GPU jobs")
+        check(not [j for j in cd.jobs() if j.get("kind") == "opencl"], "the cpu worker has no OpenCL job")
+
+
+def cuda_part(pool, root, gd, cd, cuda_dev):
+    gk = gd.worker_key()
+    ptx = os.path.join(root, "scramble.ptx")
+    with open(ptx, "w") as f:
+        f.write(scramble_ptx())
+    n = 8192
+    ws = words(n, 7)
+    inp = os.path.join(root, "cuda-in.bin")
+    with open(inp, "wb") as f:
+        f.write(struct.pack("<%dI" % n, *ws))
+    cuda_args = ["--kind", "cuda", "--source", ptx, "--kernel", "scramble", "--global", str(n), "--local", "256",
+                 "--arg", "in:in=" + inp, "--arg", "out:out=%d" % (4 * n), "--arg", "u32:%d" % n, "--arg", "u32:5"]
+    if cuda_dev:
+        pool.submit("--id", "cuda", *cuda_args)
+    else:
+        # No worker offers CUDA: let any take it, to see the refusal come back.
+        pool.submit("--id", "cuda", "--gpu", "none", *cuda_args)
+    check(wait_for(lambda: pool.tasks().get("cuda", {}).get("state") == "done", 30), "the CUDA task has its result")
+    r = results_by_task(pool).get("cuda", {})
+    if cuda_dev:
+        check(r.get("status") == "ok" and output(r, "out") == reference(ws, 5),
+              "CUDA task: output equals the reference (status %s, worker %s)" % (
+                  r.get("status"), "gpu" if r.get("worker") == gk else "cpu"))
+        check(r.get("cpu_usec", 0) > 0, "CUDA task: device time %s us in the result" % r.get("cpu_usec"))
+        bad = os.path.join(root, "bad.ptx")
+        with open(bad, "w") as f:
+            f.write(scramble_ptx().replace("ld.param.u64", "ld.param.nonsense", 1))
+        pool.submit("--id", "cuda-broken", "--kind", "cuda", "--source", bad, "--kernel", "scramble", "--global", "256",
+                    "--local", "256", "--arg", "in:in=" + inp, "--arg", "out:out=1024", "--arg", "u32:256",
+                    "--arg", "u32:1")
+        check(wait_for(lambda: pool.tasks().get("cuda-broken", {}).get("state") == "done", 30),
+              "the broken PTX task has its result")
+        r = results_by_task(pool).get("cuda-broken", {})
+        why = (output(r, "reason") or b"").decode(errors="replace") if r else ""
+        print("broken PTX's reason: %s" % why)
+        check(r.get("status") == "failed" and "did not build" in why, "PTX that does not assemble fails saying so")
+        for d in (gd, cd):
+            if d.worker_key() == results_by_task(pool)["cuda"]["worker"] and d.dev_us == 0:
+                gpu_ledger(d)
+    else:
+        why = (output(r, "reason") or b"").decode(errors="replace") if r else ""
+        check(r.get("status") == "failed" and "no CUDA device" in why, "no CUDA device: the task fails saying so: " + why)
+        print("skip: the CUDA run itself: no CUDA device on this machine (%s)" % gd.gpu()["cuda_absent"])
+
+
+def main():
+    if os.geteuid() != 0:
+        print("needs root (cgroups, job user)")
+        return 77
+    mnt = cgroup2_mount()
+    if not mnt:
+        print("no cgroup2 mount")
+        return 77
+    for p in (HARVESTERD, HARVESTCTL, POOL):
+        if not os.access(p, os.X_OK):
+            print("%s is not built (make all)" % p)
+            return 77
+    try:
+        probe = os.path.join(mnt, "harvester-dpoolgpu-probe-%d" % os.getpid())
+        os.mkdir(probe)
+        os.rmdir(probe)
+    except OSError as e:
+        print("cgroup2 at %s is not writable here: %s" % (mnt, e))
+        return 77
+    root = tempfile.mkdtemp(prefix="test-dpool-gpu-", dir="/var/tmp")
+    os.chmod(root, 0o755)
+    supp = os.path.join(root, "lsan.supp")
+    with open(supp, "w") as f:
+        f.write(LSAN_SUPP)
+    os.environ["LSAN_OPTIONS"] = "suppressions=" + supp
+    cg = "harvester-dpoolgpu-%d" % os.getpid()
+    rc = 1
+    try:
+        rc = run(root, cg)
+    except Exception as e:
+        check(False, "raised %r" % e)
+    finally:
+        for p in spawned:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for dirpath, _, files in os.walk(root):
+            for f in files:
+                if f in ("daemon.log", "serve.log"):
+                    path = os.path.join(dirpath, f)
+                    text = open(path).read()
+                    if "Sanitizer" in text or "runtime error" in text:
+                        check(False, "sanitizer report in %s" % path)
+                    if failures or "Sanitizer" in text:
+                        print("--- %s ---\n%s" % (path, text[-3000:]))
+        for suffix in ("-g", "-c"):
+            remove_cgroup_tree(os.path.join(mnt, cg + suffix))
+        shutil.rmtree(root, ignore_errors=True)
+    if rc == 77:
+        return 77
+    print("%d failure(s)" % len(failures))
+    return 1 if failures or rc else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
