@@ -521,6 +521,7 @@ static int write_gpu_result_file(struct pool_link *p, struct gpu_job *j)
 	uint8_t spec_hash[LINK_HASH_BYTES];
 	Hlink__File files[LINK_FILES_MAX], *outs[LINK_FILES_MAX];
 	uint8_t *data[LINK_FILES_MAX] = { 0 };
+	char missing[LINK_STR_MAX] = "";
 	size_t n = 0;
 	bool truncated = false;
 	int r;
@@ -547,7 +548,14 @@ static int write_gpu_result_file(struct pool_link *p, struct gpu_job *j)
 			break;
 		}
 		if ((r = gpu_jobs_output_path(p->m->gpu, j, i, path, sizeof(path))) >= 0 &&
-		    (r = read_all(path, LINK_FILE_MAX_BYTES, &data[n], &len, &cut)) >= 0) {
+		    (r = read_all(path, LINK_FILE_MAX_BYTES, &data[n], &len, &cut)) == -ENOENT) {
+			/* Lost (a disk cleaned behind our back): the task failed,
+			 * which the pool must hear, not a retry at every start. */
+			snprintf(missing, sizeof(missing), "the output buffer %s is missing on the worker", a->name);
+			r = 0;
+			break;
+		}
+		if (r >= 0) {
 			hlink__file__init(&files[n]);
 			files[n].name = a->name;
 			files[n].data = (ProtobufCBinaryData){ len, data[n] };
@@ -556,8 +564,12 @@ static int write_gpu_result_file(struct pool_link *p, struct gpu_job *j)
 			truncated |= cut;
 		}
 	}
-	if (r >= 0 && j->state != JOB_DONE) {
-		const char *why = j->reason ? j->reason : "failed";
+	if (r >= 0 && (j->state != JOB_DONE || missing[0])) {
+		const char *why = missing[0] ? missing : j->reason ? j->reason : "failed";
+		if (missing[0]) {
+			rb.status = HLINK__STATUS__STATUS_FAILED;
+			rb.exit_code = -1;
+		}
 		hlink__file__init(&files[0]);
 		files[0].name = "reason";
 		files[0].data = (ProtobufCBinaryData){ strlen(why), (uint8_t *)why };
