@@ -35,7 +35,7 @@ LDFLAGS  += -fsanitize=address,undefined
 endif
 
 # Library code: every .c of the layer folders, less the BPF programs and the
-# two programs' mains. Each layer folder adds its files by existing; nothing
+# three programs' mains. Each layer folder adds its files by existing; nothing
 # here needs editing when one is added.
 LIB_SRCS := $(filter-out %.bpf.c harvester/harvesterd.c harvester/harvestctl.c harvester/harvester-link.c, \
               $(wildcard bpf/*.c cgroup/*.c harvester/*.c gpu/*.c))
