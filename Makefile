@@ -35,9 +35,9 @@ LDFLAGS  += -fsanitize=address,undefined
 endif
 
 # Library code: every .c of the layer folders, less the BPF programs and the
-# two programs' mains. Each layer folder adds its files by existing; nothing
+# three programs' mains. Each layer folder adds its files by existing; nothing
 # here needs editing when one is added.
-LIB_SRCS := $(filter-out %.bpf.c harvester/harvesterd.c harvester/harvestctl.c, \
+LIB_SRCS := $(filter-out %.bpf.c harvester/harvesterd.c harvester/harvestctl.c harvester/harvester-link.c, \
               $(wildcard bpf/*.c cgroup/*.c harvester/*.c gpu/*.c))
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o)
 BPF_SRCS := $(wildcard bpf/*.bpf.c)
@@ -48,7 +48,7 @@ UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 HOST_SRCS := $(wildcard tests/host/*.c)
 HOST_BINS := $(HOST_SRCS:tests/host/%.c=$(BUILD)/tests/host-%)
 
-PROGS := $(BUILD)/harvesterd $(BUILD)/harvestctl
+PROGS := $(BUILD)/harvesterd $(BUILD)/harvestctl $(BUILD)/harvester-link
 
 # The link (net/, a library both ends link) and the pool server (pool/).
 PB_SRCS    := $(patsubst net/%.proto,$(BUILD)/net/%.pb-c.c,$(wildcard net/*.proto))
@@ -98,6 +98,11 @@ $(BUILD)/harvesterd: $(BUILD)/harvester/harvesterd.o $(BUILD)/libharvester.a $(B
 
 $(BUILD)/harvestctl: $(BUILD)/harvester/harvestctl.o $(BUILD)/libharvester.a
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+# The node's unprivileged network half: config parser and relay only, so it
+# links none of the daemon's BPF, cgroup or OpenCL libraries.
+$(BUILD)/harvester-link: $(BUILD)/harvester/harvester-link.o $(BUILD)/libharvester.a $(BUILD)/libharvester-net.a
+	$(CC) $(LDFLAGS) $^ $(shell pkg-config --libs inih libsodium) $(NET_LIBS) -o $@
 
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libharvester.a
 	@mkdir -p $(@D)
@@ -217,6 +222,8 @@ deb:
 install: all
 	install -D -m 0755 $(BUILD)/harvesterd $(DESTDIR)$(PREFIX)/sbin/harvesterd
 	install -D -m 0755 $(BUILD)/harvestctl $(DESTDIR)$(PREFIX)/bin/harvestctl
+	install -D -m 0755 $(BUILD)/harvester-link $(DESTDIR)$(PREFIX)/libexec/harvester/harvester-link
+	install -D -m 0755 $(BUILD)/harvest-pool $(DESTDIR)$(PREFIX)/bin/harvest-pool
 
 clean:
 	rm -rf $(BUILD)

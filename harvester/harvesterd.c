@@ -8,6 +8,7 @@
 #include "harvester/config.h"
 #include "harvester/log.h"
 #include "harvester/manager.h"
+#include "harvester/pool-link.h"
 
 static void help(void)
 {
@@ -19,6 +20,8 @@ static void help(void)
 	       "  -r, --runtime-dir DIR  control socket (default /run/harvester)\n"
 	       "      --check-config     validate the configuration and exit\n"
 	       "      --no-bpf           do not load the eBPF probe (use the fallbacks)\n"
+	       "      --pool-via URL     reach [Pool] URL= through harvester-link listening on\n"
+	       "                         URL (ipc://PATH), not by dialling the pool itself\n"
 	       "      --input-dir DIR    watch input devices here (default /dev/input)\n"
 	       "      --tty-dir DIR      watch terminals here (default /dev/pts; \"\" for none)\n"
 	       "  -v, --verbose          log debug messages\n"
@@ -34,7 +37,7 @@ static void print_error(void *userdata, const char *file, unsigned line, const c
 
 int main(int argc, char *argv[])
 {
-	enum { ARG_CHECK = 0x100, ARG_NO_BPF, ARG_VERSION, ARG_INPUT_DIR, ARG_TTY_DIR };
+	enum { ARG_CHECK = 0x100, ARG_NO_BPF, ARG_VERSION, ARG_INPUT_DIR, ARG_TTY_DIR, ARG_POOL_VIA };
 	static const struct option opts[] = {
 		{ "config", required_argument, NULL, 'c' },
 		{ "state-dir", required_argument, NULL, 's' },
@@ -43,6 +46,7 @@ int main(int argc, char *argv[])
 		{ "no-bpf", no_argument, NULL, ARG_NO_BPF },
 		{ "input-dir", required_argument, NULL, ARG_INPUT_DIR },
 		{ "tty-dir", required_argument, NULL, ARG_TTY_DIR },
+		{ "pool-via", required_argument, NULL, ARG_POOL_VIA },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, ARG_VERSION },
@@ -64,6 +68,14 @@ int main(int argc, char *argv[])
 		case 'r': mo.runtime_dir = optarg; break;
 		case ARG_INPUT_DIR: mo.input_dir = optarg; break;
 		case ARG_TTY_DIR: mo.tty_dir = optarg; break;
+		case ARG_POOL_VIA:
+			/* The hop to harvester-link is local and carries no TLS. */
+			if (strncmp(optarg, "ipc://", 6) && strncmp(optarg, "tcp://", 6)) {
+				fprintf(stderr, "harvesterd: --pool-via %s: expected an ipc:// (or tcp://) URL\n", optarg);
+				return 2;
+			}
+			pool_link_set_via(optarg);
+			break;
 		case 'v': log_set_max_level(LOG_DEBUG); break;
 		case ARG_CHECK: check = true; break;
 		case ARG_NO_BPF: mo.no_bpf = true; break;

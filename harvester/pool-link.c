@@ -45,6 +45,7 @@ struct pool_link {
 	struct manager *m;
 	LinkClient *client;
 	char *url;                     /* as started: a reload does not redial */
+	char *via;                     /* harvester-link's socket we dial instead, or NULL */
 	uint8_t pool_pk[LINK_KEY_BYTES];
 	sd_event_source *io, *timer;
 	char *results_dir;
@@ -1001,12 +1002,22 @@ static int on_io(sd_event_source *s, int fd, uint32_t revents, void *userdata)
 
 /* --- life -------------------------------------------------------------------------------- */
 
+/* harvesterd --pool-via: a command-line setting, fixed for the process. */
+static const char *arg_via;
+
+void pool_link_set_via(const char *url)
+{
+	arg_via = url;
+}
+
 int pool_link_new(struct manager *m, struct pool_link **ret)
 {
+	/* Via harvester-link, TLS to the pool is the link's job; the hop to it
+	 * is a local socket. The pinned key is checked here either way. */
 	LinkClientConfig cfg = {
-		.url = m->config.pool_url,
+		.url = arg_via ? arg_via : m->config.pool_url,
 		.state_dir = m->state_dir,
-		.tls_ca_file = m->config.pool_ca_file,
+		.tls_ca_file = arg_via ? NULL : m->config.pool_ca_file,
 		.timeout_ms = POOL_TIMEOUT_MS,
 	};
 	int r;
@@ -1014,7 +1025,7 @@ int pool_link_new(struct manager *m, struct pool_link **ret)
 	if (!m->config.pool_key)
 		return log_error_errno(-EINVAL, "[Pool] URL=%s is set but Key= is not: pin the pool's public key",
 				       m->config.pool_url);
-	if (!strncmp(m->config.pool_url, "tls+", 4) && !m->config.pool_ca_file)
+	if (!strncmp(cfg.url, "tls+", 4) && !cfg.tls_ca_file)
 		return log_error_errno(-EINVAL, "[Pool] URL=%s needs CAFile= (the pool's CA or certificate)",
 				       m->config.pool_url);
 	if ((r = link_key_from_base64(m->config.pool_key, cfg.pool_key)) < 0)
@@ -1024,7 +1035,8 @@ int pool_link_new(struct manager *m, struct pool_link **ret)
 	if (!p)
 		return -ENOMEM;
 	p->m = m;
-	if (!(p->url = strdup(m->config.pool_url))) {
+	if (!(p->url = strdup(m->config.pool_url)) || (arg_via && !(p->via = strdup(arg_via)))) {
+		free(p->url);
 		free(p);
 		return -ENOMEM;
 	}
@@ -1063,8 +1075,8 @@ int pool_link_new(struct manager *m, struct pool_link **ret)
 	}
 	char b64[64] = "";
 	link_key_to_base64(link_client_key(p->client), b64, sizeof(b64));
-	log_info("Pool link to %s as worker %s: %u task(s) held, %u result(s) awaiting acknowledgement",
-		 cfg.url, b64, held, pending);
+	log_info("Pool link to %s%s%s as worker %s: %u task(s) held, %u result(s) awaiting acknowledgement",
+		 p->url, p->via ? " via " : "", p->via ? p->via : "", b64, held, pending);
 	*ret = p;
 	return 0;
 fail:
@@ -1114,6 +1126,7 @@ struct pool_link *pool_link_free(struct pool_link *p)
 	free(p->results_dir);
 	free(p->worker_id);
 	free(p->url);
+	free(p->via);
 	free(p);
 	return NULL;
 }
@@ -1142,8 +1155,8 @@ json_t *pool_link_status_json(struct pool_link *p)
 			accepted += json_is_true(json_object_get(pt_obj(&t), "accepted"));
 		}
 	}
-	return json_pack("{s:s, s:b, s:s?, s:s?, s:I, s:I, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:I, s:I,"
-			 " s:i, s:I}",
+	json_t *o = json_pack("{s:s, s:b, s:s?, s:s?, s:I, s:I, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:I, s:I,"
+			      " s:i, s:I}",
 			 "url", p->url, "connected", p->connected, "worker_id", p->worker_id,
 			 "last_error", p->last_error[0] ? p->last_error : NULL,
 			 "since_usec", (json_int_t)p->since_realtime_usec,
@@ -1156,4 +1169,7 @@ json_t *pool_link_status_json(struct pool_link *p)
 			 "cpu_contributed_usec", (json_int_t)cpu,
 			 "retry_in_usec", (json_int_t)(p->next_try_usec > now ? p->next_try_usec - now : 0),
 			 "gpu_tasks", (int)gpu, "device_contributed_usec", (json_int_t)device);
+	if (o)
+		json_object_set_new(o, "via", p->via ? json_string(p->via) : json_null());
+	return o;
 }

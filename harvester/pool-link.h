@@ -24,6 +24,10 @@ struct manager;
 struct job;
 struct pool_link;
 
+/* Dial URL (harvester-link's local socket, harvesterd --pool-via) instead of
+ * [Pool] URL=; NULL dials the pool itself. Set before pool_link_new. */
+void pool_link_set_via(const char *url);
+
 /* Start the link for M (M->config.pool_url set): identity under the state
  * dir, client, event sources, results left on disk by an earlier run. A pool
  * that is down is not an error. -EINVAL when [Pool] Key= is missing. */

@@ -1,6 +1,7 @@
 #!/bin/sh
-# Build the harvester .deb with Debian's own tooling and check it with
-# lintian. usage: build-deb.sh BUILD   (the .deb lands in BUILD/)
+# Build the .debs (harvester: the node; harvester-pool: the pool server)
+# with Debian's own tooling and check them with lintian and systemd-analyze.
+# usage: build-deb.sh BUILD   (the .debs land in BUILD/)
 #
 # dpkg-buildpackage wants debian/ at the top of the source tree and writes
 # its results into the parent folder, so the build runs on a copy of the
@@ -29,8 +30,8 @@ else
 fi
 rm -rf "$src/debian"
 cp -a "$top/packaging/debian" "$src/debian"
-rm -rf "$src/debian/.debhelper" "$src/debian/harvester" "$src/debian/files" \
-	"$src/debian/debhelper-build-stamp" "$src"/debian/*.substvars
+rm -rf "$src/debian/.debhelper" "$src/debian/harvester" "$src/debian/harvester-pool" "$src/debian/tmp" \
+	"$src/debian/files" "$src/debian/debhelper-build-stamp" "$src"/debian/*.substvars
 
 echo "deb: building harvester $version in $src"
 (cd "$src" && dpkg-buildpackage -b -us -uc >"$work/build.log" 2>&1) || {
@@ -39,36 +40,54 @@ echo "deb: building harvester $version in $src"
 	exit 1
 }
 
-rm -f "$build"/harvester_*.deb "$build"/harvester-dbgsym_*.deb "$build"/harvester_*.changes "$build"/harvester_*.buildinfo
-for f in "$work"/harvester_"$version"_*.deb "$work"/harvester-dbgsym_"$version"_*.deb \
-	 "$work"/harvester_"$version"_*.changes "$work"/harvester_"$version"_*.buildinfo; do
+pkgs="harvester harvester-pool"
+for p in $pkgs; do
+	rm -f "$build"/"$p"_*.deb "$build"/"$p"-dbgsym_*.deb
+done
+rm -f "$build"/harvester_*.changes "$build"/harvester_*.buildinfo
+for f in "$work"/harvester_"$version"_*.changes "$work"/harvester_"$version"_*.buildinfo; do
 	[ -e "$f" ] && mv "$f" "$build/"
 done
-deb=$(ls "$build"/harvester_"$version"_*.deb)
-echo "deb: $deb"
+debs=""
+for p in $pkgs; do
+	for f in "$work"/"$p"_"$version"_*.deb "$work"/"$p"-dbgsym_"$version"_*.deb; do
+		[ -e "$f" ] && mv "$f" "$build/"
+	done
+	deb=$(ls "$build"/"$p"_"$version"_*.deb)
+	echo "deb: $deb"
+	debs="$debs $deb"
+done
 
-# The unit must pass systemd's own check. On the build machine the binary
-# is not installed, so check a copy that points at the packaged one (the
-# VM suite checks the installed unit as it is); man pages are lintian's.
-pkgroot=$src/debian/harvester
+# The units must pass systemd's own check. On the build machine the
+# binaries are not installed, so check copies that point at the packaged
+# ones (the VM suite checks the installed units as they are); man pages
+# are lintian's.
 if command -v systemd-analyze >/dev/null; then
+	rm -rf "$work/verify"
 	mkdir -p "$work/verify"
-	sed "s|^ExecStart=/usr/sbin/harvesterd|ExecStart=$pkgroot/usr/sbin/harvesterd|" \
-		"$pkgroot/lib/systemd/system/harvesterd.service" >"$work/verify/harvesterd.service"
-	systemd-analyze verify --man=no "$work/verify/harvesterd.service" >"$work/verify.log" 2>&1 || true
+	for p in $pkgs; do
+		pkgroot=$src/debian/$p
+		for u in "$pkgroot"/lib/systemd/system/*.service; do
+			sed "s|^ExecStart=/usr/|ExecStart=$pkgroot/usr/|" "$u" >"$work/verify/$(basename "$u")"
+		done
+	done
+	systemd-analyze verify --man=no "$work"/verify/*.service >"$work/verify.log" 2>&1 || true
 	if [ -s "$work/verify.log" ]; then
 		cat "$work/verify.log"
 		echo "deb: systemd-analyze verify is not clean" >&2
 		exit 1
 	fi
-	echo "deb: systemd-analyze verify: clean"
-	systemd-analyze security --offline=yes "$work/verify/harvesterd.service" 2>/dev/null |
-		sed -n 's/^→ Overall exposure level for \(.*\)/deb: security exposure of \1/p'
+	echo "deb: systemd-analyze verify: clean ($(cd "$work/verify" && echo *.service))"
+	for u in "$work"/verify/*.service; do
+		systemd-analyze security --offline=yes "$u" 2>/dev/null |
+			sed -n 's/^→ Overall exposure level for \(.*\)/deb: security exposure of \1/p'
+	done
 fi
 
 # lintian: errors fail the build, warnings are shown.
 rc=0
-lintian --fail-on error --tag-display-limit 0 --info "$deb" \
+# shellcheck disable=SC2086
+lintian --fail-on error --tag-display-limit 0 --info $debs \
 	"$build"/harvester_"$version"_*.changes >"$work/lintian.log" 2>&1 || rc=$?
 cat "$work/lintian.log"
 echo "deb: lintian: $(grep -c '^E:' "$work/lintian.log" || true) errors, $(grep -c '^W:' "$work/lintian.log" || true) warnings"

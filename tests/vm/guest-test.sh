@@ -111,11 +111,14 @@ if [ "$phase" = 1 ]; then
 	kill $catpid 2>/dev/null
 
 	# --- install, as a user would ---
+	# The node and the pool server in one apt call (each call costs some
+	# 20 s on the emulated CPU); the pool is set up in phase 2.
 	deb=$(ls $M/harvester_*.deb | head -n 1)
-	if apt-get install -y -q "$deb" >/tmp/apt.log 2>&1; then
+	pooldeb=$(ls $M/harvester-pool_*.deb 2>/dev/null | head -n 1)
+	if apt-get install -y -q "$deb" ${pooldeb:+"$pooldeb"} >/tmp/apt.log 2>&1; then
 		pass install
 	else
-		fail install "apt-get install $deb: $(tail -n 3 /tmp/apt.log | tr '\n' ' ')"
+		fail install "apt-get install $deb $pooldeb: $(tail -n 3 /tmp/apt.log | tr '\n' ' ')"
 		finish
 	fi
 	check install-leaves-service-disabled "after install: is-enabled=$(systemctl is-enabled harvesterd 2>&1) is-active=$(systemctl is-active harvesterd 2>&1)" \
@@ -123,6 +126,8 @@ if [ "$phase" = 1 ]; then
 	check install-creates-job-user "no user harvester" getent passwd harvester
 	missing=""
 	for f in /usr/sbin/harvesterd /usr/bin/harvestctl /lib/systemd/system/harvesterd.service \
+		/usr/libexec/harvester/harvester-link /lib/systemd/system/harvester-link.service \
+		/usr/share/man/man8/harvester-link.8.gz \
 		/usr/lib/sysusers.d/harvester.conf /usr/share/man/man8/harvesterd.8.gz \
 		/usr/share/man/man1/harvestctl.1.gz /usr/share/man/man5/harvester.conf.5.gz \
 		/usr/share/bash-completion/completions/harvestctl; do
@@ -130,7 +135,7 @@ if [ "$phase" = 1 ]; then
 	done
 	check install-files "missing:$missing" test -z "$missing"
 	check install-conffile "$CONF is not a conffile" grep -q "^ $CONF " <(dpkg-query -W -f='${Conffiles}\n' harvester)
-	v=$(systemd-analyze verify --man=no harvesterd.service 2>&1)
+	v=$(systemd-analyze verify --man=no harvesterd.service harvester-link.service 2>&1)
 	check unit-verify "systemd-analyze verify: $v" test -z "$v"
 	score=$(systemd-analyze security harvesterd.service 2>/dev/null | sed -n 's/.*Overall exposure level for harvesterd.service: \([0-9.]*\).*/\1/p')
 	figure unit_exposure "${score:-unknown}"
@@ -163,6 +168,11 @@ if [ "$phase" = 1 ]; then
 	rc=$?
 	sed 's/^/VMTEST NOTE status: /' /tmp/status.txt
 	check harvestctl-status "exit $rc" test $rc = 0
+	# harvesterd wants harvester-link, which ends cleanly with no pool set.
+	check link-exits-without-pool "harvester-link: $(systemctl show -p ActiveState,Result,ExecMainStatus --value harvester-link | tr '\n' ' ')" \
+		wait_until 10 bash -c '[ "$(systemctl show -p ActiveState --value harvester-link)" = inactive ] &&
+			[ "$(systemctl show -p Result --value harvester-link)" = success ] &&
+			journalctl -u harvester-link -o cat --no-pager | grep -q "No \[Pool\] URL="'
 	check harvestctl-status-unprivileged "status as nobody failed" \
 		setpriv --reuid=nobody --regid=nogroup --clear-groups harvestctl status
 	check harvestctl-pause-refused-unprivileged "pause as nobody was accepted" \
@@ -426,12 +436,18 @@ if [ "$phase" = 2 ]; then
 	verdict daemon-goes-on $? "pid $pid0 -> $pid1, restarts $nr0 -> $nr1, $(systemctl is-active harvesterd)"
 	kill $sockpid 2>/dev/null
 
+	# --- 8. the pool path: harvest-pool.service, harvester-link, no network in harvesterd ---
+	# shellcheck source=guest-pool.sh
+	. $M/guest-pool.sh
+	pool_section
+
 	# --- upgrade: restarts the running service, keeps ledger and queue ---
 	note "upgrade: pause, queue a job, reinstall the package"
 	timeout 20 harvestctl pause >/dev/null
 	q=$(sub /bin/true)
 	[ -n "$q" ] || note "upgrade: submit while paused failed: $(tr '\n' ' ' <"$S/submit.err")"
 	sp1=$(stj .budget.spent_total_usec); pid1=$(mainpid)
+	lpid1=$(systemctl show -p MainPID --value harvester-link)
 	t=$(now_s)
 	timeout 120 apt-get install -y -q --reinstall "$(ls $M/harvester_*.deb | head -n 1)" >/tmp/apt.log 2>&1 ||
 		note "reinstall: $(tail -n 3 /tmp/apt.log | tr '\n' ' ')"
@@ -441,6 +457,11 @@ if [ "$phase" = 2 ]; then
 	sp2=$(stj .budget.spent_total_usec); pid2=$(mainpid)
 	check upgrade-restarts-keeps-state "pid $pid1 -> $pid2, spent $sp1 -> $sp2, queued job $q is '$(job "$q" state)'" \
 		ok_calc "$pid2 != $pid1 && $pid2 > 0 && $sp2 >= $sp1 && \"$(job "$q" state)\" == \"queued\""
+	# harvester-link is left alone by the maintainer scripts: it follows
+	# harvesterd (PartOf=), so the daemon's restart restarts it too.
+	lpid2=$(systemctl show -p MainPID --value harvester-link)
+	check upgrade-restarts-link-with-daemon "harvester-link pid $lpid1 -> $lpid2, $(systemctl is-active harvester-link)" \
+		test "$lpid1" != 0 -a "$lpid2" != 0 -a "$lpid2" != "$lpid1"
 	timeout 20 harvestctl resume >/dev/null
 
 	# --- 6. stop leaves no job process; purge leaves no state ---
@@ -461,11 +482,21 @@ if [ "$phase" = 2 ]; then
 		/sys/fs/cgroup/system.slice/harvesterd.service/*/*/cgroup.procs 2>/dev/null | tr '\n' ' ')
 	check stop-leaves-no-job-process "job pids '$jpids' left '$left', user harvester '$byuser', unit cgroup '$unitprocs'" \
 		test -n "$jpids" -a -z "$left$byuser" -a -z "$(tr -d ' ' <<<"$unitprocs")"
+	check stop-stops-link "harvester-link is $(systemctl is-active harvester-link), /run/harvester-link $(ls -d /run/harvester-link 2>&1)" \
+		test "$(systemctl is-active harvester-link)" = inactive -a ! -e /run/harvester-link
 	note "purge"
-	timeout 120 apt-get purge -y -q harvester >/tmp/apt.log 2>&1
+	pooled=$(dpkg-query -W -f='${db:Status-Status}' harvester-pool 2>/dev/null)
+	timeout 120 apt-get purge -y -q harvester $([ "$pooled" = installed ] && echo harvester-pool) >/tmp/apt.log 2>&1
 	left=$(ls -d /var/lib/harvester /etc/harvester /run/harvester /lib/systemd/system/harvesterd.service \
-		/etc/systemd/system/multi-user.target.wants/harvesterd.service 2>/dev/null | tr '\n' ' ')
+		/etc/systemd/system/multi-user.target.wants/harvesterd.service /run/harvester-link \
+		/lib/systemd/system/harvester-link.service /usr/libexec/harvester 2>/dev/null | tr '\n' ' ')
 	check purge-leaves-no-state "left: $left" test -z "$left"
+	if [ "$pooled" = installed ]; then
+		left=$(ls -d /var/lib/harvest-pool /var/lib/private/harvest-pool /lib/systemd/system/harvest-pool.service \
+			/etc/systemd/system/multi-user.target.wants/harvest-pool.service 2>/dev/null | tr '\n' ' ')
+		check pool-purge-leaves-no-state "left: $left; harvest-pool is $(systemctl is-active harvest-pool)" \
+			test -z "$left" -a "$(systemctl is-active harvest-pool)" != active
+	fi
 	finish
 fi
 

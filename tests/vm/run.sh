@@ -1,10 +1,11 @@
 #!/bin/sh
 # The VM suite: install the harvester .deb in a real Debian 12 guest
 # (systemd as PID 1, unified cgroup v2, fentry) under QEMU/TCG, drive it as
-# a user would, and check what it does. usage: run.sh BUILD
+# a user would, and check what it does; then the harvester-pool .deb, a
+# pool on the guest's loopback and the node's link to it. usage: run.sh BUILD
 #
-# BUILD/harvester_*.deb must exist (make vmtest and make check build it
-# first). The guest image is cached in /var/cache/harvester-vm (see
+# BUILD/harvester_*.deb and BUILD/harvester-pool_*.deb must exist (make
+# vmtest and make check build them first). The guest image is cached in /var/cache/harvester-vm (see
 # image.sh); the run's files (serial log, figures) go to BUILD/vm/.
 # Exit 0 only if every guest assertion passed; 77 (skip) only when QEMU or
 # mmdebstrap is not installed.
@@ -26,12 +27,18 @@ if [ -z "$deb" ]; then
 	echo "vm: no $build/harvester_*.deb: run make deb first" >&2
 	exit 1
 fi
-echo "vm: package $deb"
+pooldeb=$(ls "$build"/harvester-pool_*_*.deb 2>/dev/null | head -n 1 || true)
+if [ -z "$pooldeb" ]; then
+	echo "vm: no $build/harvester-pool_*.deb: run make deb first" >&2
+	exit 1
+fi
+echo "vm: packages $deb $pooldeb"
 
-# The guest image holds the package's runtime dependencies, so that
+# The guest image holds the packages' runtime dependencies, so that
 # "apt install ./harvester_*.deb" works offline there: first alternative of
 # each, without versions.
-deps=$(dpkg-deb -f "$deb" Pre-Depends Depends | sed 's/^[A-Za-z-]*: //' | tr ',' '\n' |
+deps=$(for d in "$deb" "$pooldeb"; do dpkg-deb -f "$d" Pre-Depends Depends; done |
+	sed 's/^[A-Za-z-]*: //' | tr ',' '\n' |
 	sed 's/|.*//; s/(.*)//; s/:any//; s/[[:space:]]//g' | grep -v '^$' | sort -u)
 t0=$(date +%s)
 image=$(sh "$here/image.sh" $deps)
@@ -43,7 +50,8 @@ rm -rf "$work"
 mkdir -p "$work/data"
 # HARVESTER_VM_GUEST: another guest script, for debugging the suite.
 cp "${HARVESTER_VM_GUEST:-$here/guest-test.sh}" "$work/data/guest-test.sh"
-cp "$deb" "$work/data/"
+cp "$here/guest-pool.sh" "$work/data/"
+cp "$deb" "$pooldeb" "$work/data/"
 [ "${HARVESTER_VM_QUICK:-0}" = 1 ] && touch "$work/data/quick"
 mkfs.ext4 -q -L vmtest -d "$work/data" "$work/data.ext4" 64M >&2
 
