@@ -136,8 +136,6 @@ bench-probe: $(BUILD)/tests/bench/probe-cost
 	$(BUILD)/tests/bench/probe-cost
 
 # --- the link and the pool -----------------------------------------------------
-# Generated code is kept, not deleted as an intermediate: the daemon includes it.
-.SECONDARY: $(PB_SRCS) $(PB_HDRS)
 $(BUILD)/net/%.pb-c.c $(BUILD)/net/%.pb-c.h: net/%.proto
 	@mkdir -p $(@D)
 	protoc-c --c_out=$(BUILD) $<
