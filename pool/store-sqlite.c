@@ -450,18 +450,29 @@ static bool worker_known(PoolStore *s, const uint8_t *key)
         return sqlite3_step(st) == SQLITE_ROW;
 }
 
+void pool_worker_caps(const Hlink__Capabilities *c, PoolWorkerCaps *ret)
+{
+        PoolWorkerCaps w = {};
+        snprintf(w.arch, sizeof(w.arch), "%s", c->arch ? c->arch : "");
+        w.cores = c->cores;
+        w.memory_bytes = c->memory_bytes;
+        for (size_t i = 0; i < c->n_devices; i++)
+                if (c->devices[i]->api > 0 && c->devices[i]->api < 31)
+                        w.gpu_mask |= 1U << c->devices[i]->api;
+        *ret = w;
+}
+
 int pool_store_hello(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], const Hlink__Hello *h, uint64_t seq,
                      uint64_t now)
 {
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
         const Hlink__Capabilities *c = h->caps;
-        unsigned gpu_mask = 0;
+        PoolWorkerCaps caps;
         int r = begin(s);
         if (r < 0)
                 return r;
-        for (size_t i = 0; i < c->n_devices; i++)
-                if (c->devices[i]->api > 0 && c->devices[i]->api < 31)
-                        gpu_mask |= 1U << c->devices[i]->api;
+        pool_worker_caps(c, &caps);
+        unsigned gpu_mask = caps.gpu_mask;
         if (worker_known(s, key))
                 r = seq_update(s, key, seq, now);
         else {
@@ -525,7 +536,35 @@ void pool_leases_free(PoolLease *l, size_t n)
 int pool_store_lease(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], unsigned max, size_t max_bytes,
                      uint64_t now, uint64_t lease_usec, PoolLease **ret)
 {
-        _cleanup_stmt_ sqlite3_stmt *w = NULL, *ins = NULL;
+        _cleanup_stmt_ sqlite3_stmt *w = NULL;
+        PoolWorkerCaps caps = {};
+        int r = begin(s);
+        if (r < 0)
+                return r;
+        r = prep(s, "SELECT arch, cores, memory, gpu_mask FROM workers WHERE key = ?", &w);
+        if (r >= 0) {
+                sqlite3_bind_blob(w, 1, key, LINK_KEY_BYTES, SQLITE_STATIC);
+                if (sqlite3_step(w) != SQLITE_ROW)
+                        r = -ENOENT;
+                else {
+                        snprintf(caps.arch, sizeof(caps.arch), "%s", (const char *) sqlite3_column_text(w, 0));
+                        caps.cores = (unsigned) sqlite3_column_int(w, 1);
+                        caps.memory_bytes = (uint64_t) sqlite3_column_int64(w, 2);
+                        caps.gpu_mask = (unsigned) sqlite3_column_int(w, 3);
+                }
+        }
+        if (r >= 0)
+                r = pool_store_lease_caps(s, key, &caps, max, max_bytes, now, lease_usec, ret);
+        int k = end(s, r);
+        if (k < 0 && r > 0)
+                pool_leases_free(*ret, (size_t) r);
+        return k;
+}
+
+int pool_store_lease_caps(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], const PoolWorkerCaps *caps,
+                          unsigned max, size_t max_bytes, uint64_t now, uint64_t lease_usec, PoolLease **ret)
+{
+        _cleanup_stmt_ sqlite3_stmt *ins = NULL;
         PoolLease *out = NULL;
         size_t n = 0, bytes = 0;
         int r;
@@ -541,12 +580,6 @@ int pool_store_lease(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], unsigned m
         if (r < 0) {
                 free(out);
                 return r;
-        }
-        r = prep(s, "SELECT arch, cores, memory, gpu_mask FROM workers WHERE key = ?", &w);
-        if (r >= 0) {
-                sqlite3_bind_blob(w, 1, key, LINK_KEY_BYTES, SQLITE_STATIC);
-                if (sqlite3_step(w) != SQLITE_ROW)
-                        r = -ENOENT;
         }
         /* Matching: only tasks whose needs this worker's capabilities meet.
          * Lapsed leases first, oldest lapse first, so a vanished worker's
@@ -572,11 +605,10 @@ int pool_store_lease(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], unsigned m
                 if (r < 0)
                         break;
                 bind_now(q, now);
-                sqlite3_bind_text(q, sqlite3_bind_parameter_index(q, ":arch"),
-                                  (const char *) sqlite3_column_text(w, 0), -1, SQLITE_TRANSIENT);
-                sqlite3_bind_int(q, sqlite3_bind_parameter_index(q, ":cores"), sqlite3_column_int(w, 1));
-                sqlite3_bind_int64(q, sqlite3_bind_parameter_index(q, ":mem"), sqlite3_column_int64(w, 2));
-                sqlite3_bind_int(q, sqlite3_bind_parameter_index(q, ":gpu"), sqlite3_column_int(w, 3));
+                sqlite3_bind_text(q, sqlite3_bind_parameter_index(q, ":arch"), caps->arch, -1, SQLITE_STATIC);
+                sqlite3_bind_int(q, sqlite3_bind_parameter_index(q, ":cores"), (int) caps->cores);
+                sqlite3_bind_int64(q, sqlite3_bind_parameter_index(q, ":mem"), (sqlite3_int64) caps->memory_bytes);
+                sqlite3_bind_int(q, sqlite3_bind_parameter_index(q, ":gpu"), (int) caps->gpu_mask);
                 sqlite3_bind_blob(q, sqlite3_bind_parameter_index(q, ":key"), key, LINK_KEY_BYTES, SQLITE_STATIC);
                 sqlite3_bind_int(q, sqlite3_bind_parameter_index(q, ":max"), (int) (max - n));
                 while (n < max) {

@@ -95,6 +95,20 @@ typedef struct PoolLease {
  * their tasks go out again. Returns how many; free with pool_leases_free(). */
 int pool_store_lease(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], unsigned max, size_t max_bytes,
                      uint64_t now_usec, uint64_t lease_usec, PoolLease **ret);
+
+/* What matching needs of a worker, as its hello said: the server keeps it
+ * in memory with the worker's session, so a lease need not read it back. */
+typedef struct PoolWorkerCaps {
+        char arch[LINK_STR_MAX + 1];
+        unsigned cores;
+        uint64_t memory_bytes;
+        unsigned gpu_mask;              /* bit N: a device of Hlink__DeviceApi N */
+} PoolWorkerCaps;
+void pool_worker_caps(const Hlink__Capabilities *c, PoolWorkerCaps *ret);
+
+/* pool_store_lease() for a worker whose capabilities the caller holds. */
+int pool_store_lease_caps(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], const PoolWorkerCaps *caps,
+                          unsigned max, size_t max_bytes, uint64_t now_usec, uint64_t lease_usec, PoolLease **ret);
 void pool_leases_free(PoolLease *l, size_t n);
 
 /* Extend the worker's lease on TASK_ID. 0 and the new expiry if the pool

@@ -227,10 +227,16 @@ int main(int argc, char **argv)
                 mkdir(cfg.state_dir, 0700);
                 if (link_identity_worker(cfg.state_dir, &id) < 0)
                         return 1;
+                uint8_t kx_pk[LINK_KX_BYTES], kx_sk[LINK_KX_BYTES];
                 cp.arch = (char *) arch;
                 cp.cores = cores;
                 h.caps = &cp;
                 h.agent = "pool-worker/raw";
+                /* A raw peer never uses the session; the exchange is there
+                 * because a v2 hello must carry one. */
+                if (link_kx_keypair(kx_pk, kx_sk) < 0)
+                        return 1;
+                h.kx_public = (ProtobufCBinaryData) { LINK_KX_BYTES, kx_pk };
                 b.msg_case = HLINK__BODY__MSG_HELLO;
                 b.hello = &h;
                 clock_gettime(CLOCK_REALTIME, &ts);
