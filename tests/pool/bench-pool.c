@@ -461,15 +461,22 @@ static void next(Worker *w)
 /* --- one level ---------------------------------------------------------------- */
 
 static void report(unsigned nw, uint64_t rt, double dt, const PoolStats *p0, const PoolStats *p1, long rss_idle,
-                   long rss_connected, unsigned connected, uint64_t fails, uint64_t empty)
+                   long rss_connected, unsigned connected, uint64_t fails, uint64_t empty, uint64_t workers_cpu_usec)
 {
         double pool_cpu = (double) (p1->cpu - p0->cpu) / USEC_PER_SEC / dt * 100;
-        printf("workers %u: %.0f round-trips/s (%llu in %.1f s; pool CPU %.0f%%, %.1f requests a commit, %llu failures, "
-               "%llu empty; %u/%u connected; pool memory %.1f KiB a connected worker)\n",
-               nw, (double) rt / dt, (unsigned long long) rt, dt, pool_cpu,
+        double load[3] = { 0 };
+        getloadavg(load, 3);
+        /* CPU time a round trip costs each side: what the machine's load
+         * (other processes share these 2 cores) does not change. */
+        printf("workers %u: %.0f round-trips/s (%llu in %.1f s; CPU a round trip: pool %.0f us, workers %.0f us; "
+               "pool CPU %.0f%%, %.1f requests a commit, %llu failures, %llu empty; %u/%u connected; "
+               "pool memory %.1f KiB a connected worker; load average %.2f)\n",
+               nw, (double) rt / dt, (unsigned long long) rt, dt,
+               rt ? (double) (p1->cpu - p0->cpu) / (double) rt : 0.0,
+               rt ? (double) workers_cpu_usec / (double) rt : 0.0, pool_cpu,
                p1->commits > p0->commits ? (double) (p1->req - p0->req) / (double) (p1->commits - p0->commits) : 0.0,
                (unsigned long long) fails, (unsigned long long) empty, connected, nw,
-               (double) (rss_connected - rss_idle) / nw);
+               (double) (rss_connected - rss_idle) / nw, load[0]);
         fflush(stdout);
 }
 
@@ -503,16 +510,17 @@ static int raw_level(const char *url, unsigned nw, double secs)
         if (pool_stats(&p_conn) < 0)
                 return -EIO;
         uint64_t rt0 = atomic_load(&raw_rt), f0 = atomic_load(&raw_fail), e0 = atomic_load(&raw_empty);
-        uint64_t t0 = mono_usec();
+        uint64_t t0 = mono_usec(), c0 = cpu_usec(RUSAGE_SELF);
         fprintf(stderr, "(level %u: measuring)\n", nw);
         usleep((useconds_t) (secs * USEC_PER_SEC));
+        uint64_t c1 = cpu_usec(RUSAGE_SELF);
         uint64_t rt1 = atomic_load(&raw_rt), f1 = atomic_load(&raw_fail), e1 = atomic_load(&raw_empty);
         double dt = (double) (mono_usec() - t0) / USEC_PER_SEC;
         if (pool_stats(&p1) < 0)
                 return -EIO;
         atomic_store(&raw_stop, true);
         report(nw, rt1 - rt0, dt, &p_conn, &p1, p_idle.rss, p_conn.rss, atomic_load(&raw_welcomed), f1 - f0,
-               e1 - e0);
+               e1 - e0, c1 - c0);
         usleep(200000);         /* in-flight requests finish */
         for (unsigned i = 0; i < nw; i++) {
                 nng_aio_stop(ws[i].aio);
@@ -561,7 +569,7 @@ static int client_level(const char *dir, const char *url, unsigned nw, double se
         }
         if (pool_stats(&p_conn) < 0)
                 return -EIO;
-        uint64_t rt0 = round_trips, f0 = failures, t0 = mono_usec();
+        uint64_t rt0 = round_trips, f0 = failures, t0 = mono_usec(), c0 = cpu_usec(RUSAGE_SELF);
         t_end = t0 + (uint64_t) (secs * USEC_PER_SEC);
         while (mono_usec() < t_end) {
                 int n = epoll_wait(ep, evs, 256, 100);
@@ -571,7 +579,8 @@ static int client_level(const char *dir, const char *url, unsigned nw, double se
         double dt = (double) (mono_usec() - t0) / USEC_PER_SEC;
         if (pool_stats(&p1) < 0)
                 return -EIO;
-        report(nw, round_trips - rt0, dt, &p_conn, &p1, p_idle.rss, p_conn.rss, welcomed, failures - f0, 0);
+        report(nw, round_trips - rt0, dt, &p_conn, &p1, p_idle.rss, p_conn.rss, welcomed, failures - f0, 0,
+               cpu_usec(RUSAGE_SELF) - c0);
         uint64_t drain = mono_usec() + 2 * USEC_PER_SEC;
         stopping = true;
         while (mono_usec() < drain) {
@@ -657,8 +666,8 @@ int main(int argc, char **argv)
                 fprintf(stderr, "bench-pool: the pool did not start\n");
                 return 1;
         }
-        printf("bench-pool: pool in its own process on %s; SQLite WAL, synchronous=FULL, every reply after its "
-               "group commit's fdatasync; %.1f s a level; %s workers in this process (%s)\n",
+        printf("bench-pool: pool in its own process on %s; SQLite WAL, every reply only after the group commit "
+               "covering it is fdatasync'd (as harvest-pool serve); %.1f s a level; %s workers in this process (%s)\n",
                url, secs, client ? "net/ client" : "lean",
                client ? "every reply MAC and task signature verified"
                       : "replies' MACs checked, results ed25519-signed; task signatures not verified");
