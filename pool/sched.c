@@ -517,6 +517,14 @@ int sched_result(Sched *s, SchedTask *t, const uint8_t key[LINK_KEY_BYTES], cons
         return SCHED_UNDECIDED;
 }
 
+unsigned sched_answers(const SchedTask *t)
+{
+        unsigned n = 0;
+        for (unsigned i = 0; i < t->n_leases; i++)
+                n += t->leases[i].state == SCHED_DONE;
+        return n;
+}
+
 void sched_remove(Sched *s, SchedTask *t)
 {
         SchedTask **p = &s->buckets[hash_id(t->id) & (s->n_buckets - 1)];

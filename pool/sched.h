@@ -80,5 +80,8 @@ enum { SCHED_UNDECIDED, SCHED_ACCEPT, SCHED_ASK_MORE, SCHED_GIVE_UP };
 int sched_result(Sched *s, SchedTask *t, const uint8_t key[LINK_KEY_BYTES], const uint8_t hash[LINK_HASH_BYTES],
                  uint64_t now_usec, uint8_t ret_hash[LINK_HASH_BYTES]);
 
+/* How many answers T has (leases in SCHED_DONE). */
+unsigned sched_answers(const SchedTask *t);
+
 /* T is no longer pending (decided, given up, cancelled): forget it. */
 void sched_remove(Sched *s, SchedTask *t);

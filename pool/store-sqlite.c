@@ -1056,9 +1056,9 @@ static int judge(PoolStore *s, const char *task_id, uint64_t now)
         return 0;
 }
 
-static const char SQL_RESULT_INSERT[] =
+static const char SQL_RESULT_INSERT_VERDICT[] =
         "INSERT INTO results(task_id, worker, received_usec, status, exit_code, hash, cpu_usec, body, signature,"
-        " verdict) VALUES(?,?,?,?,?,?,?,?,?, ?)";
+        " verdict, accepted) VALUES(?,?,?,?,?,?,?,?,?,?,?)";
 
 /* A result for a pending task, judged in memory; the database is only
  * written. */
@@ -1078,7 +1078,16 @@ static int add_result_mem(PoolStore *s, Sched *m, SchedTask *t, const uint8_t *k
                 *ret_reason = "already stored";
                 return 0;
         }
-        r = prep(s, SQL_RESULT_INSERT, &ins);
+        /* Judged first; if a write below fails the call is rolled back and
+         * memory is rebuilt from the database (mem_stale). */
+        int verdict = sched_result(m, t, key, hash, now, best);
+        if (verdict < 0)
+                return verdict;
+        /* The common case, one replica: this answer alone decides, so it is
+         * stored with its verdict, and the worker counted as agreeing, in
+         * the same writes. */
+        bool alone = verdict == SCHED_ACCEPT && sched_answers(t) == 1;
+        r = prep(s, SQL_RESULT_INSERT_VERDICT, &ins);
         if (r >= 0) {
                 sqlite3_bind_text(ins, 1, b->task_id, -1, SQLITE_STATIC);
                 sqlite3_bind_blob(ins, 2, key, LINK_KEY_BYTES, SQLITE_STATIC);
@@ -1089,24 +1098,23 @@ static int add_result_mem(PoolStore *s, Sched *m, SchedTask *t, const uint8_t *k
                 sqlite3_bind_int64(ins, 7, (sqlite3_int64) b->cpu_usec);
                 sqlite3_bind_blob(ins, 8, raw, (int) raw_len, SQLITE_STATIC);
                 sqlite3_bind_blob(ins, 9, signature, LINK_SIG_BYTES, SQLITE_STATIC);
-                sqlite3_bind_text(ins, 10, "pending", -1, SQLITE_STATIC);
+                sqlite3_bind_text(ins, 10, alone ? "agree" : "pending", -1, SQLITE_STATIC);
+                sqlite3_bind_int(ins, 11, alone);
                 r = step_done(ins);
         }
         if (r >= 0)
                 r = simple(s, "UPDATE leases SET state = 'done' WHERE task_id = :id AND worker = :key", b->task_id, key, now);
         if (r >= 0)
-                r = prep(s, "UPDATE workers SET results = results + 1, cpu_usec = cpu_usec + ?, last_seen_usec = ?"
-                            " WHERE key = ?", &w);
+                r = prep(s, "UPDATE workers SET results = results + 1, cpu_usec = cpu_usec + ?, last_seen_usec = ?,"
+                            " agreed = agreed + ? WHERE key = ?", &w);
         if (r >= 0) {
                 sqlite3_bind_int64(w, 1, (sqlite3_int64) b->cpu_usec);
                 sqlite3_bind_int64(w, 2, (sqlite3_int64) now);
-                sqlite3_bind_blob(w, 3, key, LINK_KEY_BYTES, SQLITE_STATIC);
+                sqlite3_bind_int(w, 3, alone);
+                sqlite3_bind_blob(w, 4, key, LINK_KEY_BYTES, SQLITE_STATIC);
                 r = step_done(w);
         }
-        if (r < 0)
-                return r;       /* rolled back by the caller; memory untouched */
-        int verdict = sched_result(m, t, key, hash, now, best);
-        switch (verdict) {
+        switch (r < 0 ? -1 : verdict) {
         case SCHED_ACCEPT:
                 r = prep(s, "UPDATE tasks SET state = 'done', finished_usec = ?, accepted_hash = ? WHERE id = ?", &acc);
                 if (r >= 0) {
@@ -1115,7 +1123,7 @@ static int add_result_mem(PoolStore *s, Sched *m, SchedTask *t, const uint8_t *k
                         sqlite3_bind_text(acc, 3, b->task_id, -1, SQLITE_STATIC);
                         r = step_done(acc);
                 }
-                if (r >= 0)
+                if (r >= 0 && !alone)
                         r = mark_verdicts(s, b->task_id, best);
                 sched_remove(m, t);
                 break;
@@ -1128,7 +1136,7 @@ static int add_result_mem(PoolStore *s, Sched *m, SchedTask *t, const uint8_t *k
                 sched_remove(m, t);
                 break;
         default:
-                r = verdict < 0 ? verdict : 0;
+                break;
         }
         if (r < 0) {
                 s->mem_stale = true;

@@ -9,7 +9,11 @@
  * synchronous=FULL), so a kill -9 or a crash at any moment loses no
  * submitted task and no accepted result. The server uses group commit
  * instead (pool_store_set_group()): durable at pool_store_commit(), and it
- * answers nobody before that. Calls are safe from several
+ * answers nobody before that. In group mode the store also keeps the
+ * pending tasks, their leases and answers in memory (pool/sched.h), so a
+ * lease or a result is chosen and judged without a SELECT and the database
+ * is only written; memory is rebuilt from the database at start, after a
+ * rollback or a failed commit, and when another process changed it. Calls are safe from several
  * threads (one lock per store) and several processes (the CLI beside a
  * running server). Times are CLOCK_REALTIME µs passed in by the caller.
  */
