@@ -67,14 +67,11 @@ struct PoolServer {
         atomic_uint_fast64_t codes[N_CODES];        /* error replies by code, not yet flushed */
         atomic_uint_fast64_t unflushed_requests;
 
-        /* Group commit: handlers queue their replies here; one thread
-         * commits everything done so far (one fsync) and sends them. */
-        pthread_t committer;
-        bool committer_running;
+        /* Group commit: handlers queue their replies here; one of them at a
+         * time commits everything done so far (one fsync) and sends them. */
         pthread_mutex_t qlock;
-        pthread_cond_t qcond;
         Ctx *queue;
-        bool stopping;
+        bool committing;
         atomic_uint_fast64_t commits, committed_replies;
 
         /* Sessions, by worker key, in a hash table keyed with a secret (a
@@ -519,7 +516,7 @@ static int handle(PoolServer *s, Ctx *c, const void *data, size_t len, nng_msg *
         memcpy(c->nonce, nonce, LINK_NONCE_BYTES);
         c->has_nonce = true;
         /* Each store call below is its own savepoint in the group; the
-         * reply waits for the committer's next commit, which covers them
+         * reply waits for the next group commit, which covers them
          * all (no transaction around the request: that cost two more
          * statements and a longer hold of the store's lock). */
         switch (m->body->msg_case) {
@@ -548,7 +545,7 @@ static int handle(PoolServer *s, Ctx *c, const void *data, size_t len, nng_msg *
         default:
                 r = error_reply(s, &session, HLINK__ERROR_CODE__ERR_UNEXPECTED, "not a request", nonce, ret);
         }
-        /* Durable only once the committer has committed: it holds the
+        /* Durable only once the group commit covering it is done: it holds the
          * reply until then. */
 out:
         if (link_msg_signed(m) || !c->has_nonce)
@@ -560,6 +557,36 @@ out:
         sodium_memzero(&session, sizeof(session));
         link_msg_free(m);
         return r;
+}
+
+/* Every reply queued before this commit began answers a request whose
+ * changes the commit covers: send them once it succeeded, or turn them
+ * into errors if it failed (their changes are gone). */
+static void commit_and_send(PoolServer *s, Ctx *list)
+{
+        int r = pool_store_commit(s->store);
+        atomic_fetch_add(&s->commits, 1);
+        for (Ctx *c = list, *next; c; c = next) {
+                next = c->next;
+                nng_msg *reply = TAKE_PTR(c->reply);
+                if (r < 0) {
+                        nng_msg_free(reply);
+                        reply = NULL;
+                        if (error_reply(s, c->session_valid ? &c->session : NULL, HLINK__ERROR_CODE__ERR_INTERNAL,
+                                        "storage failed", c->nonce, &reply) < 0)
+                                reply = NULL;
+                }
+                if (!reply) {
+                        /* Not even an error reply: the peer's timeout covers it. */
+                        c->state = RECEIVING;
+                        nng_ctx_recv(c->ctx, c->aio);
+                        continue;
+                }
+                atomic_fetch_add(&s->committed_replies, 1);
+                c->state = SENDING;
+                nng_aio_set_msg(c->aio, reply);
+                nng_ctx_send(c->ctx, c->aio);
+        }
 }
 
 static void ctx_done(void *arg)
@@ -600,54 +627,30 @@ static void ctx_done(void *arg)
         }
         c->state = COMMITTING;
         c->reply = reply;
+        /* Group commit without a thread of its own: the first handler to
+         * find no commit running runs them, for its own reply and for every
+         * one queued meanwhile, until the queue is empty; the others only
+         * queue theirs. One thread wake-up less per request, which on this
+         * machine (a VM where a context switch costs tens of us) was most
+         * of a lone worker's round trip. Only one of NNG's threads at a
+         * time waits for the disk. */
         pthread_mutex_lock(&s->qlock);
         c->next = s->queue;
         s->queue = c;
-        pthread_cond_signal(&s->qcond);
-        pthread_mutex_unlock(&s->qlock);
-}
-
-/* Every reply queued before this commit began answers a request whose
- * changes the commit covers: send them once it succeeded, or turn them
- * into errors if it failed (their changes are gone). */
-static void *committer(void *arg)
-{
-        PoolServer *s = arg;
-        for (;;) {
-                pthread_mutex_lock(&s->qlock);
-                while (!s->queue && !s->stopping)
-                        pthread_cond_wait(&s->qcond, &s->qlock);
+        if (s->committing) {
+                pthread_mutex_unlock(&s->qlock);
+                return;
+        }
+        s->committing = true;
+        while (s->queue) {
                 Ctx *list = s->queue;
                 s->queue = NULL;
-                bool stopping = s->stopping;
                 pthread_mutex_unlock(&s->qlock);
-                if (!list && stopping)
-                        return NULL;
-
-                int r = pool_store_commit(s->store);
-                atomic_fetch_add(&s->commits, 1);
-                for (Ctx *c = list, *next; c; c = next) {
-                        next = c->next;
-                        nng_msg *reply = TAKE_PTR(c->reply);
-                        if (r < 0) {
-                                nng_msg_free(reply);
-                                reply = NULL;
-                                if (error_reply(s, c->session_valid ? &c->session : NULL,
-                                                HLINK__ERROR_CODE__ERR_INTERNAL, "storage failed", c->nonce,
-                                                &reply) < 0)
-                                        reply = NULL;
-                        }
-                        if (stopping || !reply) {
-                                /* The aios are stopped: the peer retries. */
-                                nng_msg_free(reply);
-                                continue;
-                        }
-                        atomic_fetch_add(&s->committed_replies, 1);
-                        c->state = SENDING;
-                        nng_aio_set_msg(c->aio, reply);
-                        nng_ctx_send(c->ctx, c->aio);
-                }
+                commit_and_send(s, list);
+                pthread_mutex_lock(&s->qlock);
         }
+        s->committing = false;
+        pthread_mutex_unlock(&s->qlock);
 }
 
 int pool_server_new(PoolStore *store, const LinkIdentity *id, const PoolServerConfig *cfg, PoolServer **ret)
@@ -676,7 +679,6 @@ int pool_server_new(PoolStore *store, const LinkIdentity *id, const PoolServerCo
                 free(s);
                 return -ENOMEM;
         }
-        pthread_cond_init(&s->qcond, NULL);
 
         if ((rv = nng_rep0_open(&s->sock)) != 0) {
                 free(s->buckets);
@@ -707,11 +709,6 @@ int pool_server_new(PoolStore *store, const LinkIdentity *id, const PoolServerCo
                         goto fail;
         }
         pool_store_set_group(store, true);
-        if (pthread_create(&s->committer, NULL, committer, s) != 0) {
-                r = -EAGAIN;
-                goto fail;
-        }
-        s->committer_running = true;
         for (unsigned i = 0; i < s->n_ctxs; i++) {
                 s->ctxs[i].state = RECEIVING;
                 nng_ctx_recv(s->ctxs[i].ctx, s->ctxs[i].aio);
@@ -736,14 +733,8 @@ void pool_server_free(PoolServer *s)
         for (unsigned i = 0; s->ctxs && i < s->n_ctxs; i++)
                 if (s->ctxs[i].aio)
                         nng_aio_stop(s->ctxs[i].aio);
-        /* No handler runs any more: commit what they did, drop the replies. */
-        if (s->committer_running) {
-                pthread_mutex_lock(&s->qlock);
-                s->stopping = true;
-                pthread_cond_signal(&s->qcond);
-                pthread_mutex_unlock(&s->qlock);
-                pthread_join(s->committer, NULL);
-        }
+        /* No handler runs any more (a committing one drained the queue
+         * before it returned): leaving group mode commits what is left. */
         pool_store_set_group(s->store, false);
         nng_close(s->sock);
         for (unsigned i = 0; s->ctxs && i < s->n_ctxs; i++)
@@ -765,7 +756,6 @@ void pool_server_free(PoolServer *s)
         pthread_mutex_destroy(&s->id_lock);
         pthread_mutex_destroy(&s->qlock);
         pthread_mutex_destroy(&s->peers_lock);
-        pthread_cond_destroy(&s->qcond);
         sodium_memzero(&s->id, sizeof(s->id));
         free(s);
 }

@@ -218,7 +218,8 @@ static int run(PoolStore *s, const char *sql)
         return r;
 }
 
-static const char SQL_SAVEPOINT[] = "SAVEPOINT sp", SQL_RELEASE[] = "RELEASE sp", SQL_ROLLBACK_TO[] = "ROLLBACK TO sp";
+static const char SQL_SAVEPOINT[] = "SAVEPOINT sp", SQL_RELEASE[] = "RELEASE sp", SQL_ROLLBACK_TO[] = "ROLLBACK TO sp",
+                  SQL_BEGIN[] = "BEGIN IMMEDIATE", SQL_COMMIT[] = "COMMIT";
 
 static int begin(PoolStore *s)
 {
@@ -232,7 +233,7 @@ static int begin(PoolStore *s)
          * failed call must not roll back others' uncommitted work. */
         bool sp = s->in_txn || s->group;
         if (!s->in_txn) {
-                r = exec(s, "BEGIN IMMEDIATE");
+                r = run(s, SQL_BEGIN);
                 if (r >= 0)
                         s->in_txn = true;
         }
@@ -256,7 +257,7 @@ static int begin(PoolStore *s)
 
 static int commit(PoolStore *s)
 {
-        int r = exec(s, "COMMIT");
+        int r = run(s, SQL_COMMIT);
         if (r < 0)
                 exec(s, "ROLLBACK");
         s->in_txn = false;
