@@ -7,8 +7,16 @@
 
 #include "pool/sched.h"
 
-/* A worker's lease on a task, or its answer. */
+/* A worker's lease on a task, or its answer. An active one is also in the
+ * scheduler's expiry list: leases are issued and renewed for one lease
+ * time, so appending keeps that list in expiry order and the lapsed ones
+ * are found at its head without a scan. A task that leaves takes its
+ * leases out of it at once, so nothing of it outlives it. */
 typedef struct SchedLease {
+        struct SchedLease *next;                /* the task's leases */
+        struct SchedLease *eprev, *enext;       /* the expiry list */
+        bool in_expiry;
+        SchedTask *task;
         uint8_t key[LINK_KEY_BYTES];
         uint64_t expires_usec;
         uint8_t state;
@@ -36,27 +44,16 @@ struct SchedTask {
         uint64_t deadline_usec;
         SchedClass *cls;
         SchedLease *leases;
-        unsigned n_leases, cap_leases;
-        bool queued, dead;
-        unsigned refs;                  /* expiry entries that point here */
+        bool queued;
         SchedTask *prev, *next;         /* in cls's queue */
         SchedTask *hnext;               /* in the id hash */
 };
-
-/* Leases expire in the order they were issued or renewed (one lease time
- * for all), so a FIFO finds the lapsed ones without a scan. */
-typedef struct Expiry {
-        SchedTask *t;
-        uint8_t key[LINK_KEY_BYTES];
-        uint64_t expires_usec;
-} Expiry;
 
 struct Sched {
         SchedTask **buckets;
         size_t n_buckets, n_tasks;
         SchedClass *classes;
-        Expiry *fifo;
-        size_t fifo_head, fifo_len, fifo_cap;
+        SchedLease *ehead, *etail;      /* active leases, soonest expiry first */
 };
 
 /* A pick looks at most this many queued tasks of one class that the
@@ -86,10 +83,43 @@ int sched_new(Sched **ret)
         return 0;
 }
 
-static void task_free(SchedTask *t)
+static void expiry_unlink(Sched *s, SchedLease *l)
 {
+        if (!l->in_expiry)
+                return;
+        if (l->eprev)
+                l->eprev->enext = l->enext;
+        else
+                s->ehead = l->enext;
+        if (l->enext)
+                l->enext->eprev = l->eprev;
+        else
+                s->etail = l->eprev;
+        l->eprev = l->enext = NULL;
+        l->in_expiry = false;
+}
+
+static void expiry_append(Sched *s, SchedLease *l)
+{
+        expiry_unlink(s, l);
+        l->enext = NULL;
+        l->eprev = s->etail;
+        if (s->etail)
+                s->etail->enext = l;
+        else
+                s->ehead = l;
+        s->etail = l;
+        l->in_expiry = true;
+}
+
+static void task_free(Sched *s, SchedTask *t)
+{
+        for (SchedLease *l = t->leases, *n; l; l = n) {
+                n = l->next;
+                expiry_unlink(s, l);
+                free(l);
+        }
         free(t->spec);
-        free(t->leases);
         free(t);
 }
 
@@ -97,24 +127,15 @@ void sched_free(Sched *s)
 {
         if (!s)
                 return;
-        /* Every task, dead ones kept for the FIFO included, exactly once. */
-        for (size_t i = 0; i < s->fifo_len; i++) {
-                SchedTask *t = s->fifo[(s->fifo_head + i) % s->fifo_cap].t;
-                if (--t->refs == 0 && t->dead)
-                        task_free(t);
-        }
         for (size_t i = 0; i < s->n_buckets; i++)
                 for (SchedTask *t = s->buckets[i], *n; t; t = n) {
                         n = t->hnext;
-                        t->dead = true;
-                        if (t->refs == 0)
-                                task_free(t);
+                        task_free(s, t);
                 }
         for (SchedClass *c = s->classes, *n; c; c = n) {
                 n = c->next;
                 free(c);
         }
-        free(s->fifo);
         free(s->buckets);
         free(s);
 }
@@ -200,22 +221,22 @@ static bool live(const SchedLease *l, uint64_t now)
 static unsigned count_live(const SchedTask *t, const uint8_t *except, uint64_t now)
 {
         unsigned n = 0;
-        for (unsigned i = 0; i < t->n_leases; i++)
-                if (live(&t->leases[i], now) && (!except || memcmp(t->leases[i].key, except, LINK_KEY_BYTES) != 0))
+        for (const SchedLease *l = t->leases; l; l = l->next)
+                if (live(l, now) && (!except || memcmp(l->key, except, LINK_KEY_BYTES) != 0))
                         n++;
         return n;
 }
 
 static bool wants_lease(const SchedTask *t, uint64_t now)
 {
-        return !t->dead && (t->deadline_usec == 0 || t->deadline_usec > now) && count_live(t, NULL, now) < t->wanted;
+        return (t->deadline_usec == 0 || t->deadline_usec > now) && count_live(t, NULL, now) < t->wanted;
 }
 
 static SchedLease *lease_of(const SchedTask *t, const uint8_t *key)
 {
-        for (unsigned i = 0; i < t->n_leases; i++)
-                if (!memcmp(t->leases[i].key, key, LINK_KEY_BYTES))
-                        return &t->leases[i];
+        for (SchedLease *l = t->leases; l; l = l->next)
+                if (!memcmp(l->key, key, LINK_KEY_BYTES))
+                        return l;
         return NULL;
 }
 
@@ -273,7 +294,7 @@ int sched_add(Sched *s, const SchedTaskNew *n, SchedTask **ret)
         t->spec = malloc(n->spec_len ? n->spec_len : 1);
         t->cls = class_get(s, n);
         if (!t->spec || !t->cls) {
-                task_free(t);
+                task_free(s, t);
                 return -ENOMEM;
         }
         snprintf(t->id, sizeof(t->id), "%s", n->id);
@@ -301,61 +322,25 @@ static SchedLease *lease_add(SchedTask *t, const uint8_t *key)
         SchedLease *l = lease_of(t, key);
         if (l)
                 return l;
-        if (t->n_leases == t->cap_leases) {
-                unsigned cap = t->cap_leases ? 2 * t->cap_leases : 2;
-                SchedLease *nl = realloc(t->leases, cap * sizeof(*nl));
-                if (!nl)
-                        return NULL;
-                t->leases = nl;
-                t->cap_leases = cap;
-        }
-        l = &t->leases[t->n_leases++];
-        memset(l, 0, sizeof(*l));
+        l = calloc(1, sizeof(*l));
+        if (!l)
+                return NULL;
         memcpy(l->key, key, LINK_KEY_BYTES);
+        l->task = t;
+        l->next = t->leases;
+        t->leases = l;
         return l;
-}
-
-static int fifo_push(Sched *s, SchedTask *t, const uint8_t *key, uint64_t expires)
-{
-        if (s->fifo_len == s->fifo_cap) {
-                size_t cap = s->fifo_cap ? 2 * s->fifo_cap : 1024;
-                Expiry *f = malloc(cap * sizeof(*f));
-                if (!f)
-                        return -ENOMEM;
-                for (size_t i = 0; i < s->fifo_len; i++)
-                        f[i] = s->fifo[(s->fifo_head + i) % s->fifo_cap];
-                free(s->fifo);
-                s->fifo = f;
-                s->fifo_cap = cap;
-                s->fifo_head = 0;
-        }
-        Expiry *e = &s->fifo[(s->fifo_head + s->fifo_len++) % s->fifo_cap];
-        e->t = t;
-        memcpy(e->key, key, LINK_KEY_BYTES);
-        e->expires_usec = expires;
-        t->refs++;
-        return 0;
 }
 
 /* Leases that lapsed by NOW give their tasks back to the queue, in front:
  * a vanished worker's task is not starved by new ones. */
 static void expire(Sched *s, uint64_t now)
 {
-        while (s->fifo_len > 0) {
-                Expiry *e = &s->fifo[s->fifo_head];
-                if (e->expires_usec > now)
-                        break;
-                SchedTask *t = e->t;
-                s->fifo_head = (s->fifo_head + 1) % s->fifo_cap;
-                s->fifo_len--;
-                t->refs--;
-                if (t->dead) {
-                        if (t->refs == 0)
-                                task_free(t);
-                        continue;
-                }
-                if (!t->queued && wants_lease(t, now))
-                        enqueue(t, true);
+        while (s->ehead && s->ehead->expires_usec <= now) {
+                SchedLease *l = s->ehead;
+                expiry_unlink(s, l);
+                if (!l->task->queued && wants_lease(l->task, now))
+                        enqueue(l->task, true);
         }
 }
 
@@ -376,24 +361,38 @@ int sched_load_lease(Sched *s, SchedTask *t, const uint8_t key[LINK_KEY_BYTES], 
 
 static int cmp_expiry(const void *a, const void *b)
 {
-        const Expiry *x = a, *y = b;
+        const SchedLease *x = *(SchedLease *const *) a, *y = *(SchedLease *const *) b;
         return x->expires_usec < y->expires_usec ? -1 : x->expires_usec > y->expires_usec;
 }
 
 void sched_loaded(Sched *s, uint64_t now)
 {
-        /* The live leases, in expiry order, into the FIFO; each task queued
-         * or not by what its leases leave. */
+        /* The live leases, in expiry order, into the expiry list; each task
+         * queued or not by what its leases leave. */
+        size_t n = 0, cap = 0;
+        SchedLease **all = NULL;
         for (size_t i = 0; i < s->n_buckets; i++)
                 for (SchedTask *t = s->buckets[i]; t; t = t->hnext) {
-                        for (unsigned j = 0; j < t->n_leases; j++)
-                                if (t->leases[j].state == SCHED_ACTIVE && t->leases[j].expires_usec > now)
-                                        fifo_push(s, t, t->leases[j].key, t->leases[j].expires_usec);
+                        for (SchedLease *l = t->leases; l; l = l->next) {
+                                if (l->state != SCHED_ACTIVE || l->expires_usec <= now)
+                                        continue;
+                                if (n == cap) {
+                                        cap = cap ? 2 * cap : 1024;
+                                        SchedLease **a = realloc(all, cap * sizeof(*a));
+                                        if (!a)
+                                                break;  /* those left out lapse only on renew: still correct */
+                                        all = a;
+                                }
+                                all[n++] = l;
+                        }
                         if (!wants_lease(t, now))
                                 unqueue(t);
                 }
-        if (s->fifo_len > 1 && s->fifo_head == 0 && s->fifo_len <= s->fifo_cap)
-                qsort(s->fifo, s->fifo_len, sizeof(*s->fifo), cmp_expiry);
+        if (n > 0)
+                qsort(all, n, sizeof(*all), cmp_expiry);
+        for (size_t i = 0; i < n; i++)
+                expiry_append(s, all[i]);
+        free(all);
 }
 
 int sched_pick(Sched *s, const uint8_t key[LINK_KEY_BYTES], const PoolWorkerCaps *caps, unsigned max,
@@ -422,11 +421,12 @@ int sched_pick(Sched *s, const uint8_t key[LINK_KEY_BYTES], const PoolWorkerCaps
                         if (bytes + t->spec_len > max_bytes)
                                 return (int) n;
                         l = lease_add(t, key);
-                        if (!l || fifo_push(s, t, key, now + lease_usec) < 0)
+                        if (!l)
                                 return n > 0 ? (int) n : -ENOMEM;
                         l->state = SCHED_ACTIVE;
                         l->expires_usec = now + lease_usec;
                         l->has_hash = false;
+                        expiry_append(s, l);
                         if (!wants_lease(t, now))
                                 unqueue(t);
                         ret[n++] = t;
@@ -454,10 +454,8 @@ int sched_renew(Sched *s, SchedTask *t, const uint8_t key[LINK_KEY_BYTES], uint6
         /* Lapsed: still ours only if nobody took its place meanwhile. */
         if (l->expires_usec <= now && count_live(t, key, now) >= t->wanted)
                 return -ETIMEDOUT;
-        int r = fifo_push(s, t, key, now + lease_usec);
-        if (r < 0)
-                return r;
         l->expires_usec = now + lease_usec;
+        expiry_append(s, l);
         if (!wants_lease(t, now))
                 unqueue(t);
         return 0;
@@ -469,6 +467,7 @@ void sched_release(Sched *s, SchedTask *t, const uint8_t key[LINK_KEY_BYTES], ui
         if (!l || l->state != SCHED_ACTIVE)
                 return;
         l->state = SCHED_RELEASED;
+        expiry_unlink(s, l);
         if (wants_lease(t, now))
                 enqueue(t, true);
 }
@@ -484,17 +483,15 @@ int sched_result(Sched *s, SchedTask *t, const uint8_t key[LINK_KEY_BYTES], cons
         l->state = SCHED_DONE;
         memcpy(l->hash, hash, LINK_HASH_BYTES);
         l->has_hash = true;
-        /* The most common hash among the answers (the first one on a tie,
-         * as the results' order in the database gives). */
-        for (unsigned i = 0; i < t->n_leases; i++) {
-                const SchedLease *a = &t->leases[i];
+        expiry_unlink(s, l);
+        /* The most common hash among the answers. */
+        for (const SchedLease *a = t->leases; a; a = a->next) {
                 unsigned c = 0;
                 if (a->state != SCHED_DONE || !a->has_hash)
                         continue;
                 total++;
-                for (unsigned j = 0; j < t->n_leases; j++)
-                        if (t->leases[j].state == SCHED_DONE && t->leases[j].has_hash &&
-                            !memcmp(t->leases[j].hash, a->hash, LINK_HASH_BYTES))
+                for (const SchedLease *b = t->leases; b; b = b->next)
+                        if (b->state == SCHED_DONE && b->has_hash && !memcmp(b->hash, a->hash, LINK_HASH_BYTES))
                                 c++;
                 if (c > best_n) {
                         best_n = c;
@@ -520,8 +517,8 @@ int sched_result(Sched *s, SchedTask *t, const uint8_t key[LINK_KEY_BYTES], cons
 unsigned sched_answers(const SchedTask *t)
 {
         unsigned n = 0;
-        for (unsigned i = 0; i < t->n_leases; i++)
-                n += t->leases[i].state == SCHED_DONE;
+        for (const SchedLease *l = t->leases; l; l = l->next)
+                n += l->state == SCHED_DONE;
         return n;
 }
 
@@ -535,7 +532,5 @@ void sched_remove(Sched *s, SchedTask *t)
                 s->n_tasks--;
         }
         unqueue(t);
-        t->dead = true;
-        if (t->refs == 0)
-                task_free(t);
+        task_free(s, t);
 }
