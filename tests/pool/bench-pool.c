@@ -666,8 +666,9 @@ int main(int argc, char **argv)
                 fprintf(stderr, "bench-pool: the pool did not start\n");
                 return 1;
         }
-        printf("bench-pool: pool in its own process on %s; SQLite WAL, every reply only after the group commit "
-               "covering it is fdatasync'd (as harvest-pool serve); %.1f s a level; %s workers in this process (%s)\n",
+        printf("bench-pool: pool in its own process on %s (as harvest-pool serve --contexts 256); SQLite WAL, every "
+               "reply only after the group commit covering it is fdatasync'd; %.1f s a level; %s workers in this "
+               "process (%s); pool memory: its RSS growth while they connect, divided by their number\n",
                url, secs, client ? "net/ client" : "lean",
                client ? "every reply MAC and task signature verified"
                       : "replies' MACs checked, results ed25519-signed; task signatures not verified");
