@@ -31,6 +31,12 @@ struct LinkClient {
         uint32_t timeout_ms;
         int efd;
 
+        /* Only the caller's thread touches these (submit and dispatch). */
+        LinkSession session;
+        bool has_session;
+        bool hello_in_flight;           /* kx_* belong to the request in flight */
+        uint8_t kx_pk[LINK_KX_BYTES], kx_sk[LINK_KX_BYTES];
+
         pthread_mutex_t lock;           /* guards the fields below: NNG's thread and ours */
         int state;
         int error;
@@ -208,6 +214,8 @@ void link_client_free(LinkClient *c)
                 close(c->efd);
         pthread_mutex_destroy(&c->lock);
         sodium_memzero(&c->id, sizeof(c->id));
+        sodium_memzero(&c->session, sizeof(c->session));
+        sodium_memzero(c->kx_sk, sizeof(c->kx_sk));
         free(c);
 }
 
@@ -235,7 +243,27 @@ int link_client_submit(LinkClient *c, const Hlink__Body *req, LinkReplyFn fn, vo
         if (r < 0)
                 return r;
 
-        r = link_encode(&c->id, req, NULL, now_usec(), nonce, &buf, &len);
+        if (req->msg_case == HLINK__BODY__MSG_HELLO) {
+                /* A fresh key exchange with every hello: the pool's answer
+                 * makes a new session, whatever happened to the last one. */
+                Hlink__Body b = *req;
+                Hlink__Hello h = *req->hello;
+                r = link_kx_keypair(c->kx_pk, c->kx_sk);
+                if (r < 0)
+                        return r;
+                h.kx_public = (ProtobufCBinaryData) { LINK_KX_BYTES, c->kx_pk };
+                b.hello = &h;
+                r = link_encode(&c->id, &b, NULL, now_usec(), nonce, &buf, &len);
+                c->hello_in_flight = true;
+        } else if (c->has_session) {
+                r = link_encode_session(&c->id, &c->session, req, NULL, now_usec(), nonce, &buf, &len);
+                c->hello_in_flight = false;
+        } else {
+                /* No session: the pool will ask for a hello, in a reply
+                 * signed by its pinned key. */
+                r = link_encode(&c->id, req, NULL, now_usec(), nonce, &buf, &len);
+                c->hello_in_flight = false;
+        }
         if (r < 0)
                 return r;
         if ((rv = nng_msg_alloc(&m, 0)) != 0 || (rv = nng_msg_append(m, buf, len)) != 0) {
@@ -258,18 +286,46 @@ int link_client_submit(LinkClient *c, const Hlink__Body *req, LinkReplyFn fn, vo
 static int check_reply(LinkClient *c, nng_msg *m, const uint8_t *nonce, LinkMsg **ret)
 {
         LinkMsg *msg = NULL;
-        int r = link_decode(nng_msg_body(m), nng_msg_len(m), &msg);
+        int r = link_decode_frame(nng_msg_body(m), nng_msg_len(m), &msg);
         if (r < 0)
                 return r;
+        /* From the pool: signed by its pinned key, or MACed in our session
+         * (whose keys only the pool that welcomed us holds). */
         if (sodium_memcmp(msg->env->sender.data, c->pool_pk, LINK_KEY_BYTES) != 0)
                 r = -EKEYREJECTED;
+        else
+                r = link_msg_open(msg, c->has_session ? &c->session : NULL);
         /* An error reply to a request the pool could not read carries no
          * reply_to; anything else must answer this request. */
-        else if (msg->env->reply_to.len == 0 ? msg->body->msg_case != HLINK__BODY__MSG_ERROR
-                                             : sodium_memcmp(msg->env->reply_to.data, nonce, LINK_NONCE_BYTES) != 0)
-                r = -ESTALE;
-        else
+        if (r >= 0)
+                r = msg->env->reply_to.len == 0 ? (msg->body->msg_case != HLINK__BODY__MSG_ERROR ? -ESTALE : 0)
+                                                : (sodium_memcmp(msg->env->reply_to.data, nonce, LINK_NONCE_BYTES) != 0
+                                                           ? -ESTALE : 0);
+        if (r >= 0)
                 r = link_replay_check(&c->pool_seq, msg->env->seq);
+        if (r >= 0 && msg->body->msg_case == HLINK__BODY__MSG_WELCOME) {
+                /* Only a signed welcome to our own hello makes a session. */
+                if (!c->hello_in_flight || !link_msg_signed(msg))
+                        r = -EPROTO;
+                else {
+                        LinkSession s;
+                        r = link_session_client(c->kx_pk, c->kx_sk, msg->body->welcome, &s);
+                        if (r >= 0) {
+                                c->session = s;
+                                c->has_session = true;
+                                sodium_memzero(&s, sizeof(s));
+                        }
+                }
+        }
+        /* The pool forgot us (restarted, or never knew us): the session is
+         * gone with it; the caller says hello again. */
+        if (r >= 0 && msg->body->msg_case == HLINK__BODY__MSG_ERROR &&
+            msg->body->error->code == HLINK__ERROR_CODE__ERR_UNKNOWN_WORKER)
+                c->has_session = false;
+        if (c->hello_in_flight) {
+                sodium_memzero(c->kx_sk, sizeof(c->kx_sk));
+                c->hello_in_flight = false;
+        }
         if (r < 0) {
                 link_msg_free(msg);
                 return r;
@@ -394,13 +450,35 @@ void link_tasks_free(LinkTask *t, size_t n)
         free(t);
 }
 
+/* Verify TASKS against the pinned key: the ones that pass, and how many
+ * did not. */
+static int take_tasks(LinkClient *c, size_t n_tasks, Hlink__Task *const *tasks, LinkTask **ret, unsigned *ret_forged)
+{
+        unsigned forged = 0;
+        size_t n = 0;
+        LinkTask *t = calloc(n_tasks + 1, sizeof(*t));
+        if (!t)
+                return -ENOMEM;
+        for (size_t i = 0; i < n_tasks; i++) {
+                /* Refused here, before the caller can run any of it. */
+                if (link_task_verify(tasks[i], c->pool_pk, &t[n].spec, t[n].spec_sha256) < 0) {
+                        forged++;
+                        continue;
+                }
+                t[n].lease_expires_usec = tasks[i]->lease_expires_usec;
+                n++;
+        }
+        if (ret_forged)
+                *ret_forged = forged;
+        *ret = t;
+        return (int) n;
+}
+
 int link_client_fetch(LinkClient *c, unsigned max, LinkTask **ret, unsigned *ret_forged)
 {
         Hlink__Body b = HLINK__BODY__INIT;
         Hlink__Fetch f = HLINK__FETCH__INIT;
         LinkMsg *m = NULL;
-        unsigned forged = 0;
-        size_t n = 0;
 
         f.max_tasks = max > LINK_TASKS_MAX ? LINK_TASKS_MAX : max;
         b.msg_case = HLINK__BODY__MSG_FETCH;
@@ -408,26 +486,9 @@ int link_client_fetch(LinkClient *c, unsigned max, LinkTask **ret, unsigned *ret
         int r = call_expect(c, &b, HLINK__BODY__MSG_WORK, &m);
         if (r < 0)
                 return r;
-        const Hlink__Work *w = m->body->work;
-        LinkTask *t = calloc(w->n_tasks + 1, sizeof(*t));
-        if (!t) {
-                link_msg_free(m);
-                return -ENOMEM;
-        }
-        for (size_t i = 0; i < w->n_tasks; i++) {
-                /* Refused here, before the caller can run any of it. */
-                if (link_task_verify(w->tasks[i], c->pool_pk, &t[n].spec, t[n].spec_sha256) < 0) {
-                        forged++;
-                        continue;
-                }
-                t[n].lease_expires_usec = w->tasks[i]->lease_expires_usec;
-                n++;
-        }
+        r = take_tasks(c, m->body->work->n_tasks, m->body->work->tasks, ret, ret_forged);
         link_msg_free(m);
-        if (ret_forged)
-                *ret_forged = forged;
-        *ret = t;
-        return (int) n;
+        return r;
 }
 
 int link_client_renew(LinkClient *c, const char *const *task_ids, size_t n, bool *ret_valid)
@@ -464,7 +525,8 @@ int link_client_sign_result(LinkClient *c, Hlink__ResultBody *body, void **ret_b
         return link_result_sign(&c->id, body, ret_body, ret_body_len, ret_sig);
 }
 
-int link_client_send_result(LinkClient *c, Hlink__ResultBody *body, bool *ret_accepted)
+int link_client_send_result_fetch(LinkClient *c, Hlink__ResultBody *body, unsigned max, bool *ret_accepted,
+                                  LinkTask **ret, unsigned *ret_forged)
 {
         Hlink__Body b = HLINK__BODY__INIT;
         Hlink__Result res = HLINK__RESULT__INIT;
@@ -478,15 +540,31 @@ int link_client_send_result(LinkClient *c, Hlink__ResultBody *body, bool *ret_ac
                 return r;
         res.body = (ProtobufCBinaryData) { len, rb };
         res.signature = (ProtobufCBinaryData) { sizeof(sig), sig };
+        res.fetch = max > LINK_TASKS_MAX ? LINK_TASKS_MAX : max;
         b.msg_case = HLINK__BODY__MSG_RESULT;
         b.result = &res;
         r = call_expect(c, &b, HLINK__BODY__MSG_RESULT_ACK, &m);
         if (r < 0)
                 return r;
-        if (ret_accepted)
-                *ret_accepted = m->body->result_ack->accepted;
+        const Hlink__ResultAck *ack = m->body->result_ack;
+        if (ret)
+                r = take_tasks(c, ack->n_tasks, ack->tasks, ret, ret_forged);
+        else
+                r = 0;
+        if (r >= 0 && ret_accepted)
+                *ret_accepted = ack->accepted;
         link_msg_free(m);
-        return 0;
+        return r;
+}
+
+int link_client_send_result(LinkClient *c, Hlink__ResultBody *body, bool *ret_accepted)
+{
+        return link_client_send_result_fetch(c, body, 0, ret_accepted, NULL, NULL);
+}
+
+bool link_client_has_session(const LinkClient *c)
+{
+        return c->has_session;
 }
 
 int link_client_goodbye(LinkClient *c, const char *reason)

@@ -14,7 +14,7 @@
 #include "harvester/macro.h"
 #include "net/link.h"
 
-#define ENV_DOMAIN    "hlink-env-v1"
+#define ENV_DOMAIN    "hlink-env-v2"
 #define TASK_DOMAIN   "hlink-task-v1"
 #define RESULT_DOMAIN "hlink-result-v1"
 #define HASH_DOMAIN   "hlink-hash-v1"
@@ -306,6 +306,22 @@ static int check_result_body(const Hlink__ResultBody *b)
         return check_files(b->n_outputs, b->outputs, true);
 }
 
+/* Tasks in Work or ResultAck: contents wait for link_task_verify(), so no
+ * unauthenticated bytes are parsed beyond the frame. */
+static int check_tasks(size_t n, Hlink__Task *const *tasks)
+{
+        if (n > LINK_TASKS_MAX)
+                return -EMSGSIZE;
+        for (size_t i = 0; i < n; i++) {
+                const Hlink__Task *t = tasks[i];
+                if (!t || t->spec.len == 0)
+                        return -EBADMSG;
+                if (t->signature.len != LINK_SIG_BYTES)
+                        return -EBADMSG;
+        }
+        return 0;
+}
+
 static int check_body(const Hlink__Body *b)
 {
         int r;
@@ -313,24 +329,18 @@ static int check_body(const Hlink__Body *b)
         case HLINK__BODY__MSG_HELLO:
                 if ((r = check_caps(b->hello->caps)) < 0)
                         return r;
+                /* v2: no hello without a key exchange. */
+                if (b->hello->kx_public.len != LINK_KX_BYTES)
+                        return -EBADMSG;
                 return check_str(b->hello->agent, LINK_STR_MAX);
         case HLINK__BODY__MSG_WELCOME:
+                if (b->welcome->kx_public.len != LINK_KX_BYTES || b->welcome->session.len != LINK_SESSION_ID_BYTES)
+                        return -EBADMSG;
                 return check_str(b->welcome->worker_id, LINK_STR_MAX);
         case HLINK__BODY__MSG_FETCH:
                 return b->fetch->max_tasks > LINK_TASKS_MAX ? -EMSGSIZE : 0;
         case HLINK__BODY__MSG_WORK:
-                if (b->work->n_tasks > LINK_TASKS_MAX)
-                        return -EMSGSIZE;
-                for (size_t i = 0; i < b->work->n_tasks; i++) {
-                        const Hlink__Task *t = b->work->tasks[i];
-                        /* Contents wait for link_task_verify(): no parsing of
-                         * unauthenticated bytes beyond the frame. */
-                        if (!t || t->spec.len == 0)
-                                return -EBADMSG;
-                        if (t->signature.len != LINK_SIG_BYTES)
-                                return -EBADMSG;
-                }
-                return 0;
+                return check_tasks(b->work->n_tasks, b->work->tasks);
         case HLINK__BODY__MSG_RENEW:
                 if (b->renew->n_task_ids > LINK_RENEW_MAX)
                         return -EMSGSIZE;
@@ -351,9 +361,11 @@ static int check_body(const Hlink__Body *b)
         case HLINK__BODY__MSG_RESULT:
                 if (b->result->body.len == 0 || b->result->signature.len != LINK_SIG_BYTES)
                         return -EBADMSG;
-                return 0;
+                return b->result->fetch > LINK_TASKS_MAX ? -EMSGSIZE : 0;
         case HLINK__BODY__MSG_RESULT_ACK:
                 if ((r = check_id(b->result_ack->task_id)) < 0)
+                        return r;
+                if ((r = check_tasks(b->result_ack->n_tasks, b->result_ack->tasks)) < 0)
                         return r;
                 return check_str(b->result_ack->reason, LINK_STR_MAX);
         case HLINK__BODY__MSG_GOODBYE:
@@ -373,15 +385,16 @@ static void put_be(uint8_t *p, uint64_t v, unsigned n)
                 p[i] = (uint8_t) (v >> (8 * (n - 1 - i)));
 }
 
-/* The bytes an envelope signature covers: a domain string, then the header
- * fields at fixed width, then the body exactly as carried. */
-static int env_signed_bytes(const Hlink__Envelope *e, uint8_t **ret, size_t *ret_len)
+/* The header an envelope's signature or MAC covers, before the body: a
+ * domain string, then the header fields at fixed width (lengths before the
+ * variable ones). At most ENV_HDR_MAX bytes. */
+#define ENV_HDR_MAX (sizeof(ENV_DOMAIN) - 1 + 4 + 8 + LINK_NONCE_BYTES + LINK_KEY_BYTES + 1 + LINK_NONCE_BYTES + \
+                     1 + LINK_SESSION_ID_BYTES)
+
+static size_t env_header(const Hlink__Envelope *e, uint8_t hdr[ENV_HDR_MAX])
 {
         size_t dl = sizeof(ENV_DOMAIN) - 1;
-        size_t len = dl + 4 + 8 + LINK_NONCE_BYTES + LINK_KEY_BYTES + 1 + e->reply_to.len + e->body.len;
-        uint8_t *b = malloc(len), *p = b;
-        if (!b)
-                return -ENOMEM;
+        uint8_t *p = hdr;
         memcpy(p, ENV_DOMAIN, dl), p += dl;
         put_be(p, e->version, 4), p += 4;
         put_be(p, e->seq, 8), p += 8;
@@ -390,11 +403,39 @@ static int env_signed_bytes(const Hlink__Envelope *e, uint8_t **ret, size_t *ret
         *p++ = (uint8_t) e->reply_to.len;
         if (e->reply_to.len)
                 memcpy(p, e->reply_to.data, e->reply_to.len), p += e->reply_to.len;
+        *p++ = (uint8_t) e->session.len;
+        if (e->session.len)
+                memcpy(p, e->session.data, e->session.len), p += e->session.len;
+        return (size_t) (p - hdr);
+}
+
+/* The whole signed bytes, for ed25519 (which takes one buffer). */
+static int env_signed_bytes(const Hlink__Envelope *e, uint8_t **ret, size_t *ret_len)
+{
+        uint8_t hdr[ENV_HDR_MAX];
+        size_t hl = env_header(e, hdr);
+        uint8_t *b = malloc(hl + e->body.len);
+        if (!b)
+                return -ENOMEM;
+        memcpy(b, hdr, hl);
         if (e->body.len)
-                memcpy(p, e->body.data, e->body.len);
+                memcpy(b + hl, e->body.data, e->body.len);
         *ret = b;
-        *ret_len = len;
+        *ret_len = hl + e->body.len;
         return 0;
+}
+
+/* The MAC over the same bytes, streamed: no copy of the body. */
+static void env_mac(const Hlink__Envelope *e, const uint8_t key[LINK_KX_BYTES], uint8_t mac[LINK_MAC_BYTES])
+{
+        crypto_auth_hmacsha512256_state st;
+        uint8_t hdr[ENV_HDR_MAX];
+        size_t hl = env_header(e, hdr);
+        crypto_auth_hmacsha512256_init(&st, key, LINK_KX_BYTES);
+        crypto_auth_hmacsha512256_update(&st, hdr, hl);
+        crypto_auth_hmacsha512256_update(&st, e->body.data, e->body.len);
+        crypto_auth_hmacsha512256_final(&st, mac);
+        sodium_memzero(&st, sizeof(st));
 }
 
 /* Sign DOMAIN || DATA. */
@@ -426,12 +467,14 @@ static int verify_domain(const uint8_t *pk, const char *domain, const void *data
         return crypto_sign_verify_detached(sig->data, b, dl + len, pk) == 0 ? 0 : -EKEYREJECTED;
 }
 
-int link_encode(LinkIdentity *id, const Hlink__Body *body, const uint8_t *reply_to,
-                uint64_t now_usec, uint8_t *ret_nonce, void **ret_buf, size_t *ret_len)
+/* Frame BODY: signed with ID->sk, or with SESSION MACed under its tx key. */
+static int encode(LinkIdentity *id, const LinkSession *session, const Hlink__Body *body, const uint8_t *reply_to,
+                  uint64_t now_usec, uint8_t *ret_nonce, void **ret_buf, size_t *ret_len)
 {
         Hlink__Envelope e = HLINK__ENVELOPE__INIT;
-        uint8_t nonce[LINK_NONCE_BYTES], sig[LINK_SIG_BYTES];
-        _cleanup_free_ uint8_t *bb = NULL, *signed_bytes = NULL;
+        uint8_t nonce[LINK_NONCE_BYTES], sig[LINK_SIG_BYTES], mac[LINK_MAC_BYTES], stack[2048];
+        _cleanup_free_ uint8_t *heap = NULL, *signed_bytes = NULL;
+        uint8_t *bb = stack;
         size_t bl, sl;
         int r = link_init();
         if (r < 0)
@@ -440,9 +483,12 @@ int link_encode(LinkIdentity *id, const Hlink__Body *body, const uint8_t *reply_
         bl = hlink__body__get_packed_size(body);
         if (bl > LINK_MSG_MAX_BYTES)
                 return -EMSGSIZE;
-        bb = malloc(bl ? bl : 1);
-        if (!bb)
-                return -ENOMEM;
+        /* Most bodies are small: no allocation for them. */
+        if (bl > sizeof(stack)) {
+                bb = heap = malloc(bl);
+                if (!bb)
+                        return -ENOMEM;
+        }
         hlink__body__pack(body, bb);
 
         randombytes_buf(nonce, sizeof(nonce));
@@ -454,12 +500,18 @@ int link_encode(LinkIdentity *id, const Hlink__Body *body, const uint8_t *reply_
                 e.reply_to = (ProtobufCBinaryData) { LINK_NONCE_BYTES, (uint8_t *) reply_to };
         e.body = (ProtobufCBinaryData) { bl, bb };
 
-        r = env_signed_bytes(&e, &signed_bytes, &sl);
-        if (r < 0)
-                return r;
-        if (crypto_sign_detached(sig, NULL, signed_bytes, sl, id->sk) != 0)
-                return -EIO;
-        e.signature = (ProtobufCBinaryData) { sizeof(sig), sig };
+        if (session) {
+                e.session = (ProtobufCBinaryData) { LINK_SESSION_ID_BYTES, (uint8_t *) session->id };
+                env_mac(&e, session->tx, mac);
+                e.mac = (ProtobufCBinaryData) { sizeof(mac), mac };
+        } else {
+                r = env_signed_bytes(&e, &signed_bytes, &sl);
+                if (r < 0)
+                        return r;
+                if (crypto_sign_detached(sig, NULL, signed_bytes, sl, id->sk) != 0)
+                        return -EIO;
+                e.signature = (ProtobufCBinaryData) { sizeof(sig), sig };
+        }
 
         size_t len = hlink__envelope__get_packed_size(&e);
         if (len > LINK_MSG_MAX_BYTES)
@@ -476,6 +528,21 @@ int link_encode(LinkIdentity *id, const Hlink__Body *body, const uint8_t *reply_
         return 0;
 }
 
+int link_encode(LinkIdentity *id, const Hlink__Body *body, const uint8_t *reply_to,
+                uint64_t now_usec, uint8_t *ret_nonce, void **ret_buf, size_t *ret_len)
+{
+        return encode(id, NULL, body, reply_to, now_usec, ret_nonce, ret_buf, ret_len);
+}
+
+int link_encode_session(LinkIdentity *id, const LinkSession *session, const Hlink__Body *body,
+                        const uint8_t *reply_to, uint64_t now_usec, uint8_t *ret_nonce, void **ret_buf,
+                        size_t *ret_len)
+{
+        if (!session)
+                return -EINVAL;
+        return encode(id, session, body, reply_to, now_usec, ret_nonce, ret_buf, ret_len);
+}
+
 void link_msg_free(LinkMsg *m)
 {
         if (!m)
@@ -487,10 +554,8 @@ void link_msg_free(LinkMsg *m)
         free(m);
 }
 
-int link_decode(const void *buf, size_t len, LinkMsg **ret)
+int link_decode_frame(const void *buf, size_t len, LinkMsg **ret)
 {
-        _cleanup_free_ uint8_t *signed_bytes = NULL;
-        size_t sl;
         int r = link_init();
         if (r < 0)
                 return r;
@@ -517,32 +582,128 @@ int link_decode(const void *buf, size_t len, LinkMsg **ret)
                 r = -EBADMSG;
                 goto fail;
         }
-        if (e->signature.len != LINK_SIG_BYTES) {
-                r = -EKEYREJECTED;
-                goto fail;
-        }
-        r = env_signed_bytes(e, &signed_bytes, &sl);
-        if (r < 0)
-                goto fail;
-        /* Authenticate before parsing the body: the body parser never sees
-         * bytes its sender did not sign. */
-        if (crypto_sign_verify_detached(e->signature.data, signed_bytes, sl, e->sender.data) != 0) {
-                r = -EKEYREJECTED;
-                goto fail;
-        }
-        m->body = hlink__body__unpack(NULL, e->body.len, e->body.data);
-        if (!m->body) {
+        /* Exactly one of: a signature (no session), or a MAC and its
+         * session's id. */
+        if (e->mac.len == 0 && e->session.len == 0) {
+                if (e->signature.len != LINK_SIG_BYTES) {
+                        r = -EKEYREJECTED;
+                        goto fail;
+                }
+        } else if (e->signature.len != 0 || e->session.len != LINK_SESSION_ID_BYTES) {
                 r = -EBADMSG;
                 goto fail;
-        }
-        r = check_body(m->body);
-        if (r < 0)
+        } else if (e->mac.len != LINK_MAC_BYTES) {
+                r = -EKEYREJECTED;
                 goto fail;
+        }
         *ret = m;
         return 0;
 fail:
         link_msg_free(m);
         return r;
+}
+
+bool link_msg_signed(const LinkMsg *m)
+{
+        return m && m->env && m->env->mac.len == 0;
+}
+
+int link_msg_open(LinkMsg *m, const LinkSession *session)
+{
+        const Hlink__Envelope *e = m->env;
+        int r;
+        if (!e || m->body)
+                return -EINVAL;
+        /* Authenticate before parsing the body: the body parser never sees
+         * bytes its sender did not sign or MAC. */
+        if (link_msg_signed(m)) {
+                _cleanup_free_ uint8_t *signed_bytes = NULL;
+                size_t sl;
+                r = env_signed_bytes(e, &signed_bytes, &sl);
+                if (r < 0)
+                        return r;
+                if (crypto_sign_verify_detached(e->signature.data, signed_bytes, sl, e->sender.data) != 0)
+                        return -EKEYREJECTED;
+        } else {
+                uint8_t mac[LINK_MAC_BYTES];
+                if (!session || sodium_memcmp(session->id, e->session.data, LINK_SESSION_ID_BYTES) != 0)
+                        return -ENOTCONN;
+                env_mac(e, session->rx, mac);
+                if (sodium_memcmp(mac, e->mac.data, LINK_MAC_BYTES) != 0)
+                        return -EKEYREJECTED;
+        }
+        m->body = hlink__body__unpack(NULL, e->body.len, e->body.data);
+        if (!m->body)
+                return -EBADMSG;
+        r = check_body(m->body);
+        if (r < 0) {
+                hlink__body__free_unpacked(m->body, NULL);
+                m->body = NULL;
+        }
+        return r;
+}
+
+int link_decode(const void *buf, size_t len, LinkMsg **ret)
+{
+        LinkMsg *m = NULL;
+        int r = link_decode_frame(buf, len, &m);
+        if (r < 0)
+                return r;
+        r = link_msg_open(m, NULL);
+        if (r < 0) {
+                link_msg_free(m);
+                return r;
+        }
+        *ret = m;
+        return 0;
+}
+
+/* --- sessions -------------------------------------------------------------- */
+
+int link_kx_keypair(uint8_t ret_pk[LINK_KX_BYTES], uint8_t ret_sk[LINK_KX_BYTES])
+{
+        int r = link_init();
+        if (r < 0)
+                return r;
+        return crypto_kx_keypair(ret_pk, ret_sk) == 0 ? 0 : -EIO;
+}
+
+int link_session_server(const uint8_t worker_kx_pk[LINK_KX_BYTES], LinkSession *ret,
+                        uint8_t ret_kx_pk[LINK_KX_BYTES])
+{
+        uint8_t pk[LINK_KX_BYTES], sk[LINK_KX_BYTES];
+        LinkSession s = {};
+        int r = link_kx_keypair(pk, sk);
+        if (r < 0)
+                return r;
+        /* The pool is crypto_kx's "server": its rx is the worker's tx. A
+         * low-order or otherwise unusable key is refused by libsodium. */
+        r = crypto_kx_server_session_keys(s.rx, s.tx, pk, sk, worker_kx_pk) == 0 ? 0 : -EKEYREJECTED;
+        sodium_memzero(sk, sizeof(sk));
+        if (r < 0)
+                return r;
+        randombytes_buf(s.id, sizeof(s.id));
+        *ret = s;
+        memcpy(ret_kx_pk, pk, LINK_KX_BYTES);
+        sodium_memzero(&s, sizeof(s));
+        return 0;
+}
+
+int link_session_client(const uint8_t kx_pk[LINK_KX_BYTES], const uint8_t kx_sk[LINK_KX_BYTES],
+                        const Hlink__Welcome *w, LinkSession *ret)
+{
+        LinkSession s = {};
+        int r = link_init();
+        if (r < 0)
+                return r;
+        if (!w || w->kx_public.len != LINK_KX_BYTES || w->session.len != LINK_SESSION_ID_BYTES)
+                return -EBADMSG;
+        if (crypto_kx_client_session_keys(s.rx, s.tx, kx_pk, kx_sk, w->kx_public.data) != 0)
+                return -EKEYREJECTED;
+        memcpy(s.id, w->session.data, LINK_SESSION_ID_BYTES);
+        *ret = s;
+        sodium_memzero(&s, sizeof(s));
+        return 0;
 }
 
 int link_replay_check(uint64_t *last_seq, uint64_t seq)
@@ -752,6 +913,8 @@ int link_error_from_errno(int err)
                 return HLINK__ERROR_CODE__ERR_REPLAY;
         case -EBADMSG:
                 return HLINK__ERROR_CODE__ERR_MALFORMED;
+        case -ENOTCONN:
+                return HLINK__ERROR_CODE__ERR_UNKNOWN_WORKER;
         default:
                 return HLINK__ERROR_CODE__ERR_INTERNAL;
         }

@@ -14,6 +14,7 @@
  *   -EPROTONOSUPPORT Envelope.version is not LINK_VERSION
  *   -EKEYREJECTED    a signature does not verify (forged, truncated, other key)
  *   -ESTALE          a replayed or reordered sequence number
+ *   -ENOTCONN        a MACed envelope for a session the receiver does not hold
  */
 #pragma once
 
@@ -23,7 +24,7 @@
 
 #include "net/link.pb-c.h"
 
-#define LINK_VERSION              1U
+#define LINK_VERSION              2U
 
 /* Limits, enforced by link_decode() and the verifiers on every message. */
 #define LINK_MSG_MAX_BYTES        (1024U * 1024U)   /* a whole Envelope */
@@ -31,6 +32,9 @@
 #define LINK_KEY_BYTES            32U               /* ed25519 public key */
 #define LINK_SECRET_BYTES         64U               /* ed25519 secret key */
 #define LINK_SIG_BYTES            64U
+#define LINK_MAC_BYTES            32U               /* HMAC-SHA-512-256 */
+#define LINK_KX_BYTES             32U               /* X25519 public or secret key */
+#define LINK_SESSION_ID_BYTES     16U
 #define LINK_HASH_BYTES           32U               /* SHA-256 */
 #define LINK_ID_MAX               64U    /* task and worker ids: [A-Za-z0-9._:-] */
 #define LINK_STR_MAX              256U   /* arch, agent, names, reasons, messages */
@@ -51,11 +55,25 @@ typedef struct LinkIdentity {
 } LinkIdentity;
 
 /* A decoded, size-checked Envelope whose signature verified against
- * env->sender, and its decoded, size-checked Body. */
+ * env->sender (or whose MAC verified under its session's key), and its
+ * decoded, size-checked Body. Between link_decode_frame() and
+ * link_msg_open() only env is set: nothing in it is authenticated yet. */
 typedef struct LinkMsg {
         Hlink__Envelope *env;
         Hlink__Body *body;
 } LinkMsg;
+
+/* A session between one worker and the pool, agreed in hello/welcome
+ * (X25519, libsodium's crypto_kx): every later envelope in either direction
+ * carries an HMAC under it instead of an ed25519 signature. It lives only in
+ * the two processes' memory; a pool restart forgets it and the worker says
+ * hello again. */
+typedef struct LinkSession {
+        uint8_t id[LINK_SESSION_ID_BYTES];
+        uint8_t tx[LINK_KX_BYTES];      /* MAC key for what we send */
+        uint8_t rx[LINK_KX_BYTES];      /* MAC key for what we receive */
+        uint64_t rx_seq;                /* last sequence number received in it */
+} LinkSession;
 
 /* Initialise libsodium once; safe to call from any thread, any number of
  * times. Every other function calls it. */
@@ -82,14 +100,45 @@ int link_key_from_base64(const char *s, uint8_t ret_pk[LINK_KEY_BYTES]);
 int link_encode(LinkIdentity *id, const Hlink__Body *body, const uint8_t *reply_to,
                 uint64_t now_usec, uint8_t *ret_nonce, void **ret_buf, size_t *ret_len);
 
+/* The same in a session: the envelope carries SESSION's id and an HMAC
+ * under SESSION->tx instead of a signature. */
+int link_encode_session(LinkIdentity *id, const LinkSession *session, const Hlink__Body *body,
+                        const uint8_t *reply_to, uint64_t now_usec, uint8_t *ret_nonce, void **ret_buf,
+                        size_t *ret_len);
+
 /* Decode and check one received message: the whole-message limit, the
  * envelope fields, its signature against its own sender key, the body and
  * every field limit of its message type. Task specs and result bodies inside
  * are only checked for size here: see link_task_verify() and
  * link_result_verify(). The caller decides whether env->sender is a key it
- * trusts, and checks env->seq with link_replay_check(). */
+ * trusts, and checks env->seq with link_replay_check(). A MACed envelope
+ * is -ENOTCONN here: it needs link_decode_frame() and link_msg_open(). */
 int link_decode(const void *buf, size_t len, LinkMsg **ret);
+
+/* link_decode() in two steps, for a receiver that holds sessions: first
+ * the frame alone (limits, version, field lengths; nothing authenticated,
+ * body not parsed), so the caller can find the session named by
+ * env->session for env->sender; then link_msg_open() authenticates it (a
+ * signed one against env->sender, a MACed one under SESSION->rx: -ENOTCONN
+ * when SESSION is NULL or has another id, -EKEYREJECTED when the MAC is
+ * wrong) and only then parses and checks the body. */
+int link_decode_frame(const void *buf, size_t len, LinkMsg **ret);
+int link_msg_open(LinkMsg *m, const LinkSession *session);
+/* Whether M came with an ed25519 signature (not a session MAC). */
+bool link_msg_signed(const LinkMsg *m);
 void link_msg_free(LinkMsg *m);
+
+/* Key exchange. The worker makes a fresh X25519 pair for each hello and
+ * puts the public half in Hello.kx_public; the pool answers with its own
+ * fresh half and a random session id in the (signed) Welcome. */
+int link_kx_keypair(uint8_t ret_pk[LINK_KX_BYTES], uint8_t ret_sk[LINK_KX_BYTES]);
+/* Pool side: a session for the worker whose hello carried WORKER_KX_PK;
+ * RET_KX_PK goes into Welcome.kx_public and RET->id into Welcome.session. */
+int link_session_server(const uint8_t worker_kx_pk[LINK_KX_BYTES], LinkSession *ret,
+                        uint8_t ret_kx_pk[LINK_KX_BYTES]);
+/* Worker side: the session from its hello's key pair and the Welcome. */
+int link_session_client(const uint8_t kx_pk[LINK_KX_BYTES], const uint8_t kx_sk[LINK_KX_BYTES],
+                        const Hlink__Welcome *welcome, LinkSession *ret);
 
 /* Replay guard: accept SEQ only if above *LAST_SEQ, then remember it. */
 int link_replay_check(uint64_t *last_seq, uint64_t seq);
@@ -145,8 +194,15 @@ int link_nng_errno(int nng_err);
  * loop's thread, never on NNG's. The blocking calls are the same path with
  * a poll() in between, for tools and tests.
  *
- * Every reply is checked: link_decode(), sender equal to the pinned pool key,
- * reply_to equal to the request's nonce, sequence above the last one seen. A
+ * A hello carries a fresh X25519 key (filled in here, whatever the caller's
+ * Hello says); the Welcome sets up the session, and every later request goes
+ * out MACed in it. Without a session requests go out signed (the pool
+ * answers them ERR_UNKNOWN_WORKER: say hello); an ERR_UNKNOWN_WORKER reply
+ * drops the session.
+ *
+ * Every reply is checked: link_decode(), sender equal to the pinned pool key
+ * (signed) or the MAC under the session, reply_to equal to the request's
+ * nonce, sequence above the last one seen. A
  * reply that fails is reported as that -errno and never handed out. NNG's own
  * request resend is off: a retried request is a new message with a new
  * sequence number, so the pool's replay guard never rejects a retry. */
@@ -220,6 +276,16 @@ int link_client_sign_result(LinkClient *c, Hlink__ResultBody *body, void **ret_b
 /* Sign and send a result; *RET_ACCEPTED says whether the pool stored it
  * (false: it was not wanted any more, and may be forgotten). */
 int link_client_send_result(LinkClient *c, Hlink__ResultBody *body, bool *ret_accepted);
+
+/* The same, asking in the same request for up to MAX new tasks (one round
+ * trip instead of two): returns how many verified tasks are in *RET, as
+ * link_client_fetch() does. */
+int link_client_send_result_fetch(LinkClient *c, Hlink__ResultBody *body, unsigned max, bool *ret_accepted,
+                                  LinkTask **ret, unsigned *ret_forged);
+
+/* Whether the client holds a session with the pool (it said hello and was
+ * welcomed, and the pool has not said since that it forgot us). */
+bool link_client_has_session(const LinkClient *c);
 
 /* Tell the pool this worker leaves: its leases are handed out again. */
 int link_client_goodbye(LinkClient *c, const char *reason);

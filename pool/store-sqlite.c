@@ -12,6 +12,7 @@
 #include <sqlite3.h>
 
 #include "harvester/macro.h"
+#include "pool/sched.h"
 #include "pool/store.h"
 
 #define STMT_CACHE 64
@@ -24,6 +25,14 @@ struct PoolStore {
         bool in_txn;                    /* a BEGIN not yet committed */
         bool group;                     /* group commit: see pool_store_set_group() */
         int wal_fd;                     /* group mode: the -wal file, synced outside the lock */
+        /* Group mode: pending tasks and their leases in memory (pool/sched.h),
+         * so leases and results need no SELECT. Rebuilt from the database
+         * when it may differ: after a rollback or a failed commit (stale),
+         * or when another process (the CLI) changed it (data_version). */
+        Sched *mem;
+        bool mem_stale;
+        int64_t data_version;
+        uint64_t data_version_usec;     /* when last checked */
         /* Statements compiled once, keyed by their SQL text's address
          * (every statement here is a string literal). Compiling the lease
          * query cost more than running it. */
@@ -104,6 +113,15 @@ static const char schema[] =
         " WHEN (SELECT count(*) FROM leases l WHERE l.task_id = tasks.id AND " LIVE ") < tasks.wanted THEN 0" \
         " ELSE coalesce((SELECT min(l.expires_usec) FROM leases l WHERE l.task_id = tasks.id" \
         " AND l.state = 'active' AND l.expires_usec > :now), 9223372036854775807) END"
+
+/* The same for every task at once, with the clock read by SQLite. */
+#define LIVE_NOW "(l.state = 'done' OR (l.state = 'active' AND l.expires_usec > CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)))"
+#define REFRESH_FULL_UNTIL_NOW \
+        "UPDATE tasks SET full_until_usec = CASE" \
+        " WHEN (SELECT count(*) FROM leases l WHERE l.task_id = tasks.id AND " LIVE_NOW ") < tasks.wanted THEN 0" \
+        " ELSE coalesce((SELECT min(l.expires_usec) FROM leases l WHERE l.task_id = tasks.id" \
+        " AND l.state = 'active' AND l.expires_usec > CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER))," \
+        " 9223372036854775807) END"
 
 /* What a lease query asks of a task besides being free: matching, and not
  * held or answered by this worker already, and room for one more. */
@@ -188,6 +206,21 @@ static int step_done(sqlite3_stmt *st)
         return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : sql_err(sqlite3_db_handle(st), rc);
 }
 
+/* Savepoints are run for every call: compiled once, like the rest. */
+static int run(PoolStore *s, const char *sql)
+{
+        sqlite3_stmt *st = NULL;
+        int r = prep(s, sql, &st);
+        if (r < 0)
+                return r;
+        r = step_done(st);
+        sqlite3_reset(st);
+        return r;
+}
+
+static const char SQL_SAVEPOINT[] = "SAVEPOINT sp", SQL_RELEASE[] = "RELEASE sp", SQL_ROLLBACK_TO[] = "ROLLBACK TO sp",
+                  SQL_BEGIN[] = "BEGIN IMMEDIATE", SQL_COMMIT[] = "COMMIT";
+
 static int begin(PoolStore *s)
 {
         int r = 0;
@@ -200,12 +233,12 @@ static int begin(PoolStore *s)
          * failed call must not roll back others' uncommitted work. */
         bool sp = s->in_txn || s->group;
         if (!s->in_txn) {
-                r = exec(s, "BEGIN IMMEDIATE");
+                r = run(s, SQL_BEGIN);
                 if (r >= 0)
                         s->in_txn = true;
         }
         if (r >= 0 && sp)
-                r = exec(s, "SAVEPOINT sp");
+                r = run(s, SQL_SAVEPOINT);
         if (r < 0) {
                 if (s->in_txn && s->depth == 0 && !s->group) {
                         exec(s, "ROLLBACK");
@@ -224,7 +257,7 @@ static int begin(PoolStore *s)
 
 static int commit(PoolStore *s)
 {
-        int r = exec(s, "COMMIT");
+        int r = run(s, SQL_COMMIT);
         if (r < 0)
                 exec(s, "ROLLBACK");
         s->in_txn = false;
@@ -238,14 +271,18 @@ static int end(PoolStore *s, int r)
 {
         s->depth--;
         if (s->savepoints & (1U << s->depth)) {
-                int k = r >= 0 ? exec(s, "RELEASE sp") : 0;
+                int k = r >= 0 ? run(s, SQL_RELEASE) : 0;
                 if (r < 0 || k < 0) {
-                        exec(s, "ROLLBACK TO sp; RELEASE sp");
+                        run(s, SQL_ROLLBACK_TO);
+                        run(s, SQL_RELEASE);
                         r = r < 0 ? r : k;
+                        /* Memory may hold what was just undone. */
+                        s->mem_stale = true;
                 }
         } else if (r < 0) {
                 exec(s, "ROLLBACK");
                 s->in_txn = false;
+                s->mem_stale = true;
         } else if (!s->group)
                 r = commit(s) < 0 ? -EIO : r;
         pthread_mutex_unlock(&s->lock);
@@ -260,6 +297,10 @@ int pool_store_commit(PoolStore *s)
         if (s->in_txn && s->depth == 0) {
                 r = commit(s);
                 did = r >= 0;
+                /* A failed commit lost every change since the last one:
+                 * memory must not remember them. */
+                if (r < 0)
+                        s->mem_stale = true;
         }
         if (did && s->wal_fd < 0) {
                 char p[4096];
@@ -268,6 +309,9 @@ int pool_store_commit(PoolStore *s)
         }
         int fd = s->wal_fd;
         pthread_mutex_unlock(&s->lock);
+        /* (A failed fdatasync below leaves memory as it is: the changes
+         * are in the log, and the replies go out as errors; the workers
+         * resend, and find them stored.) */
         /* In group mode the commit wrote the log without syncing it
          * (synchronous=NORMAL); sync it here, outside the lock, so the
          * next batch is being served while this one reaches the disk. The
@@ -295,6 +339,14 @@ int pool_store_set_group(PoolStore *s, bool on)
                         r = exec(s, on ? "PRAGMA synchronous=NORMAL" : "PRAGMA synchronous=FULL");
                 if (r >= 0)
                         s->group = on;
+                if (r >= 0 && !on && s->mem) {
+                        /* Back to the SQL lease query: it needs
+                         * full_until_usec, which memory did not keep. */
+                        sched_free(s->mem);
+                        s->mem = NULL;
+                        exec(s, "BEGIN IMMEDIATE;"
+                                REFRESH_FULL_UNTIL_NOW " WHERE state = 'pending'; COMMIT");
+                }
         } else if (on != s->group)
                 r = -EBUSY;
         pthread_mutex_unlock(&s->lock);
@@ -333,7 +385,12 @@ int pool_store_open(const char *path, bool create, PoolStore **ret)
         /* WAL: the CLI reads while the server writes. FULL: an accepted
          * result survives power loss too, not only a killed process. */
         if ((r = exec(s, "PRAGMA journal_mode=WAL")) < 0 || (r = exec(s, "PRAGMA synchronous=FULL")) < 0 ||
-            (r = exec(s, "PRAGMA foreign_keys=ON")) < 0 || (r = exec(s, schema)) < 0)
+            (r = exec(s, "PRAGMA foreign_keys=ON")) < 0 || (r = exec(s, schema)) < 0 ||
+            /* A group commit covers many requests' pages: with the default
+             * 2 MB cache SQLite spilled dirty pages into the log in the
+             * middle of the transaction (a pwrite inside statements, under
+             * the lock). Savepoint journals stay in memory. */
+            (r = exec(s, "PRAGMA cache_size=-65536")) < 0 || (r = exec(s, "PRAGMA temp_store=MEMORY")) < 0)
                 goto fail;
         *ret = s;
         return 0;
@@ -347,6 +404,7 @@ void pool_store_close(PoolStore *s)
         if (!s)
                 return;
         pool_store_set_group(s, false);
+        sched_free(s->mem);
         if (s->wal_fd >= 0)
                 close(s->wal_fd);
         for (size_t i = 0; i < STMT_CACHE && s->cache[i].sql; i++)
@@ -354,6 +412,92 @@ void pool_store_close(PoolStore *s)
         sqlite3_close_v2(s->db);
         pthread_mutex_destroy(&s->lock);
         free(s);
+}
+
+/* --- the scheduling state in memory (group mode) -------------------------- */
+
+static int lease_state_code(const char *st)
+{
+        return !strcmp(st, "active") ? SCHED_ACTIVE : !strcmp(st, "done") ? SCHED_DONE : SCHED_RELEASED;
+}
+
+/* Build the memory state from the database: every pending task, its
+ * leases and the hashes of the answers it has. */
+static int mem_load(PoolStore *s, uint64_t now)
+{
+        _cleanup_stmt_ sqlite3_stmt *t = NULL, *l = NULL, *dv = NULL;
+        Sched *m = NULL;
+        int r = sched_new(&m), rc;
+        if (r < 0)
+                return r;
+        r = prep(s, "SELECT rowid, id, spec, signature, replicas, quorum, wanted, need_arch, need_cores, need_memory,"
+                    " need_gpu, deadline_usec FROM tasks WHERE state = 'pending' ORDER BY rowid", &t);
+        while (r >= 0 && (rc = sqlite3_step(t)) == SQLITE_ROW) {
+                if (sqlite3_column_bytes(t, 3) != LINK_SIG_BYTES)
+                        continue;
+                SchedTaskNew n = {
+                        .rowid = sqlite3_column_int64(t, 0),
+                        .id = (const char *) sqlite3_column_text(t, 1),
+                        .spec = sqlite3_column_blob(t, 2),
+                        .spec_len = (size_t) sqlite3_column_bytes(t, 2),
+                        .signature = sqlite3_column_blob(t, 3),
+                        .replicas = (unsigned) sqlite3_column_int(t, 4),
+                        .quorum = (unsigned) sqlite3_column_int(t, 5),
+                        .wanted = (unsigned) sqlite3_column_int(t, 6),
+                        .need_arch = (const char *) sqlite3_column_text(t, 7),
+                        .need_cores = (unsigned) sqlite3_column_int(t, 8),
+                        .need_memory_bytes = (uint64_t) sqlite3_column_int64(t, 9),
+                        .need_gpu = sqlite3_column_int(t, 10),
+                        .deadline_usec = (uint64_t) sqlite3_column_int64(t, 11),
+                };
+                r = sched_add(m, &n, NULL);
+        }
+        if (r >= 0)
+                r = prep(s, "SELECT l.task_id, l.worker, l.expires_usec, l.state, r.hash FROM leases l"
+                            " JOIN tasks t ON t.id = l.task_id LEFT JOIN results r ON r.task_id = l.task_id"
+                            " AND r.worker = l.worker WHERE t.state = 'pending'", &l);
+        while (r >= 0 && (rc = sqlite3_step(l)) == SQLITE_ROW) {
+                SchedTask *task = sched_find(m, (const char *) sqlite3_column_text(l, 0));
+                if (!task || sqlite3_column_bytes(l, 1) != LINK_KEY_BYTES)
+                        continue;
+                const void *hash = sqlite3_column_bytes(l, 4) == LINK_HASH_BYTES ? sqlite3_column_blob(l, 4) : NULL;
+                r = sched_load_lease(m, task, sqlite3_column_blob(l, 1), (uint64_t) sqlite3_column_int64(l, 2),
+                                     lease_state_code((const char *) sqlite3_column_text(l, 3)), hash);
+        }
+        if (r >= 0)
+                r = prep(s, "PRAGMA data_version", &dv);
+        if (r >= 0 && sqlite3_step(dv) == SQLITE_ROW)
+                s->data_version = sqlite3_column_int64(dv, 0);
+        if (r < 0) {
+                sched_free(m);
+                return r;
+        }
+        sched_loaded(m, now);
+        sched_free(s->mem);
+        s->mem = m;
+        s->mem_stale = false;
+        s->data_version_usec = now;
+        return 0;
+}
+
+/* The memory state, current, or NULL outside group mode (the SQL paths
+ * serve then). Another process's commit (the CLI's submit or cancel)
+ * shows as a new data_version, checked at most every 100 ms. */
+static Sched *mem_get(PoolStore *s, uint64_t now)
+{
+        if (!s->group)
+                return NULL;
+        if (s->mem && !s->mem_stale && now < s->data_version_usec + 100000 && now >= s->data_version_usec)
+                return s->mem;
+        if (s->mem && !s->mem_stale) {
+                _cleanup_stmt_ sqlite3_stmt *dv = NULL;
+                s->data_version_usec = now;
+                if (prep(s, "PRAGMA data_version", &dv) >= 0 && sqlite3_step(dv) == SQLITE_ROW &&
+                    sqlite3_column_int64(dv, 0) == s->data_version)
+                        return s->mem;
+        }
+        /* Without a current memory state the SQL paths still serve. */
+        return mem_load(s, now) >= 0 ? s->mem : NULL;
 }
 
 int pool_store_add_task(PoolStore *s, const PoolTaskNew *t, uint64_t now)
@@ -365,6 +509,7 @@ int pool_store_add_task(PoolStore *s, const PoolTaskNew *t, uint64_t now)
         int r = begin(s);
         if (r < 0)
                 return r;
+        Sched *m = mem_get(s, now);
         r = prep(s, "INSERT INTO tasks(id, kind, spec, signature, replicas, quorum, wanted, need_arch,"
                     " need_cores, need_memory, need_gpu, deadline_usec, submitted_usec)"
                     " VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)", &st);
@@ -383,6 +528,19 @@ int pool_store_add_task(PoolStore *s, const PoolTaskNew *t, uint64_t now)
                 sqlite3_bind_int64(st, 12, (sqlite3_int64) t->deadline_usec);
                 sqlite3_bind_int64(st, 13, (sqlite3_int64) now);
                 r = step_done(st);
+        }
+        /* (Loaded before the insert, or the load would have it already.) */
+        if (m && r >= 0) {
+                SchedTaskNew n = {
+                        .rowid = sqlite3_last_insert_rowid(s->db), .id = t->id, .spec = t->spec,
+                        .spec_len = t->spec_len, .signature = t->signature, .replicas = t->replicas,
+                        .quorum = t->quorum, .wanted = t->replicas, .need_arch = t->need_arch,
+                        .need_cores = t->need_cores, .need_memory_bytes = t->need_memory_bytes,
+                        .need_gpu = t->need_gpu, .deadline_usec = t->deadline_usec,
+                };
+                int k = sched_add(m, &n, NULL);
+                if (k < 0 && k != -EEXIST)
+                        s->mem_stale = true;
         }
         return end(s, r);
 }
@@ -424,6 +582,10 @@ int pool_store_cancel(PoolStore *s, const char *id, uint64_t now)
                 sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
                 r = change(s, st);
         }
+        Sched *m = r >= 0 ? mem_get(s, now) : NULL;
+        SchedTask *task = m ? sched_find(m, id) : NULL;
+        if (task)
+                sched_remove(m, task);
         return end(s, r < 0 ? r : 0);
 }
 
@@ -450,18 +612,29 @@ static bool worker_known(PoolStore *s, const uint8_t *key)
         return sqlite3_step(st) == SQLITE_ROW;
 }
 
+void pool_worker_caps(const Hlink__Capabilities *c, PoolWorkerCaps *ret)
+{
+        PoolWorkerCaps w = {};
+        snprintf(w.arch, sizeof(w.arch), "%s", c->arch ? c->arch : "");
+        w.cores = c->cores;
+        w.memory_bytes = c->memory_bytes;
+        for (size_t i = 0; i < c->n_devices; i++)
+                if (c->devices[i]->api > 0 && c->devices[i]->api < 31)
+                        w.gpu_mask |= 1U << c->devices[i]->api;
+        *ret = w;
+}
+
 int pool_store_hello(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], const Hlink__Hello *h, uint64_t seq,
                      uint64_t now)
 {
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
         const Hlink__Capabilities *c = h->caps;
-        unsigned gpu_mask = 0;
+        PoolWorkerCaps caps;
         int r = begin(s);
         if (r < 0)
                 return r;
-        for (size_t i = 0; i < c->n_devices; i++)
-                if (c->devices[i]->api > 0 && c->devices[i]->api < 31)
-                        gpu_mask |= 1U << c->devices[i]->api;
+        pool_worker_caps(c, &caps);
+        unsigned gpu_mask = caps.gpu_mask;
         if (worker_known(s, key))
                 r = seq_update(s, key, seq, now);
         else {
@@ -513,6 +686,9 @@ static int refresh_task(PoolStore *s, const char *task_id, uint64_t now)
         return step_done(st);
 }
 
+static int lease_mem(PoolStore *s, Sched *m, const uint8_t *key, const PoolWorkerCaps *caps, unsigned max,
+                     size_t max_bytes, uint64_t now, uint64_t lease_usec, PoolLease *out);
+
 void pool_leases_free(PoolLease *l, size_t n)
 {
         if (!l)
@@ -525,7 +701,86 @@ void pool_leases_free(PoolLease *l, size_t n)
 int pool_store_lease(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], unsigned max, size_t max_bytes,
                      uint64_t now, uint64_t lease_usec, PoolLease **ret)
 {
-        _cleanup_stmt_ sqlite3_stmt *w = NULL, *ins = NULL;
+        _cleanup_stmt_ sqlite3_stmt *w = NULL;
+        PoolWorkerCaps caps = {};
+        int r = begin(s);
+        if (r < 0)
+                return r;
+        r = prep(s, "SELECT arch, cores, memory, gpu_mask FROM workers WHERE key = ?", &w);
+        if (r >= 0) {
+                sqlite3_bind_blob(w, 1, key, LINK_KEY_BYTES, SQLITE_STATIC);
+                if (sqlite3_step(w) != SQLITE_ROW)
+                        r = -ENOENT;
+                else {
+                        snprintf(caps.arch, sizeof(caps.arch), "%s", (const char *) sqlite3_column_text(w, 0));
+                        caps.cores = (unsigned) sqlite3_column_int(w, 1);
+                        caps.memory_bytes = (uint64_t) sqlite3_column_int64(w, 2);
+                        caps.gpu_mask = (unsigned) sqlite3_column_int(w, 3);
+                }
+        }
+        if (r >= 0)
+                r = pool_store_lease_caps(s, key, &caps, max, max_bytes, now, lease_usec, ret);
+        int k = end(s, r);
+        if (k < 0 && r > 0)
+                pool_leases_free(*ret, (size_t) r);
+        return k;
+}
+
+static const char SQL_LEASE_UPSERT[] =
+        "INSERT INTO leases(task_id, worker, issued_usec, expires_usec, state) VALUES(?,?,?,?,'active')"
+        " ON CONFLICT(task_id, worker) DO UPDATE SET issued_usec = excluded.issued_usec,"
+        " expires_usec = excluded.expires_usec, state = 'active'";
+
+/* Leasing from memory: the choice needs no query; each lease is one
+ * write. Returns how many leases are in OUT (specs copied). */
+static int lease_mem(PoolStore *s, Sched *m, const uint8_t *key, const PoolWorkerCaps *caps, unsigned max,
+                     size_t max_bytes, uint64_t now, uint64_t lease_usec, PoolLease *out)
+{
+        _cleanup_stmt_ sqlite3_stmt *ins = NULL;
+        _cleanup_free_ SchedTask **picked = calloc(max, sizeof(*picked));
+        if (!picked)
+                return -ENOMEM;
+        int n = sched_pick(m, key, caps, max, max_bytes, now, lease_usec, picked);
+        int r = n < 0 ? n : prep(s, SQL_LEASE_UPSERT, &ins);
+        for (int i = 0; r >= 0 && i < n; i++) {
+                const void *spec;
+                const uint8_t *sig;
+                size_t len;
+                PoolLease *l = &out[i];
+                sched_task_spec(picked[i], &spec, &len, &sig);
+                snprintf(l->id, sizeof(l->id), "%s", sched_task_id(picked[i]));
+                l->spec = malloc(len ? len : 1);
+                if (!l->spec) {
+                        r = -ENOMEM;
+                        break;
+                }
+                memcpy(l->spec, spec, len);
+                l->spec_len = len;
+                memcpy(l->signature, sig, LINK_SIG_BYTES);
+                l->expires_usec = now + lease_usec;
+                sqlite3_reset(ins);
+                sqlite3_bind_text(ins, 1, l->id, -1, SQLITE_STATIC);
+                sqlite3_bind_blob(ins, 2, key, LINK_KEY_BYTES, SQLITE_STATIC);
+                sqlite3_bind_int64(ins, 3, (sqlite3_int64) now);
+                sqlite3_bind_int64(ins, 4, (sqlite3_int64) l->expires_usec);
+                r = step_done(ins);
+        }
+        if (r < 0) {
+                /* The leases memory recorded are not in the log. */
+                s->mem_stale = true;
+                for (int i = 0; i < n; i++) {
+                        free(out[i].spec);
+                        out[i].spec = NULL;
+                }
+                return r;
+        }
+        return n;
+}
+
+int pool_store_lease_caps(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], const PoolWorkerCaps *caps,
+                          unsigned max, size_t max_bytes, uint64_t now, uint64_t lease_usec, PoolLease **ret)
+{
+        _cleanup_stmt_ sqlite3_stmt *ins = NULL;
         PoolLease *out = NULL;
         size_t n = 0, bytes = 0;
         int r;
@@ -542,11 +797,16 @@ int pool_store_lease(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], unsigned m
                 free(out);
                 return r;
         }
-        r = prep(s, "SELECT arch, cores, memory, gpu_mask FROM workers WHERE key = ?", &w);
-        if (r >= 0) {
-                sqlite3_bind_blob(w, 1, key, LINK_KEY_BYTES, SQLITE_STATIC);
-                if (sqlite3_step(w) != SQLITE_ROW)
-                        r = -ENOENT;
+        Sched *m = mem_get(s, now);
+        if (m) {
+                r = lease_mem(s, m, key, caps, max, max_bytes, now, lease_usec, out);
+                r = end(s, r);
+                if (r < 0) {
+                        pool_leases_free(out, 0);
+                        return r;
+                }
+                *ret = out;
+                return r;
         }
         /* Matching: only tasks whose needs this worker's capabilities meet.
          * Lapsed leases first, oldest lapse first, so a vanished worker's
@@ -572,11 +832,10 @@ int pool_store_lease(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], unsigned m
                 if (r < 0)
                         break;
                 bind_now(q, now);
-                sqlite3_bind_text(q, sqlite3_bind_parameter_index(q, ":arch"),
-                                  (const char *) sqlite3_column_text(w, 0), -1, SQLITE_TRANSIENT);
-                sqlite3_bind_int(q, sqlite3_bind_parameter_index(q, ":cores"), sqlite3_column_int(w, 1));
-                sqlite3_bind_int64(q, sqlite3_bind_parameter_index(q, ":mem"), sqlite3_column_int64(w, 2));
-                sqlite3_bind_int(q, sqlite3_bind_parameter_index(q, ":gpu"), sqlite3_column_int(w, 3));
+                sqlite3_bind_text(q, sqlite3_bind_parameter_index(q, ":arch"), caps->arch, -1, SQLITE_STATIC);
+                sqlite3_bind_int(q, sqlite3_bind_parameter_index(q, ":cores"), (int) caps->cores);
+                sqlite3_bind_int64(q, sqlite3_bind_parameter_index(q, ":mem"), (sqlite3_int64) caps->memory_bytes);
+                sqlite3_bind_int(q, sqlite3_bind_parameter_index(q, ":gpu"), (int) caps->gpu_mask);
                 sqlite3_bind_blob(q, sqlite3_bind_parameter_index(q, ":key"), key, LINK_KEY_BYTES, SQLITE_STATIC);
                 sqlite3_bind_int(q, sqlite3_bind_parameter_index(q, ":max"), (int) (max - n));
                 while (n < max) {
@@ -654,6 +913,27 @@ int pool_store_renew(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], const char
         int r = begin(s);
         if (r < 0)
                 return r;
+        Sched *m = mem_get(s, now);
+        SchedTask *t = m ? sched_find(m, task_id) : NULL;
+        if (t) {
+                /* Pending: memory knows its leases. */
+                r = sched_renew(m, t, key, now, lease_usec);
+                if (r >= 0)
+                        r = prep(s, "UPDATE leases SET expires_usec = ? WHERE task_id = ? AND worker = ?", &up);
+                if (r >= 0) {
+                        sqlite3_bind_int64(up, 1, (sqlite3_int64) (now + lease_usec));
+                        sqlite3_bind_text(up, 2, task_id, -1, SQLITE_STATIC);
+                        sqlite3_bind_blob(up, 3, key, LINK_KEY_BYTES, SQLITE_STATIC);
+                        r = step_done(up);
+                        if (r < 0)
+                                s->mem_stale = true;
+                }
+                r = end(s, r);
+                if (r >= 0)
+                        *ret_expires = now + lease_usec;
+                return r;
+        }
+        /* Not pending (or no memory): the database says why. */
         r = task_state(s, task_id, state, sizeof(state));
         if (r >= 0 && strcmp(state, "pending"))
                 r = -EALREADY;
@@ -702,6 +982,29 @@ static int simple(PoolStore *s, const char *sql, const char *text, const uint8_t
         return change(s, st);
 }
 
+/* TASK_ID was decided on BEST: record who agreed and who did not, on the
+ * results and on the workers. */
+static int mark_verdicts(PoolStore *s, const char *task_id, const uint8_t *best)
+{
+        _cleanup_stmt_ sqlite3_stmt *w = NULL, *res = NULL;
+        int r = prep(s, "UPDATE workers SET agreed = agreed + (r.hash = ?2), disagreed = disagreed + (r.hash != ?2)"
+                        " FROM results r WHERE r.task_id = ?1 AND r.verdict = 'pending' AND r.worker = workers.key", &w);
+        if (r < 0)
+                return r;
+        sqlite3_bind_text(w, 1, task_id, -1, SQLITE_STATIC);
+        sqlite3_bind_blob(w, 2, best, LINK_HASH_BYTES, SQLITE_STATIC);
+        r = step_done(w);
+        if (r < 0)
+                return r;
+        r = prep(s, "UPDATE results SET verdict = CASE WHEN hash = ?2 THEN 'agree' ELSE 'disagree' END,"
+                    " accepted = (hash = ?2) WHERE task_id = ?1 AND verdict = 'pending'", &res);
+        if (r < 0)
+                return r;
+        sqlite3_bind_text(res, 1, task_id, -1, SQLITE_STATIC);
+        sqlite3_bind_blob(res, 2, best, LINK_HASH_BYTES, SQLITE_STATIC);
+        return step_done(res);
+}
+
 /* Decide TASK_ID if a quorum of its results agree. */
 static int judge(PoolStore *s, const char *task_id, uint64_t now)
 {
@@ -739,27 +1042,7 @@ static int judge(PoolStore *s, const char *task_id, uint64_t now)
                 r = step_done(acc);
                 if (r < 0)
                         return r;
-                /* Record who agreed and who did not, on the workers too. */
-                finalizep(&acc);
-                acc = NULL;
-                r = prep(s, "UPDATE workers SET agreed = agreed + (r.hash = ?2), disagreed = disagreed + (r.hash != ?2)"
-                            " FROM results r WHERE r.task_id = ?1 AND r.verdict = 'pending' AND r.worker = workers.key", &acc);
-                if (r < 0)
-                        return r;
-                sqlite3_bind_text(acc, 1, task_id, -1, SQLITE_STATIC);
-                sqlite3_bind_blob(acc, 2, best, LINK_HASH_BYTES, SQLITE_STATIC);
-                r = step_done(acc);
-                finalizep(&acc);
-                acc = NULL;
-                if (r < 0)
-                        return r;
-                r = prep(s, "UPDATE results SET verdict = CASE WHEN hash = ?2 THEN 'agree' ELSE 'disagree' END,"
-                            " accepted = (hash = ?2) WHERE task_id = ?1 AND verdict = 'pending'", &acc);
-                if (r < 0)
-                        return r;
-                sqlite3_bind_text(acc, 1, task_id, -1, SQLITE_STATIC);
-                sqlite3_bind_blob(acc, 2, best, LINK_HASH_BYTES, SQLITE_STATIC);
-                return step_done(acc);
+                return mark_verdicts(s, task_id, best);
         }
         if (total >= wanted) {
                 /* Every replica in and no quorum: ask one more worker, up
@@ -771,6 +1054,96 @@ static int judge(PoolStore *s, const char *task_id, uint64_t now)
                                    task_id, NULL, now);
                 return r < 0 ? r : 0;
         }
+        return 0;
+}
+
+static const char SQL_RESULT_INSERT_VERDICT[] =
+        "INSERT INTO results(task_id, worker, received_usec, status, exit_code, hash, cpu_usec, body, signature,"
+        " verdict, accepted) VALUES(?,?,?,?,?,?,?,?,?,?,?)";
+
+/* A result for a pending task, judged in memory; the database is only
+ * written. */
+static int add_result_mem(PoolStore *s, Sched *m, SchedTask *t, const uint8_t *key, const Hlink__ResultBody *b,
+                          const uint8_t *hash, const void *raw, size_t raw_len, const uint8_t *signature,
+                          uint64_t now, bool *ret_accepted, const char **ret_reason)
+{
+        _cleanup_stmt_ sqlite3_stmt *ins = NULL, *w = NULL, *acc = NULL;
+        uint8_t best[LINK_HASH_BYTES];
+        int st = sched_lease_state(t, key, NULL), r;
+
+        if (st == 0)
+                return -ENOENT;         /* never leased to this worker */
+        if (st == SCHED_DONE) {
+                /* A resend after a lost ack: it is stored already. */
+                *ret_accepted = true;
+                *ret_reason = "already stored";
+                return 0;
+        }
+        /* Judged first; if a write below fails the call is rolled back and
+         * memory is rebuilt from the database (mem_stale). */
+        int verdict = sched_result(m, t, key, hash, now, best);
+        if (verdict < 0)
+                return verdict;
+        /* The common case, one replica: this answer alone decides, so it is
+         * stored with its verdict, and the worker counted as agreeing, in
+         * the same writes. */
+        bool alone = verdict == SCHED_ACCEPT && sched_answers(t) == 1;
+        r = prep(s, SQL_RESULT_INSERT_VERDICT, &ins);
+        if (r >= 0) {
+                sqlite3_bind_text(ins, 1, b->task_id, -1, SQLITE_STATIC);
+                sqlite3_bind_blob(ins, 2, key, LINK_KEY_BYTES, SQLITE_STATIC);
+                sqlite3_bind_int64(ins, 3, (sqlite3_int64) now);
+                sqlite3_bind_int(ins, 4, b->status);
+                sqlite3_bind_int(ins, 5, b->exit_code);
+                sqlite3_bind_blob(ins, 6, hash, LINK_HASH_BYTES, SQLITE_STATIC);
+                sqlite3_bind_int64(ins, 7, (sqlite3_int64) b->cpu_usec);
+                sqlite3_bind_blob(ins, 8, raw, (int) raw_len, SQLITE_STATIC);
+                sqlite3_bind_blob(ins, 9, signature, LINK_SIG_BYTES, SQLITE_STATIC);
+                sqlite3_bind_text(ins, 10, alone ? "agree" : "pending", -1, SQLITE_STATIC);
+                sqlite3_bind_int(ins, 11, alone);
+                r = step_done(ins);
+        }
+        if (r >= 0)
+                r = simple(s, "UPDATE leases SET state = 'done' WHERE task_id = :id AND worker = :key", b->task_id, key, now);
+        if (r >= 0)
+                r = prep(s, "UPDATE workers SET results = results + 1, cpu_usec = cpu_usec + ?, last_seen_usec = ?,"
+                            " agreed = agreed + ? WHERE key = ?", &w);
+        if (r >= 0) {
+                sqlite3_bind_int64(w, 1, (sqlite3_int64) b->cpu_usec);
+                sqlite3_bind_int64(w, 2, (sqlite3_int64) now);
+                sqlite3_bind_int(w, 3, alone);
+                sqlite3_bind_blob(w, 4, key, LINK_KEY_BYTES, SQLITE_STATIC);
+                r = step_done(w);
+        }
+        switch (r < 0 ? -1 : verdict) {
+        case SCHED_ACCEPT:
+                r = prep(s, "UPDATE tasks SET state = 'done', finished_usec = ?, accepted_hash = ? WHERE id = ?", &acc);
+                if (r >= 0) {
+                        sqlite3_bind_int64(acc, 1, (sqlite3_int64) now);
+                        sqlite3_bind_blob(acc, 2, best, LINK_HASH_BYTES, SQLITE_STATIC);
+                        sqlite3_bind_text(acc, 3, b->task_id, -1, SQLITE_STATIC);
+                        r = step_done(acc);
+                }
+                if (r >= 0 && !alone)
+                        r = mark_verdicts(s, b->task_id, best);
+                sched_remove(m, t);
+                break;
+        case SCHED_ASK_MORE:
+                r = simple(s, "UPDATE tasks SET wanted = wanted + 1 WHERE id = :id", b->task_id, NULL, now);
+                break;
+        case SCHED_GIVE_UP:
+                r = simple(s, "UPDATE tasks SET state = 'inconclusive', finished_usec = :now WHERE id = :id",
+                           b->task_id, NULL, now);
+                sched_remove(m, t);
+                break;
+        default:
+                break;
+        }
+        if (r < 0) {
+                s->mem_stale = true;
+                return r;
+        }
+        *ret_accepted = true;
         return 0;
 }
 
@@ -786,6 +1159,14 @@ int pool_store_add_result(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], const
         int r = begin(s);
         if (r < 0)
                 return r;
+        Sched *m = mem_get(s, now);
+        SchedTask *task = m ? sched_find(m, b->task_id) : NULL;
+        if (task) {
+                r = add_result_mem(s, m, task, key, b, hash, raw, raw_len, signature, now, &accepted, &reason);
+                goto out;
+        }
+        /* Not pending (done, given up, cancelled, unknown) or no memory:
+         * the database decides. */
         r = task_state(s, b->task_id, state, sizeof(state));
         if (r >= 0)
                 r = prep(s, "SELECT state FROM leases WHERE task_id = ? AND worker = ?", &l);
@@ -877,6 +1258,28 @@ int pool_store_release(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], uint64_t
         int r = begin(s);
         if (r < 0)
                 return r;
+        Sched *m = mem_get(s, now);
+        if (m) {
+                _cleanup_stmt_ sqlite3_stmt *st = NULL;
+                int n = 0, rc;
+                r = prep(s, "UPDATE leases SET state = 'released' WHERE worker = ? AND state = 'active'"
+                            " AND expires_usec > ? RETURNING task_id", &st);
+                if (r >= 0) {
+                        sqlite3_bind_blob(st, 1, key, LINK_KEY_BYTES, SQLITE_STATIC);
+                        sqlite3_bind_int64(st, 2, (sqlite3_int64) now);
+                        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+                                SchedTask *t = sched_find(m, (const char *) sqlite3_column_text(st, 0));
+                                if (t)
+                                        sched_release(m, t, key, now);
+                                n++;
+                        }
+                        if (rc != SQLITE_DONE) {
+                                r = sql_err(s->db, rc);
+                                s->mem_stale = true;
+                        }
+                }
+                return end(s, r < 0 ? r : n);
+        }
         r = simple(s, "UPDATE leases SET state = 'released' WHERE worker = :key AND state = 'active'"
                       " AND expires_usec > :now", NULL, key, now);
         if (r > 0) {

@@ -9,7 +9,11 @@
  * synchronous=FULL), so a kill -9 or a crash at any moment loses no
  * submitted task and no accepted result. The server uses group commit
  * instead (pool_store_set_group()): durable at pool_store_commit(), and it
- * answers nobody before that. Calls are safe from several
+ * answers nobody before that. In group mode the store also keeps the
+ * pending tasks, their leases and answers in memory (pool/sched.h), so a
+ * lease or a result is chosen and judged without a SELECT and the database
+ * is only written; memory is rebuilt from the database at start, after a
+ * rollback or a failed commit, and when another process changed it. Calls are safe from several
  * threads (one lock per store) and several processes (the CLI beside a
  * running server). Times are CLOCK_REALTIME µs passed in by the caller.
  */
@@ -95,6 +99,20 @@ typedef struct PoolLease {
  * their tasks go out again. Returns how many; free with pool_leases_free(). */
 int pool_store_lease(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], unsigned max, size_t max_bytes,
                      uint64_t now_usec, uint64_t lease_usec, PoolLease **ret);
+
+/* What matching needs of a worker, as its hello said: the server keeps it
+ * in memory with the worker's session, so a lease need not read it back. */
+typedef struct PoolWorkerCaps {
+        char arch[LINK_STR_MAX + 1];
+        unsigned cores;
+        uint64_t memory_bytes;
+        unsigned gpu_mask;              /* bit N: a device of Hlink__DeviceApi N */
+} PoolWorkerCaps;
+void pool_worker_caps(const Hlink__Capabilities *c, PoolWorkerCaps *ret);
+
+/* pool_store_lease() for a worker whose capabilities the caller holds. */
+int pool_store_lease_caps(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], const PoolWorkerCaps *caps,
+                          unsigned max, size_t max_bytes, uint64_t now_usec, uint64_t lease_usec, PoolLease **ret);
 void pool_leases_free(PoolLease *l, size_t n);
 
 /* Extend the worker's lease on TASK_ID. 0 and the new expiry if the pool

@@ -259,6 +259,10 @@ def case_kill9(root):
                   for r in pool.json("results", "--outputs"))
     check(outs_ok, "kill9: each output is the task's own input file")
     check(any("error:" in o for o in outs), "kill9: the workers saw the pool go away and carried on")
+    # Sessions live only in the pool's memory: the restarted pool knows
+    # nobody, so each worker that spoke to it again said hello again.
+    check(any(o.count("welcome") >= 2 for o in outs),
+          "kill9: the workers said hello again to the restarted pool (%s welcomes)" % [o.count("welcome") for o in outs])
     pool.stop()
 
 

@@ -24,7 +24,7 @@
 
 #include "net/link.h"
 
-enum { OK, WRONG_KEY, WRONG_NONCE, SILENT, FORGED_TASK, UNKNOWN_WORKER, STALE_SEQ };
+enum { OK, WRONG_KEY, WRONG_NONCE, SILENT, FORGED_TASK, UNKNOWN_WORKER, STALE_SEQ, FORGED_MAC };
 
 static char dir[PATH_MAX], url[PATH_MAX + 16];
 static LinkIdentity pool, other;
@@ -52,6 +52,11 @@ static void task(LinkIdentity *signer, const char *id, Hlink__Task *t, void **sp
         t->lease_expires_usec = 77;
 }
 
+/* The fake pool's one session, from the last hello. */
+static LinkSession session;
+static bool have_session;
+static volatile int requests_macd, requests_signed;
+
 static void *serve(void *arg)
 {
         for (;;) {
@@ -59,14 +64,23 @@ static void *serve(void *arg)
                 if (nng_recvmsg(rep, &m, 0) != 0)
                         return NULL;
                 LinkMsg *req = NULL;
-                if (link_decode(nng_msg_body(m), nng_msg_len(m), &req) < 0) {
+                if (link_decode_frame(nng_msg_body(m), nng_msg_len(m), &req) < 0 ||
+                    link_msg_open(req, have_session ? &session : NULL) < 0) {
+                        link_msg_free(req);
                         nng_msg_free(m);
                         continue;
                 }
                 nng_msg_free(m);
+                bool macd = !link_msg_signed(req);
+                if (macd)
+                        requests_macd++;
+                else
+                        requests_signed++;
                 Hlink__Body b = HLINK__BODY__INIT;
                 Hlink__Welcome w = HLINK__WELCOME__INIT;
+                Hlink__ResultAck ack = HLINK__RESULT_ACK__INIT;
                 Hlink__Work work = HLINK__WORK__INIT;
+                uint8_t kx_pk[32];
                 Hlink__Task t1, t2, *ts[] = { &t1, &t2 };
                 Hlink__Error e = HLINK__ERROR__INIT;
                 void *s1 = NULL, *s2 = NULL;
@@ -88,11 +102,26 @@ static void *serve(void *arg)
                         work.n_tasks = 2;
                         b.msg_case = HLINK__BODY__MSG_WORK;
                         b.work = &work;
+                } else if (req->body->msg_case == HLINK__BODY__MSG_RESULT) {
+                        /* Acknowledged, with as many new tasks as asked (up to 2). */
+                        task(&pool, "next1", &t1, &s1);
+                        task(&pool, "next2", &t2, &s2);
+                        ack.task_id = "done1";
+                        ack.accepted = true;
+                        ack.tasks = ts;
+                        ack.n_tasks = req->body->result->fetch < 2 ? req->body->result->fetch : 2;
+                        b.msg_case = HLINK__BODY__MSG_RESULT_ACK;
+                        b.result_ack = &ack;
                 } else {
+                        assert_int_equal(link_session_server(req->body->hello->kx_public.data, &session, kx_pk), 0);
+                        have_session = true;
                         w.worker_id = "w";
                         w.lease_sec = 42;
+                        w.kx_public = (ProtobufCBinaryData) { 32, kx_pk };
+                        w.session = (ProtobufCBinaryData) { 16, session.id };
                         b.msg_case = HLINK__BODY__MSG_WELCOME;
                         b.welcome = &w;
+                        macd = false;           /* a welcome is signed */
                 }
                 link_msg_free(req);
                 if (mode == SILENT) {
@@ -107,7 +136,13 @@ static void *serve(void *arg)
                 uint64_t now = (uint64_t) ts_now.tv_sec * 1000000 + (uint64_t) ts_now.tv_nsec / 1000;
                 if (mode == STALE_SEQ)
                         signer->seq = 0, now = 1;       /* an old, signed reply */
-                assert_int_equal(link_encode(signer, &b, nonce, now, NULL, &buf, &len), 0);
+                LinkSession forged = session;
+                if (mode == FORGED_MAC)
+                        forged.tx[0] ^= 1;      /* a MAC nobody with the session's key made */
+                if (macd)
+                        assert_int_equal(link_encode_session(signer, &forged, &b, nonce, now, NULL, &buf, &len), 0);
+                else
+                        assert_int_equal(link_encode(signer, &b, nonce, now, NULL, &buf, &len), 0);
                 free(s1);
                 free(s2);
                 nng_send(rep, buf, len, 0);
@@ -245,11 +280,48 @@ static void test_blocking(void **state)
         assert_string_equal(t[0].spec->id, "good");
         link_tasks_free(t, 1);
 
-        mode = UNKNOWN_WORKER;
-        assert_int_equal(link_client_fetch(cl, 4, &t, &forged), -ENOTCONN);
+        /* After the hello every request went MACed, none signed. */
         mode = OK;
+        assert_true(link_client_has_session(cl));
+        int signed_before = requests_signed, macd_before = requests_macd;
         assert_int_equal(link_client_fetch(cl, 4, &t, NULL), 2);
         link_tasks_free(t, 2);
+        assert_int_equal(requests_signed, signed_before);
+        assert_int_equal(requests_macd, macd_before + 1);
+
+        /* A result that asks for more work gets it in the ack: one round trip. */
+        Hlink__ResultBody rb = HLINK__RESULT_BODY__INIT;
+        bool accepted = false;
+        rb.task_id = "done1";
+        rb.status = HLINK__STATUS__STATUS_OK;
+        assert_int_equal(link_client_send_result_fetch(cl, &rb, 2, &accepted, &t, &forged), 2);
+        assert_true(accepted);
+        assert_int_equal(forged, 0);
+        assert_string_equal(t[0].spec->id, "next1");
+        assert_string_equal(t[1].spec->id, "next2");
+        link_tasks_free(t, 2);
+        assert_int_equal(requests_macd, macd_before + 2);
+        accepted = false;
+        assert_int_equal(link_client_send_result(cl, &rb, &accepted), 0);
+        assert_true(accepted);
+
+        /* A reply whose MAC is not the session's: refused, never handed out. */
+        mode = FORGED_MAC;
+        assert_int_equal(link_client_fetch(cl, 4, &t, &forged), -EKEYREJECTED);
+        mode = OK;
+
+        mode = UNKNOWN_WORKER;
+        assert_int_equal(link_client_fetch(cl, 4, &t, &forged), -ENOTCONN);
+        /* The pool forgot us: the session is gone; requests go signed until
+         * the next hello (and the pool answers them with a hello request). */
+        assert_false(link_client_has_session(cl));
+        mode = OK;
+        signed_before = requests_signed;
+        assert_int_equal(link_client_fetch(cl, 4, &t, NULL), 2);
+        link_tasks_free(t, 2);
+        assert_int_equal(requests_signed, signed_before + 1);
+        assert_int_equal(link_client_hello(cl, &caps, "test", &lease), 0);
+        assert_true(link_client_has_session(cl));
 
         /* The identity was created under the state dir, 0600. */
         char p[PATH_MAX + 32];

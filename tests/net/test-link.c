@@ -61,14 +61,15 @@ static size_t raw_envelope(uint32_t version, size_t nonce_len, size_t sig_len, c
         e.nonce = (ProtobufCBinaryData) { nonce_len, nonce };
         e.sender = (ProtobufCBinaryData) { 32, worker.pk };
         e.body = (ProtobufCBinaryData) { bl, body };
-        memcpy(p, "hlink-env-v1", 12), p += 12;
+        memcpy(p, "hlink-env-v2", 12), p += 12;
         for (int i = 3; i >= 0; i--)
                 *p++ = (uint8_t) (version >> (8 * i));
         for (int i = 7; i >= 0; i--)
                 *p++ = (uint8_t) (e.seq >> (8 * i));
         memcpy(p, nonce, 16), p += 16;
         memcpy(p, worker.pk, 32), p += 32;
-        *p++ = 0;
+        *p++ = 0;                       /* reply_to: none */
+        *p++ = 0;                       /* session: none (signed) */
         memcpy(p, body, bl), p += bl;
         crypto_sign_detached(sig, NULL, signed_bytes, (size_t) (p - signed_bytes), worker.sk);
         e.signature = (ProtobufCBinaryData) { sig_len, sig };
@@ -157,6 +158,17 @@ static void test_roundtrip_hello(void **state)
         h.agent = "harvesterd/0.1.0";
         b.msg_case = HLINK__BODY__MSG_HELLO;
         b.hello = &h;
+
+        /* v2: a hello without its key exchange is malformed. */
+        LinkMsg *bad = NULL;
+        void *buf;
+        size_t len;
+        assert_int_equal(link_encode(&worker, &b, NULL, 1000, NULL, &buf, &len), 0);
+        assert_int_equal(link_decode(buf, len, &bad), -EBADMSG);
+        free(buf);
+        uint8_t kx_pk[32], kx_sk[32];
+        assert_int_equal(link_kx_keypair(kx_pk, kx_sk), 0);
+        h.kx_public = (ProtobufCBinaryData) { 32, kx_pk };
 
         d = decode_ok(&worker, &b, &m);
         assert_int_equal(m->env->version, LINK_VERSION);
@@ -335,6 +347,8 @@ static void test_limits(void **state)
         b.msg_case = HLINK__BODY__MSG_HELLO;
         b.hello = &h;
         h.caps = &caps;
+        static uint8_t kx[32] = { 9 };
+        h.kx_public = (ProtobufCBinaryData) { 32, kx };
         caps.arch = "x86_64";
         assert_int_equal(decode_err(&b), 0);
         caps.arch = long_str;                                   /* LINK_STR_MAX */
@@ -479,6 +493,40 @@ static void test_limits(void **state)
         free(fat);
         free(long_arg);
         free(long_str);
+
+        /* Result.fetch and the tasks a ResultAck brings back: as Fetch and Work. */
+        {
+                Hlink__Result res = HLINK__RESULT__INIT;
+                Hlink__ResultAck ack = HLINK__RESULT_ACK__INIT;
+                Hlink__Task at = HLINK__TASK__INIT, *ats[LINK_TASKS_MAX + 1];
+                uint8_t zsig[64] = { 0 };
+                for (size_t i = 0; i <= LINK_TASKS_MAX; i++)
+                        ats[i] = &at;
+                res.body = (ProtobufCBinaryData) { 3, (uint8_t *) "abc" };
+                res.signature = (ProtobufCBinaryData) { 64, zsig };
+                hlink__body__init(&b);
+                b.msg_case = HLINK__BODY__MSG_RESULT;
+                b.result = &res;
+                res.fetch = LINK_TASKS_MAX;
+                assert_int_equal(decode_err(&b), 0);
+                res.fetch = LINK_TASKS_MAX + 1;
+                assert_int_equal(decode_err(&b), -EMSGSIZE);
+
+                at.spec = (ProtobufCBinaryData) { 3, (uint8_t *) "abc" };
+                at.signature = (ProtobufCBinaryData) { 64, zsig };
+                ack.task_id = "t1";
+                ack.tasks = ats;
+                hlink__body__init(&b);
+                b.msg_case = HLINK__BODY__MSG_RESULT_ACK;
+                b.result_ack = &ack;
+                ack.n_tasks = LINK_TASKS_MAX;
+                assert_int_equal(decode_err(&b), 0);
+                ack.n_tasks = LINK_TASKS_MAX + 1;
+                assert_int_equal(decode_err(&b), -EMSGSIZE);
+                ack.n_tasks = 1;
+                at.signature.len = 63;
+                assert_int_equal(decode_err(&b), -EBADMSG);
+        }
 }
 
 static void test_envelope_fields(void **state)
@@ -489,7 +537,7 @@ static void test_envelope_fields(void **state)
         LinkMsg *m = NULL;
 
         /* Built by hand from WIRE.md: the decoder accepts it. */
-        len = raw_envelope(1, 16, 64, &b, &buf);
+        len = raw_envelope(LINK_VERSION, 16, 64, &b, &buf);
         assert_int_equal(link_decode(buf, len, &m), 0);
         assert_int_equal(m->env->seq, 77);
         link_msg_free(m);
@@ -504,16 +552,16 @@ static void test_envelope_fields(void **state)
         }
         free(buf);
 
-        len = raw_envelope(2, 16, 64, &b, &buf);
+        len = raw_envelope(1, 16, 64, &b, &buf);               /* version 1: a v1 peer */
         assert_int_equal(link_decode(buf, len, &m), -EPROTONOSUPPORT);
         free(buf);
-        len = raw_envelope(1, 8, 64, &b, &buf);
+        len = raw_envelope(LINK_VERSION, 8, 64, &b, &buf);
         assert_int_equal(link_decode(buf, len, &m), -EBADMSG);
         free(buf);
-        len = raw_envelope(1, 16, 63, &b, &buf);                /* truncated signature */
+        len = raw_envelope(LINK_VERSION, 16, 63, &b, &buf);     /* truncated signature */
         assert_int_equal(link_decode(buf, len, &m), -EKEYREJECTED);
         free(buf);
-        len = raw_envelope(1, 16, 0, &b, &buf);                 /* none */
+        len = raw_envelope(LINK_VERSION, 16, 0, &b, &buf);      /* none */
         assert_int_equal(link_decode(buf, len, &m), -EKEYREJECTED);
         free(buf);
         assert_int_equal(link_decode("garbage", 7, &m), -EBADMSG);
@@ -577,6 +625,116 @@ static void test_replay(void **state)
         assert_string_equal(link_error_name(HLINK__ERROR_CODE__ERR_REPLAY), "replay");
 }
 
+/* A worker's hello and the pool's welcome, as the two ends run them. */
+static void make_session(LinkSession *worker_side, LinkSession *pool_side)
+{
+        uint8_t wpk[32], wsk[32], ppk[32];
+        Hlink__Welcome w = HLINK__WELCOME__INIT;
+        assert_int_equal(link_kx_keypair(wpk, wsk), 0);
+        assert_int_equal(link_session_server(wpk, pool_side, ppk), 0);
+        w.kx_public = (ProtobufCBinaryData) { 32, ppk };
+        w.session = (ProtobufCBinaryData) { 16, pool_side->id };
+        assert_int_equal(link_session_client(wpk, wsk, &w, worker_side), 0);
+        /* Each side's tx is the other's rx, and the two directions differ. */
+        assert_memory_equal(worker_side->tx, pool_side->rx, 32);
+        assert_memory_equal(worker_side->rx, pool_side->tx, 32);
+        assert_memory_not_equal(worker_side->tx, worker_side->rx, 32);
+        assert_memory_equal(worker_side->id, pool_side->id, 16);
+}
+
+static int open_with(const void *buf, size_t len, const LinkSession *s, LinkMsg **ret)
+{
+        LinkMsg *m = NULL;
+        int r = link_decode_frame(buf, len, &m);
+        if (r < 0)
+                return r;
+        r = link_msg_open(m, s);
+        if (r < 0 || !ret)
+                link_msg_free(m);
+        else
+                *ret = m;
+        return r;
+}
+
+static void test_session(void **state)
+{
+        LinkSession ws, ps, ws2, ps2;
+        Hlink__Body b = fetch_body(2);
+        void *buf;
+        size_t len;
+        LinkMsg *m = NULL;
+
+        make_session(&ws, &ps);
+        make_session(&ws2, &ps2);
+
+        /* Worker to pool, MACed: opens under the pool's side of the session. */
+        assert_int_equal(link_encode_session(&worker, &ws, &b, NULL, 1000, NULL, &buf, &len), 0);
+        assert_int_equal(open_with(buf, len, &ps, &m), 0);
+        assert_false(link_msg_signed(m));
+        assert_int_equal(m->env->signature.len, 0);
+        assert_int_equal(m->env->mac.len, LINK_MAC_BYTES);
+        assert_memory_equal(m->env->session.data, ps.id, 16);
+        assert_int_equal(m->body->fetch->max_tasks, 2);
+        /* Replayed within the session: refused by the sequence guard. */
+        assert_int_equal(link_replay_check(&ps.rx_seq, m->env->seq), 0);
+        assert_int_equal(link_replay_check(&ps.rx_seq, m->env->seq), -ESTALE);
+        link_msg_free(m);
+
+        /* No session, or another one: not ours (say hello). */
+        assert_int_equal(open_with(buf, len, NULL, NULL), -ENOTCONN);
+        assert_int_equal(open_with(buf, len, &ps2, NULL), -ENOTCONN);
+        assert_int_equal(link_decode(buf, len, &m), -ENOTCONN);
+        assert_int_equal(link_error_from_errno(-ENOTCONN), HLINK__ERROR_CODE__ERR_UNKNOWN_WORKER);
+        /* The right id with other keys (a session forged by a third party
+         * that learned the id from the wire): the MAC does not verify. */
+        LinkSession fake = ps2;
+        memcpy(fake.id, ps.id, 16);
+        assert_int_equal(open_with(buf, len, &fake, NULL), -EKEYREJECTED);
+        /* Its own direction's key does not open it either: a reflected
+         * message is refused. */
+        LinkSession reflect = ws;
+        assert_int_equal(open_with(buf, len, &reflect, NULL), -EKEYREJECTED);
+
+        /* A flipped bit anywhere (header, body, MAC, session id) is refused. */
+        uint8_t *p = buf;
+        for (size_t i = 0; i < len; i++) {
+                p[i] ^= 0x01;
+                assert_int_not_equal(open_with(buf, len, &ps, NULL), 0);
+                p[i] ^= 0x01;
+        }
+        /* A signature and a MAC both, or a MAC without a session id: malformed. */
+        Hlink__Envelope *e = hlink__envelope__unpack(NULL, len, buf);
+        uint8_t sig[64] = { 0 }, out[1024];
+        assert_non_null(e);
+        e->signature = (ProtobufCBinaryData) { 64, sig };
+        assert_int_equal(open_with(out, hlink__envelope__pack(e, out), &ps, NULL), -EBADMSG);
+        e->signature = (ProtobufCBinaryData) { 0, NULL };
+        size_t sl = e->session.len;
+        e->session.len = 0;
+        assert_int_equal(open_with(out, hlink__envelope__pack(e, out), &ps, NULL), -EBADMSG);
+        e->session.len = sl;
+        e->mac.len = 31;                                        /* truncated MAC */
+        assert_int_equal(open_with(out, hlink__envelope__pack(e, out), &ps, NULL), -EKEYREJECTED);
+        hlink__envelope__free_unpacked(e, NULL);
+        free(buf);
+
+        /* Pool to worker, in reply. */
+        uint8_t nonce[16] = { 7 };
+        assert_int_equal(link_encode_session(&pool, &ps, &b, nonce, 2000, NULL, &buf, &len), 0);
+        assert_int_equal(open_with(buf, len, &ws, &m), 0);
+        assert_memory_equal(m->env->reply_to.data, nonce, 16);
+        assert_memory_equal(m->env->sender.data, pool.pk, 32);
+        link_msg_free(m);
+        assert_int_equal(open_with(buf, len, &ws2, NULL), -ENOTCONN);
+        free(buf);
+
+        /* A welcome must carry both halves. */
+        Hlink__Welcome w = HLINK__WELCOME__INIT;
+        uint8_t wpk[32], wsk[32];
+        assert_int_equal(link_kx_keypair(wpk, wsk), 0);
+        assert_int_equal(link_session_client(wpk, wsk, &w, &ws2), -EBADMSG);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -588,6 +746,7 @@ int main(void)
                 cmocka_unit_test(test_envelope_fields),
                 cmocka_unit_test(test_forged_envelope),
                 cmocka_unit_test(test_replay),
+                cmocka_unit_test(test_session),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
 }

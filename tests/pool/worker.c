@@ -18,8 +18,9 @@
  *       decode a reply received by another peer (nanocat), print its type
  *       and error code; exit 0 if it is a well-formed, pool-signed message.
  *
- * Prints one line per event ("task ID", "result ID accepted", "forged N",
- * "error ..."), and a closing "done: fetched N results M forged F".
+ * Prints one line per event ("welcome" after each hello the pool answered,
+ * "task ID", "result ID accepted", "forged N", "error ..."), and a closing
+ * "done: fetched N results M forged F".
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -227,10 +228,16 @@ int main(int argc, char **argv)
                 mkdir(cfg.state_dir, 0700);
                 if (link_identity_worker(cfg.state_dir, &id) < 0)
                         return 1;
+                uint8_t kx_pk[LINK_KX_BYTES], kx_sk[LINK_KX_BYTES];
                 cp.arch = (char *) arch;
                 cp.cores = cores;
                 h.caps = &cp;
                 h.agent = "pool-worker/raw";
+                /* A raw peer never uses the session; the exchange is there
+                 * because a v2 hello must carry one. */
+                if (link_kx_keypair(kx_pk, kx_sk) < 0)
+                        return 1;
+                h.kx_public = (ProtobufCBinaryData) { LINK_KX_BYTES, kx_pk };
                 b.msg_case = HLINK__BODY__MSG_HELLO;
                 b.hello = &h;
                 clock_gettime(CLOCK_REALTIME, &ts);
@@ -285,6 +292,7 @@ int main(int argc, char **argv)
                                 }
                                 goto idle;
                         }
+                        printf("welcome\n");
                         welcomed = true;
                 }
                 LinkTask *tasks = NULL;
@@ -346,8 +354,10 @@ int main(int argc, char **argv)
                                         break;
                                 if (r == -ENOENT)
                                         break;          /* not ours any more */
-                                if (r == -ENOTCONN)     /* the pool forgot us: hello again */
-                                        link_client_hello(cl, &caps, "pool-worker/1", NULL);
+                                /* The pool forgot us (restarted: our session died
+                                 * with it): hello again, then resend. */
+                                if (r == -ENOTCONN && link_client_hello(cl, &caps, "pool-worker/1", NULL) >= 0)
+                                        printf("welcome\n");
                                 usleep(200 * 1000);
                         }
                         free(data);

@@ -1,0 +1,282 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* pool/server.c over ipc://, spoken to by a raw REQ peer that frames every
+ * request itself: the session after a hello, MACed requests and replies, a
+ * result that brings the next task back, and every refusal (a replayed, a
+ * forged, a wrong-session and a session-less request) answered and counted;
+ * then a restart of the server, which forgets the session but nothing
+ * durable. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/req.h>
+#include <sodium.h>
+
+#include "pool/server.h"
+#include "pool/store.h"
+
+static char dir[PATH_MAX], url[PATH_MAX + 16];
+static LinkIdentity pool, worker;
+static PoolStore *store;
+static PoolServer *srv;
+static nng_socket req;
+static LinkSession session;
+
+static uint64_t now_usec(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
+}
+
+static void serve(void)
+{
+        const char *listen[] = { url };
+        PoolServerConfig cfg = { .listen = listen, .n_listen = 1, .contexts = 4, .lease_sec = 60 };
+        assert_int_equal(pool_server_new(store, &pool, &cfg, &srv), 0);
+}
+
+/* Send BUF as is; the reply, opened under SESSION (NULL: signed). */
+static LinkMsg *exchange(const void *buf, size_t len, const LinkSession *s)
+{
+        void *rb = NULL;
+        size_t rl = 0;
+        LinkMsg *m = NULL;
+        assert_int_equal(nng_send(req, (void *) buf, len, 0), 0);
+        assert_int_equal(nng_recv(req, &rb, &rl, NNG_FLAG_ALLOC), 0);
+        assert_int_equal(link_decode_frame(rb, rl, &m), 0);
+        nng_free(rb, rl);
+        assert_memory_equal(m->env->sender.data, pool.pk, 32);
+        assert_int_equal(link_msg_open(m, s), 0);
+        return m;
+}
+
+/* Frame B (MACed in SESSION unless signed), send, return the reply. */
+static LinkMsg *call(const Hlink__Body *b, bool sign, void **ret_raw, size_t *ret_len)
+{
+        void *buf;
+        size_t len;
+        if (sign)
+                assert_int_equal(link_encode(&worker, b, NULL, now_usec(), NULL, &buf, &len), 0);
+        else
+                assert_int_equal(link_encode_session(&worker, &session, b, NULL, now_usec(), NULL, &buf, &len), 0);
+        /* An error to a request without a valid session comes signed. */
+        LinkMsg *m = NULL;
+        void *rb = NULL;
+        size_t rl = 0;
+        assert_int_equal(nng_send(req, buf, len, 0), 0);
+        assert_int_equal(nng_recv(req, &rb, &rl, NNG_FLAG_ALLOC), 0);
+        assert_int_equal(link_decode_frame(rb, rl, &m), 0);
+        nng_free(rb, rl);
+        assert_int_equal(link_msg_open(m, link_msg_signed(m) ? NULL : &session), 0);
+        if (ret_raw) {
+                *ret_raw = buf;
+                *ret_len = len;
+        } else
+                free(buf);
+        return m;
+}
+
+static int error_code(LinkMsg *m)
+{
+        int code = m->body->msg_case == HLINK__BODY__MSG_ERROR ? (int) m->body->error->code : 0;
+        link_msg_free(m);
+        return code;
+}
+
+static void hello(void)
+{
+        Hlink__Body b = HLINK__BODY__INIT;
+        Hlink__Hello h = HLINK__HELLO__INIT;
+        Hlink__Capabilities c = HLINK__CAPABILITIES__INIT;
+        uint8_t kx_pk[32], kx_sk[32];
+        c.arch = "x86_64";
+        c.cores = 2;
+        h.caps = &c;
+        h.agent = "test";
+        assert_int_equal(link_kx_keypair(kx_pk, kx_sk), 0);
+        h.kx_public = (ProtobufCBinaryData) { 32, kx_pk };
+        b.msg_case = HLINK__BODY__MSG_HELLO;
+        b.hello = &h;
+        LinkMsg *m = call(&b, true, NULL, NULL);
+        assert_int_equal(m->body->msg_case, HLINK__BODY__MSG_WELCOME);
+        assert_true(link_msg_signed(m));                /* binds the session to the pool's key */
+        assert_int_equal(link_session_client(kx_pk, kx_sk, m->body->welcome, &session), 0);
+        link_msg_free(m);
+}
+
+static void submit(const char *id)
+{
+        Hlink__TaskSpec s = HLINK__TASK_SPEC__INIT;
+        char *argv[] = { "echo" };
+        uint8_t sig[64];
+        void *spec;
+        size_t len;
+        s.id = (char *) id;
+        s.kind = HLINK__KIND__KIND_EXEC;
+        s.argv = argv;
+        s.n_argv = 1;
+        assert_int_equal(link_task_sign(&pool, &s, &spec, &len, sig), 0);
+        PoolTaskNew t = { .id = id, .kind = s.kind, .spec = spec, .spec_len = len, .signature = sig, .replicas = 1,
+                          .quorum = 1 };
+        assert_int_equal(pool_store_add_task(store, &t, now_usec()), 0);
+        assert_int_equal(pool_store_commit(store), 0);
+        free(spec);
+}
+
+/* A signed result for TASK (its output: its id), asking for FETCH more. */
+static LinkMsg *result(const Hlink__Task *task, unsigned fetch)
+{
+        Hlink__TaskSpec *spec = NULL;
+        Hlink__ResultBody rb = HLINK__RESULT_BODY__INIT;
+        Hlink__File out = HLINK__FILE__INIT, *outs[] = { &out };
+        Hlink__Result res = HLINK__RESULT__INIT;
+        Hlink__Body b = HLINK__BODY__INIT;
+        uint8_t sig[64], sha[32];
+        void *body;
+        size_t len;
+        assert_int_equal(link_task_verify(task, pool.pk, &spec, sha), 0);
+        rb.task_id = spec->id;
+        rb.status = HLINK__STATUS__STATUS_OK;
+        out.name = "stdout";
+        out.data = (ProtobufCBinaryData) { strlen(spec->id), (uint8_t *) spec->id };
+        rb.outputs = outs;
+        rb.n_outputs = 1;
+        assert_int_equal(link_result_sign(&worker, &rb, &body, &len, sig), 0);
+        res.body = (ProtobufCBinaryData) { len, body };
+        res.signature = (ProtobufCBinaryData) { 64, sig };
+        res.fetch = fetch;
+        b.msg_case = HLINK__BODY__MSG_RESULT;
+        b.result = &res;
+        LinkMsg *m = call(&b, false, NULL, NULL);
+        free(body);
+        hlink__task_spec__free_unpacked(spec, NULL);
+        return m;
+}
+
+static int setup(void **state)
+{
+        char p[PATH_MAX + 32];
+        snprintf(dir, sizeof(dir), "/tmp/test-server.XXXXXX");
+        assert_non_null(mkdtemp(dir));
+        snprintf(url, sizeof(url), "ipc://%s/pool.sock", dir);
+        snprintf(p, sizeof(p), "%s/pool.key", dir);
+        assert_int_equal(link_identity_load(p, true, &pool), 0);
+        assert_int_equal(link_identity_worker(dir, &worker), 0);
+        snprintf(p, sizeof(p), "%s/pool.db", dir);
+        assert_int_equal(pool_store_open(p, true, &store), 0);
+        serve();
+        assert_int_equal(nng_req0_open(&req), 0);
+        nng_socket_set_ms(req, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
+        nng_socket_set_ms(req, NNG_OPT_RECVTIMEO, 10000);
+        assert_int_equal(nng_dial(req, url, NULL, 0), 0);
+        return 0;
+}
+
+static int teardown(void **state)
+{
+        char cmd[PATH_MAX + 16];
+        nng_close(req);
+        pool_server_free(srv);
+        pool_store_close(store);
+        snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+        return system(cmd) == 0 ? 0 : -1;
+}
+
+static void test_session(void **state)
+{
+        Hlink__Body b = HLINK__BODY__INIT;
+        Hlink__Fetch f = HLINK__FETCH__INIT;
+        uint64_t req0, err0, req1, err1;
+        void *raw;
+        size_t raw_len;
+        f.max_tasks = 1;
+        b.msg_case = HLINK__BODY__MSG_FETCH;
+        b.fetch = &f;
+
+        /* Before any hello: a signed fetch is told to say hello. */
+        assert_int_equal(error_code(call(&b, true, NULL, NULL)), HLINK__ERROR_CODE__ERR_UNKNOWN_WORKER);
+        hello();
+        submit("s1");
+        submit("s2");
+        submit("s3");
+
+        /* In the session: MACed both ways (call() opened the reply under it). */
+        LinkMsg *m = call(&b, false, &raw, &raw_len);
+        assert_false(link_msg_signed(m));
+        assert_int_equal(m->body->msg_case, HLINK__BODY__MSG_WORK);
+        assert_int_equal(m->body->work->n_tasks, 1);
+
+        pool_server_stats(srv, &req0, &err0, NULL);
+        /* The same request again: a replay. */
+        LinkMsg *e = exchange(raw, raw_len, NULL);
+        assert_int_equal(error_code(e), HLINK__ERROR_CODE__ERR_REPLAY);
+        /* A MAC that is not the session's. */
+        Hlink__Envelope *env = hlink__envelope__unpack(NULL, raw_len, raw);
+        uint8_t out[4096];
+        env->seq += 1000;               /* past the replay guard: only the MAC stops it */
+        env->mac.data[0] ^= 1;
+        e = exchange(out, hlink__envelope__pack(env, out), NULL);
+        assert_int_equal(error_code(e), HLINK__ERROR_CODE__ERR_BAD_SIGNATURE);
+        /* Another session (made up): unknown, say hello. */
+        env->mac.data[0] ^= 1;
+        env->session.data[0] ^= 1;
+        e = exchange(out, hlink__envelope__pack(env, out), NULL);
+        assert_int_equal(error_code(e), HLINK__ERROR_CODE__ERR_UNKNOWN_WORKER);
+        hlink__envelope__free_unpacked(env, NULL);
+        free(raw);
+        pool_server_stats(srv, &req1, &err1, NULL);
+        assert_int_equal(req1 - req0, 3);
+        assert_int_equal(err1 - err0, 3);
+
+        /* One round trip a task: the result brings the next one. */
+        LinkMsg *ack = result(m->body->work->tasks[0], 1);
+        link_msg_free(m);
+        assert_int_equal(ack->body->msg_case, HLINK__BODY__MSG_RESULT_ACK);
+        assert_true(ack->body->result_ack->accepted);
+        assert_int_equal(ack->body->result_ack->n_tasks, 1);
+        /* The next one is held across a restart: the session dies with the
+         * pool, the lease and the result do not. */
+        Hlink__Task *next = ack->body->result_ack->tasks[0];
+        pool_server_free(srv);
+        serve();
+        LinkMsg *gone = result(next, 0);
+        assert_int_equal(error_code(gone), HLINK__ERROR_CODE__ERR_UNKNOWN_WORKER);
+        hello();
+        LinkMsg *ack2 = result(next, 0);
+        assert_int_equal(ack2->body->msg_case, HLINK__BODY__MSG_RESULT_ACK);
+        assert_true(ack2->body->result_ack->accepted);
+        assert_string_equal(ack2->body->result_ack->reason, "");
+        link_msg_free(ack2);
+        link_msg_free(ack);
+
+        /* Every refusal counted, in the database too. */
+        json_t *st = NULL;
+        pool_server_free(srv);
+        srv = NULL;
+        assert_int_equal(pool_store_status_json(store, now_usec(), &st), 0);
+        json_t *c = json_object_get(st, "counters");
+        assert_int_equal(json_integer_value(json_object_get(c, "errors.replay")), 1);
+        assert_int_equal(json_integer_value(json_object_get(c, "errors.bad-signature")), 1);
+        assert_int_equal(json_integer_value(json_object_get(c, "errors.unknown-worker")), 3);
+        assert_int_equal(json_integer_value(json_object_get(json_object_get(st, "tasks"), "done")), 2);
+        json_decref(st);
+        serve();
+}
+
+int main(void)
+{
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_session),
+        };
+        return cmocka_run_group_tests(tests, setup, teardown);
+}
