@@ -43,85 +43,26 @@ import subprocess
 import sys
 import tempfile
 import time
-from harness import cgroup2_mount, check, failures, free_port, remove_cgroup_tree, wait_for  # noqa: E402
-
-BUILD = os.environ.get("HARVESTER_BUILD", "build")
-HARVESTERD = os.path.join(BUILD, "harvesterd")
-HARVESTCTL = os.path.join(BUILD, "harvestctl")
-POOL = os.path.join(BUILD, "harvest-pool")
-
-spawned = []
+import harness  # noqa: E402
+from harness import (BUILD, HARVESTCTL, HARVESTERD, POOL, cgroup2_mount, check, failures,  # noqa: E402,F401
+                     run_cases, spawned, wait_for)
 
 
-class Pool:
+class Pool(harness.Pool):
+    """A pool whose leases lapse after 10 s unless a case says otherwise."""
+
     def __init__(self, root, name="pool", lease=10):
-        self.dir = os.path.join(root, name)
-        self.lease = lease
-        out = subprocess.run([POOL, "init", "--state-dir", self.dir], capture_output=True, text=True, check=True)
-        self.key = out.stdout.strip()
-        self.port = free_port()
-        self.url = "tcp://127.0.0.1:%d" % self.port
-        self.proc = None
-
-    def serve(self):
-        log = open(self.dir + "/serve.log", "a")
-        self.proc = subprocess.Popen([POOL, "serve", "--state-dir", self.dir, "--listen", self.url,
-                                      "--lease-sec", str(self.lease)], stdout=log, stderr=subprocess.STDOUT)
-        spawned.append(self.proc)
-        end = time.time() + 10
-        while time.time() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError("harvest-pool serve exited: " + open(self.dir + "/serve.log").read())
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("harvest-pool serve did not listen")
-
-    def stop(self, sig=signal.SIGTERM):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(timeout=10)
-        self.proc = None
-
-    def cli(self, *args):
-        out = subprocess.run([POOL, "--state-dir", self.dir, *args], capture_output=True, text=True)
-        if out.returncode != 0:
-            raise RuntimeError("harvest-pool %s: %s" % (args, out.stderr))
-        return out
-
-    def json(self, *args):
-        return json.loads(self.cli(*args, "--json").stdout)
-
-    def submit(self, *args):
-        return self.cli("submit", *args).stdout.split()
-
-    def accepted(self):
-        counts = {}
-        for r in self.json("results"):
-            if r["accepted"]:
-                counts[r["task"]] = counts.get(r["task"], 0) + 1
-        return counts
-
-    def tasks(self):
-        return {t["id"]: t for t in self.json("tasks")}
+        super().__init__(root, name, lease)
 
 
-class Daemon:
+class Daemon(harness.Daemon):
+    """harvesterd as a worker of the pool at POOL_URL, under ROOT/NAME."""
+
     def __init__(self, root, name, pool_url, pool_key, cg_root):
-        self.tmp = os.path.join(root, name)
-        os.makedirs(self.tmp)
-        os.chmod(self.tmp, 0o755)
-        self.conf = os.path.join(self.tmp, "harvester.conf")
-        self.state = os.path.join(self.tmp, "state")
-        self.run = os.path.join(self.tmp, "run")
-        self.sock = os.path.join(self.run, "control.sock")
-        self.log = os.path.join(self.tmp, "daemon.log")
-        self.pts = os.path.join(self.tmp, "pts")
-        self.input = os.path.join(self.tmp, "input")
-        os.makedirs(self.pts)
-        os.makedirs(self.input)
+        tmp = os.path.join(root, name)
+        os.makedirs(tmp)
+        os.chmod(tmp, 0o755)
+        super().__init__(tmp, os.path.join(tmp, "harvester.conf"))
         with open(self.conf, "w") as f:
             f.write(f"""[Budget]
 CPU=50%
@@ -145,54 +86,22 @@ URL={pool_url}
 Key={pool_key}
 MaxTasks=3
 """)
-        self.proc = None
 
-    def start(self):
-        if os.path.exists(self.sock):
-            os.unlink(self.sock)
-        logf = open(self.log, "a")
-        self.proc = subprocess.Popen(
-            [HARVESTERD, "--config", self.conf, "--state-dir", self.state, "--runtime-dir", self.run,
-             "--tty-dir", self.pts, "--input-dir", self.input], stdout=logf, stderr=subprocess.STDOUT)
-        spawned.append(self.proc)
-        for _ in range(200):
-            if os.path.exists(self.sock):
-                try:
-                    self.status()
-                    return
-                except Exception:
-                    pass
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise RuntimeError("harvesterd did not start:\n" + open(self.log).read())
-
-    def stop(self, sig=signal.SIGTERM):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            rc = self.proc.wait(timeout=20)
-        else:
-            rc = None
-        self.proc = None
-        return rc
-
-    def ctl(self, *args):
-        r = subprocess.run([HARVESTCTL, "--socket", self.sock, *args], capture_output=True, text=True, timeout=20)
-        if r.returncode != 0:
-            raise RuntimeError(f"harvestctl {args} failed ({r.returncode}): {r.stderr}")
-        return r.stdout
+    def ctl(self, *args, **kw):
+        """harvestctl's output, or RuntimeError."""
+        return super().ctl(*args, **kw).stdout
 
     def status(self):
         return json.loads(self.ctl("--json", "status"))
 
+    def jobs(self):
+        return {j["id"]: j for j in json.loads(self.ctl("--json", "jobs"))}
+
     def pool(self):
         return self.status()["pool"]
 
-    def jobs(self):
-        return json.loads(self.ctl("--json", "jobs"))
-
     def pool_jobs(self):
-        return [j for j in self.jobs() if j.get("pool_task")]
+        return [j for j in self.jobs().values() if j.get("pool_task")]
 
     def spool_jobs(self):
         d = os.path.join(self.state, "spool")
@@ -205,12 +114,6 @@ MaxTasks=3
     def worker_key(self):
         with open(os.path.join(self.state, "link-identity.key"), "rb") as f:
             return base64.b64encode(f.read()[32:]).decode()
-
-    def log_text(self):
-        try:
-            return open(self.log).read()
-        except OSError:
-            return ""
 
 
 def all_done(pool, ids):
@@ -439,8 +342,7 @@ def main(default=POOL_CASES):
     if os.geteuid() != 0:
         print("needs root (cgroups, job user)")
         return 77
-    mnt = cgroup2_mount()
-    if not mnt:
+    if not cgroup2_mount():
         print("no cgroup2 mount")
         return 77
     for p in (HARVESTERD, HARVESTCTL, POOL):
@@ -448,43 +350,7 @@ def main(default=POOL_CASES):
             print("%s is not built (make BUILD=%s all)" % (p, BUILD))
             return 77
     cases = [case_basic, case_kill9, case_pooldown, case_renew, case_goodbye, case_paused, case_wrongkey, case_forged]
-    only = sys.argv[1:] or default
-    for case in cases:
-        name = case.__name__[5:]
-        if only and name not in only:
-            continue
-        root = tempfile.mkdtemp(prefix="test-dpool-", dir="/var/tmp")
-        os.chmod(root, 0o755)
-        cg = "harvester-dpool-%d-%s" % (os.getpid(), name)
-        t0 = time.time()
-        print("== %s" % name, flush=True)
-        ok_before = len(failures)
-        try:
-            case(root, cg)
-        except Exception as e:
-            check(False, "%s raised %r" % (case.__name__, e))
-        finally:
-            for p in spawned:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
-            spawned.clear()
-            logs = []
-            for dirpath, _, files in os.walk(root):
-                for f in files:
-                    if f in ("daemon.log", "serve.log"):
-                        logs.append(os.path.join(dirpath, f))
-            for l in logs:
-                text = open(l).read()
-                if "Sanitizer" in text or "runtime error" in text:
-                    check(False, "%s: sanitizer report in %s" % (name, l))
-                if len(failures) > ok_before or "Sanitizer" in text:
-                    print("--- %s ---\n%s" % (l, text[-3000:]))
-            remove_cgroup_tree(os.path.join(mnt, cg))
-            shutil.rmtree(root, ignore_errors=True)
-        print("   (%.1fs)" % (time.time() - t0), flush=True)
-    print("%d failure(s)" % len(failures))
-    return 1 if failures else 0
+    return run_cases(cases, sys.argv[1:] or default, "dpool")
 
 
 if __name__ == "__main__":

@@ -181,7 +181,7 @@ def run(root, cg):
 
 def gpu_ledger(gd):
     """A worker's pool GPU jobs charged its GPU bucket their device time."""
-    pj = [j for j in gd.jobs() if j.get("pool_task") and j["kind"] in ("opencl", "cuda")]
+    pj = [j for j in gd.jobs().values() if j.get("pool_task") and j["kind"] in ("opencl", "cuda")]
     dev_us = sum(j["device_usec"] for j in pj)
     spent = gd.gpu()["budget"]["spent_total_usec"]
     print("%s worker: %d pool GPU jobs, %d us of device time; GPU bucket spent %d us; status.pool %s" % (
@@ -244,7 +244,7 @@ def opencl_part(pool, root, gd, cd, cl_keys, real_gpu):
     pj = gpu_ledger(gd)
     if not real_gpu:
         check(len(pj) == 4, "the gpu worker holds the 4 OpenCL tasks as GPU jobs")
-        check(not [j for j in cd.jobs() if j.get("kind") == "opencl"], "the cpu worker has no OpenCL job")
+        check(not [j for j in cd.jobs().values() if j.get("kind") == "opencl"], "the cpu worker has no OpenCL job")
 
 
 def cuda_part(pool, root, gd, cd, cuda_dev):

@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 
-from harness import cgroup2_mount, check, failures, remove_cgroup_tree, wait_for  # noqa: E402
+from harness import cgroup2_mount, check, failures, remove_cgroup_tree, run_cases, wait_for  # noqa: E402,F401
 import test_daemon_pool as tdp  # noqa: E402
 from test_daemon_pool import Daemon, Pool, all_done, spawned  # noqa: E402
 
@@ -53,26 +53,9 @@ class NetlessDaemon(Daemon):
             with open(self.conf, "a") as f:   # [Pool] is the file's last section
                 f.write(extra_conf)
 
-    def start(self, wait_status=True):
-        if os.path.exists(self.sock):
-            os.unlink(self.sock)
-        argv = ["unshare", "--net", "--", tdp.HARVESTERD, "--config", self.conf, "--state-dir", self.state,
-                "--runtime-dir", self.run, "--tty-dir", self.pts, "--input-dir", self.input]
-        if self.via:
-            argv += ["--pool-via", self.via]
-        self.proc = subprocess.Popen(argv, stdout=open(self.log, "a"), stderr=subprocess.STDOUT)
-        spawned.append(self.proc)
+    def start(self):
         # unshare execs the daemon: self.proc.pid is harvesterd's own.
-        if not wait_for(lambda: self.proc.poll() is not None or self._answers(), 10):
-            raise RuntimeError("harvesterd did not start:\n" + self.log_text())
-        if self.proc.poll() is not None:
-            raise RuntimeError("harvesterd exited:\n" + self.log_text())
-
-    def _answers(self):
-        try:
-            return os.path.exists(self.sock) and self.status() is not None
-        except Exception:
-            return False
+        super().start(extra=["--pool-via", self.via] if self.via else [], prefix=["unshare", "--net", "--"])
 
 
 class Link:
@@ -298,8 +281,7 @@ def main():
     if os.geteuid() != 0:
         print("needs root (cgroups, job user, network namespaces)")
         return 77
-    mnt = cgroup2_mount()
-    if not mnt:
+    if not cgroup2_mount():
         print("no cgroup2 mount")
         return 77
     for p in (tdp.HARVESTERD, tdp.HARVESTCTL, tdp.POOL, LINK):
@@ -309,41 +291,7 @@ def main():
     if subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode != 0:
         print("cannot make a network namespace (unshare --net)")
         return 77
-    only = sys.argv[1:]
-    for case in CASES:
-        name = case.__name__[5:]
-        if only and name not in only:
-            continue
-        root = tempfile.mkdtemp(prefix="test-via-", dir="/var/tmp")
-        os.chmod(root, 0o755)
-        cg = "harvester-via-%d-%s" % (os.getpid(), name)
-        t0 = time.time()
-        print("== %s" % name, flush=True)
-        ok_before = len(failures)
-        try:
-            case(root, cg)
-        except Exception as e:
-            check(False, "%s raised %r" % (case.__name__, e))
-        finally:
-            for p in spawned:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
-            spawned.clear()
-            for dirpath, _, files in os.walk(root):
-                for f in files:
-                    if f not in ("daemon.log", "serve.log", "link.log"):
-                        continue
-                    text = open(os.path.join(dirpath, f)).read()
-                    if "Sanitizer" in text or "runtime error" in text:
-                        check(False, "%s: sanitizer report in %s" % (name, f))
-                    if len(failures) > ok_before:
-                        print("--- %s ---\n%s" % (os.path.join(dirpath, f), text[-3000:]))
-            remove_cgroup_tree(os.path.join(mnt, cg))
-            shutil.rmtree(root, ignore_errors=True)
-        print("   (%.1fs)" % (time.time() - t0), flush=True)
-    print("%d failure(s)" % len(failures))
-    return 1 if failures else 0
+    return run_cases(CASES, sys.argv[1:], "via")
 
 
 if __name__ == "__main__":

@@ -43,64 +43,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from harness import check, failures, free_port  # noqa: E402
+from harness import BUILD, POOL, Pool, check, failures, free_port, run_cases, spawned  # noqa: E402,F401
 
-BUILD = os.environ.get("HARVESTER_BUILD", "build")
-POOL = os.path.join(BUILD, "harvest-pool")
 WORKER = os.path.join(BUILD, "tests", "pool-worker")
-
-spawned = []    # every process a case started, ended by pid if a case fails
-
-
-class Pool:
-    def __init__(self, root, name="pool", lease=30):
-        self.dir = os.path.join(root, name)
-        self.lease = lease
-        out = subprocess.run([POOL, "init", "--state-dir", self.dir], capture_output=True, text=True, check=True)
-        self.key = out.stdout.strip()
-        self.port = free_port()
-        self.url = "tcp://127.0.0.1:%d" % self.port
-        self.proc = None
-
-    def serve(self, extra=()):
-        log = open(self.dir + "/serve.log", "a")
-        self.proc = subprocess.Popen([POOL, "serve", "--state-dir", self.dir, "--listen", self.url,
-                                      "--lease-sec", str(self.lease), *extra], stdout=log, stderr=subprocess.STDOUT)
-        spawned.append(self.proc)
-        # Serving once the port answers.
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("harvest-pool serve exited: " + open(self.dir + "/serve.log").read())
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("harvest-pool serve did not listen")
-
-    def stop(self, sig=signal.SIGTERM):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            rc = self.proc.wait(timeout=10)
-            if sig == signal.SIGTERM:
-                check(rc == 0, "%s: serve stops cleanly on SIGTERM (exit %d)" % (os.path.basename(self.dir), rc))
-        self.proc = None
-        log = open(self.dir + "/serve.log").read()
-        check("Sanitizer" not in log and "runtime error" not in log, "%s: no sanitizer report from serve"
-              % os.path.basename(self.dir))
-
-    def cli(self, *args, check_rc=True):
-        out = subprocess.run([POOL, "--state-dir", self.dir, *args], capture_output=True, text=True)
-        if check_rc and out.returncode != 0:
-            raise RuntimeError("harvest-pool %s: %s" % (args, out.stderr))
-        return out
-
-    def json(self, *args):
-        return json.loads(self.cli(*args, "--json").stdout)
-
-    def submit(self, *args):
-        return self.cli("submit", *args).stdout.split()
 
 
 def worker(pool, name, root, *args, url=None, key=None, wait=True, timeout=40):
@@ -503,32 +448,7 @@ def main(default=POOL_CASES):
             return 77
     cases = [case_basic, case_replicas, case_matching, case_lease, case_kill9, case_raw_peers, case_wrong_pool,
              case_cancel, case_relay, case_tls, case_netns]
-    only = sys.argv[1:] or default
-    for case in cases:
-        if only and case.__name__[5:] not in only:
-            continue
-        root = tempfile.mkdtemp(prefix="test-pool-")
-        t0 = time.time()
-        print("== %s" % case.__name__[5:], flush=True)
-        try:
-            case(root)
-        except Exception as e:      # a case that blew up is a failure, not a crash of the suite
-            check(False, "%s raised %r" % (case.__name__, e))
-            for d in os.listdir(root):
-                log = os.path.join(root, d, "serve.log")
-                if os.path.exists(log):
-                    print(open(log).read())
-        finally:
-            # Processes left running by a failed case, by pid.
-            for p in spawned:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
-            spawned.clear()
-            shutil.rmtree(root, ignore_errors=True)
-        print("   (%.1fs)" % (time.time() - t0), flush=True)
-    print("%d failure(s)" % len(failures))
-    return 1 if failures else 0
+    return run_cases(cases, sys.argv[1:] or default, "pool", cgroups=False)
 
 
 if __name__ == "__main__":
