@@ -933,6 +933,15 @@ static int verb_submit(int argc, char **argv)
         json_decref(ids);
         if (r == -EEXIST)
                 return fail(r, "a task with that id exists");
+        if (r < 0 && batch) {
+                /* The entry and why were said above. */
+                fprintf(stderr, "harvest-pool: submit: nothing of %s was stored\n", batch);
+                return 1;
+        }
+        if (r == -EBADMSG || r == -EMSGSIZE) {
+                fprintf(stderr, "harvest-pool: submit: %s\n", batch_error(r));
+                return 1;
+        }
         return r < 0 ? fail(r, "submit") : 0;
 }
 
