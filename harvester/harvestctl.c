@@ -223,7 +223,9 @@ static int verb_status(int argc, char **argv)
 	json_t *pl = json_object_get(r, "pool");
 	if (json_is_object(pl)) {
 		const char *err = json_string_value(json_object_get(pl, "last_error"));
-		printf("Pool:       %s, %s%s for %s\n", json_string_value(json_object_get(pl, "url")),
+		const char *via = json_string_value(json_object_get(pl, "via"));
+		printf("Pool:       %s%s%s, %s%s for %s\n", json_string_value(json_object_get(pl, "url")),
+		       via ? " via " : "", via ? via : "",
 		       json_is_true(json_object_get(pl, "connected")) ? "connected" : "not connected: ",
 		       json_is_true(json_object_get(pl, "connected")) ? "" : (err ? err : "unknown"),
 		       span(a, sizeof(a), geti(pl, "state_for_usec")));
@@ -233,6 +235,9 @@ static int verb_status(int argc, char **argv)
 		       (long long)geti(pl, "done"), (long long)geti(pl, "failed"),
 		       (long long)geti(pl, "refused") + (long long)geti(pl, "refused_replies"),
 		       (long long)geti(pl, "results_pending"), span(b, sizeof(b), geti(pl, "cpu_contributed_usec")));
+		/* Counted among the above; their time is the device's, not the CPU's. */
+		printf("Pool GPU:   %lld OpenCL/CUDA task(s), %s of device time contributed\n",
+		       (long long)geti(pl, "gpu_tasks"), span(c, sizeof(c), geti(pl, "device_contributed_usec")));
 	} else
 		printf("Pool:       none ([Pool] URL= not set)\n");
 	print_gpu_status(json_object_get(r, "gpu"));

@@ -515,7 +515,10 @@ static int sign_and_write(struct pool_link *p, uint64_t job_id, Hlink__ResultBod
 
 /* A GPU task's result: each OUT/INOUT buffer as the output of its name, or,
  * when it did not finish, one output "reason" saying why (the compiler's
- * log for a source that did not build); cpu_usec is its device time. */
+ * log for a source that did not build); device_usec is its device time.
+ * cpu_usec is 0: the daemon's own CPU spent feeding the queue is not
+ * measured per job, and a CPU-backed OpenCL device (PoCL) reports its
+ * compute as device time already. */
 static int write_gpu_result_file(struct pool_link *p, struct gpu_job *j)
 {
 	const struct ptask t = { .g = j };
@@ -534,7 +537,8 @@ static int write_gpu_result_file(struct pool_link *p, struct gpu_job *j)
 	rb.status = j->state == JOB_DONE ? HLINK__STATUS__STATUS_OK :
 		    j->state == JOB_CANCELLED ? HLINK__STATUS__STATUS_KILLED : HLINK__STATUS__STATUS_FAILED;
 	rb.exit_code = j->state == JOB_DONE ? 0 : -1;
-	rb.cpu_usec = j->device_ns / NSEC_PER_USEC;
+	rb.cpu_usec = 0;
+	rb.device_usec = j->device_ns / NSEC_PER_USEC;
 	rb.wall_usec = j->finished_usec > j->started_usec && j->started_usec ? j->finished_usec - j->started_usec : 0;
 	rb.spec_sha256 = (ProtobufCBinaryData){ LINK_HASH_BYTES, spec_hash };
 	for (unsigned i = 0; j->state == JOB_DONE && i < j->n_args && r >= 0; i++) {

@@ -212,19 +212,26 @@ static int check_id(const char *s)
 }
 
 /* A file name: one path component, no control characters. */
+static int check_file_name(const char *name)
+{
+        int r = check_str(name, LINK_STR_MAX);
+        if (r < 0)
+                return r;
+        if (!name || !name[0] || strchr(name, '/') || !strcmp(name, ".") || !strcmp(name, ".."))
+                return -EBADMSG;
+        for (const char *p = name; *p; p++)
+                if ((unsigned char) *p < 0x20)
+                        return -EBADMSG;
+        return 0;
+}
+
 static int check_file(const Hlink__File *f, bool need_hash)
 {
         int r;
         if (!f)
                 return -EBADMSG;
-        r = check_str(f->name, LINK_STR_MAX);
-        if (r < 0)
+        if ((r = check_file_name(f->name)) < 0)
                 return r;
-        if (!f->name[0] || strchr(f->name, '/') || !strcmp(f->name, ".") || !strcmp(f->name, ".."))
-                return -EBADMSG;
-        for (const char *p = f->name; *p; p++)
-                if ((unsigned char) *p < 0x20)
-                        return -EBADMSG;
         if (f->data.len > LINK_FILE_MAX_BYTES)
                 return -EMSGSIZE;
         if (f->sha256.len != 0 && f->sha256.len != LINK_HASH_BYTES)
@@ -269,6 +276,125 @@ static int check_caps(const Hlink__Capabilities *c)
         return 0;
 }
 
+static const Hlink__File *spec_input(const Hlink__TaskSpec *s, const char *name)
+{
+        for (size_t i = 0; name && i < s->n_inputs; i++)
+                if (s->inputs[i] && s->inputs[i]->name && !strcmp(s->inputs[i]->name, name))
+                        return s->inputs[i];
+        return NULL;
+}
+
+/* A kernel's name as both OpenCL C and PTX spell an entry point: letters,
+ * digits, '_' and (PTX) '$', not starting with a digit. It reaches
+ * compilers, logs and file names on the worker, so nothing else passes. */
+static bool kernel_name_ok(const char *s)
+{
+        if (!s || !*s || (*s >= '0' && *s <= '9'))
+                return false;
+        for (; *s; s++)
+                if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+                      *s == '_' || *s == '$'))
+                        return false;
+        return true;
+}
+
+/* TaskSpec.args of an opencl/cuda task. Buffers that come back (OUT,
+ * INOUT) become result outputs, so they obey the result's file rules
+ * here, when the task is signed, rather than fail after running. */
+static int check_kernel_args(const Hlink__TaskSpec *s)
+{
+        size_t outs = 0;
+        int r;
+
+        if (s->n_args > LINK_KERNEL_ARGS_MAX)
+                return -EMSGSIZE;
+        for (size_t i = 0; i < s->n_args; i++) {
+                const Hlink__KernelArg *a = s->args[i];
+                if (!a)
+                        return -EBADMSG;
+                switch (a->kind) {
+                case HLINK__ARG_KIND__ARG_IN:
+                case HLINK__ARG_KIND__ARG_INOUT:
+                case HLINK__ARG_KIND__ARG_OUT:
+                        if ((r = check_file_name(a->name)) < 0)
+                                return r;
+                        if (a->value.len != 0)
+                                return -EBADMSG;
+                        if (a->kind == HLINK__ARG_KIND__ARG_OUT) {
+                                if (a->bytes > LINK_FILE_MAX_BYTES)
+                                        return -EMSGSIZE;
+                                if (a->bytes == 0)
+                                        return -EBADMSG;
+                        } else if (a->bytes != 0 || !spec_input(s, a->name))
+                                /* Its size and contents are the input's. */
+                                return -EBADMSG;
+                        if (a->kind == HLINK__ARG_KIND__ARG_IN)
+                                break;
+                        if (++outs > LINK_FILES_MAX)
+                                return -EMSGSIZE;
+                        for (size_t j = 0; j < i; j++)
+                                if ((s->args[j]->kind == HLINK__ARG_KIND__ARG_OUT ||
+                                     s->args[j]->kind == HLINK__ARG_KIND__ARG_INOUT) &&
+                                    !strcmp(s->args[j]->name, a->name))
+                                        return -EBADMSG;
+                        break;
+                case HLINK__ARG_KIND__ARG_SCALAR:
+                        if ((r = check_str(a->name, LINK_STR_MAX)) < 0)
+                                return r;
+                        if (a->value.len > LINK_SCALAR_MAX_BYTES)
+                                return -EMSGSIZE;
+                        if (a->value.len == 0 || a->bytes != 0)
+                                return -EBADMSG;
+                        break;
+                case HLINK__ARG_KIND__ARG_LOCAL:
+                        if ((r = check_str(a->name, LINK_STR_MAX)) < 0)
+                                return r;
+                        if (a->bytes > LINK_LOCAL_MAX_BYTES)
+                                return -EMSGSIZE;
+                        /* CUDA has no __local argument (shared memory is
+                         * the kernel's own). */
+                        if (a->bytes == 0 || a->value.len != 0 || s->kind == HLINK__KIND__KIND_CUDA)
+                                return -EBADMSG;
+                        break;
+                default:
+                        return -EBADMSG;
+                }
+        }
+        return 0;
+}
+
+/* The ND-range, kernel, source and arguments of an opencl/cuda task; an
+ * exec task carries none of the GPU-only fields. */
+static int check_gpu_fields(const Hlink__TaskSpec *s)
+{
+        uint64_t items = 1;
+
+        if (s->n_global_size > LINK_DIMS_MAX || s->n_local_size > LINK_DIMS_MAX)
+                return -EMSGSIZE;
+        if (s->kind == HLINK__KIND__KIND_EXEC)
+                return s->n_local_size || s->n_args ? -EBADMSG : 0;
+        if (s->n_global_size == 0 || (s->n_local_size && s->n_local_size != s->n_global_size))
+                return -EBADMSG;
+        /* CUDA launches blocks: it has no "the device picks". */
+        if (s->kind == HLINK__KIND__KIND_CUDA && s->n_local_size == 0)
+                return -EBADMSG;
+        for (size_t i = 0; i < s->n_global_size; i++) {
+                uint64_t g = s->global_size[i];
+                if (g == 0)
+                        return -EBADMSG;
+                if (items > LINK_WORK_ITEMS_MAX / g)
+                        return -EMSGSIZE;
+                items *= g;
+                if (s->n_local_size && (s->local_size[i] == 0 || g % s->local_size[i] != 0))
+                        return -EBADMSG;
+        }
+        if (!kernel_name_ok(s->kernel))
+                return -EBADMSG;
+        if (!spec_input(s, s->kind == HLINK__KIND__KIND_CUDA ? "kernel.ptx" : "kernel.cl"))
+                return -EBADMSG;
+        return check_kernel_args(s);
+}
+
 static int check_spec(const Hlink__TaskSpec *s)
 {
         int r;
@@ -289,9 +415,7 @@ static int check_spec(const Hlink__TaskSpec *s)
                 return r;
         if ((r = check_str(s->kernel, LINK_STR_MAX)) < 0)
                 return r;
-        if (s->n_global_size > LINK_DIMS_MAX)
-                return -EMSGSIZE;
-        return 0;
+        return check_gpu_fields(s);
 }
 
 static int check_result_body(const Hlink__ResultBody *b)

@@ -43,7 +43,11 @@
 #define LINK_FILES_MAX            16U    /* inputs of a task, outputs of a result */
 #define LINK_FILE_MAX_BYTES       (256U * 1024U)
 #define LINK_DEVICES_MAX          16U
-#define LINK_DIMS_MAX             3U     /* TaskSpec.global_size */
+#define LINK_DIMS_MAX             3U     /* TaskSpec.global_size, TaskSpec.local_size */
+#define LINK_WORK_ITEMS_MAX       (1ULL << 40)  /* product of TaskSpec.global_size */
+#define LINK_KERNEL_ARGS_MAX      32U    /* TaskSpec.args */
+#define LINK_SCALAR_MAX_BYTES     16U    /* KernelArg.value of an ARG_SCALAR */
+#define LINK_LOCAL_MAX_BYTES      (1024U * 1024U)  /* KernelArg.bytes of an ARG_LOCAL */
 #define LINK_TASKS_MAX            16U    /* Fetch.max_tasks, Work.tasks */
 #define LINK_RENEW_MAX            64U    /* Renew.task_ids, RenewReply.leases */
 

@@ -306,6 +306,11 @@ typedef struct SubmitSpec {
         size_t n_local;
         Hlink__KernelArg **args;
         size_t n_args;
+        /* A batch entry's own storage (spec_json_free()): */
+        Hlink__KernelArg *arg_store;
+        uint8_t (*arg_values)[8];
+        uint8_t **decoded;              /* inputs_base64, decoded */
+        size_t n_decoded;
 } SubmitSpec;
 
 static int submit_one(PoolStore *store, const LinkIdentity *id, const SubmitSpec *in, char *ret_id, size_t id_size)
@@ -413,131 +418,6 @@ static int read_file(const char *path, uint8_t **ret, size_t *ret_len)
         return 0;
 }
 
-/* One batch entry (JSON object) into a SubmitSpec; strings point into J. */
-static int spec_from_json(json_t *j, SubmitSpec *s)
-{
-        json_t *v, *a;
-        size_t i;
-        memset(s, 0, sizeof(*s));
-        s->kind = HLINK__KIND__KIND_EXEC;
-        if (!json_is_object(j))
-                return -EINVAL;
-        s->id = json_string_value(json_object_get(j, "id"));
-        if ((v = json_object_get(j, "kind")) && (s->kind = parse_kind(json_string_value(v) ?: "")) < 0)
-                return -EINVAL;
-        a = json_object_get(j, "argv");
-        s->n_argv = json_array_size(a);
-        s->argv = calloc(s->n_argv + 1, sizeof(char *));
-        json_array_foreach(a, i, v)
-                if (!(s->argv[i] = json_string_value(v)))
-                        return -EINVAL;
-        s->replicas = (unsigned) json_integer_value(json_object_get(j, "replicas"));
-        s->quorum = (unsigned) json_integer_value(json_object_get(j, "quorum"));
-        s->deadline_sec = (uint64_t) json_integer_value(json_object_get(j, "deadline_sec"));
-        s->kernel = json_string_value(json_object_get(j, "kernel"));
-        a = json_object_get(j, "global_size");
-        json_array_foreach(a, i, v)
-                if (i < LINK_DIMS_MAX)
-                        s->global_size[s->n_global++] = (uint64_t) json_integer_value(v);
-        json_t *needs = json_object_get(j, "needs");
-        if (needs) {
-                s->arch = json_string_value(json_object_get(needs, "arch"));
-                s->cores = (unsigned) json_integer_value(json_object_get(needs, "cores"));
-                s->memory = (uint64_t) json_integer_value(json_object_get(needs, "memory_bytes"));
-                if ((v = json_object_get(needs, "gpu")) && (s->gpu = parse_gpu(json_string_value(v) ?: "")) < 0)
-                        return -EINVAL;
-        }
-        /* inputs: {"name": "text"} */
-        json_t *inputs = json_object_get(j, "inputs");
-        const char *name;
-        size_t n = json_object_size(inputs);
-        s->input_names = calloc(n + 1, sizeof(char *));
-        s->input_data = calloc(n + 1, sizeof(uint8_t *));
-        s->input_len = calloc(n + 1, sizeof(size_t));
-        json_object_foreach(inputs, name, v) {
-                if (!json_is_string(v))
-                        return -EINVAL;
-                s->input_names[s->n_inputs] = name;
-                s->input_data[s->n_inputs] = (uint8_t *) json_string_value(v);
-                s->input_len[s->n_inputs++] = json_string_length(v);
-        }
-        return 0;
-}
-
-static void spec_json_free(SubmitSpec *s)
-{
-        free(s->argv);
-        free(s->input_names);
-        free(s->input_data);
-        free(s->input_len);
-}
-
-static int submit_batch(PoolStore *store, const LinkIdentity *id, const char *path, json_t *ids)
-{
-        json_error_t e;
-        _cleanup_fclose_ FILE *f = strcmp(path, "-") ? fopen(path, "re") : NULL;
-        FILE *in = strcmp(path, "-") ? f : stdin;
-        char *line = NULL;
-        size_t cap = 0;
-        int lineno = 0, r = 0, c;
-
-        if (!in)
-                return -errno;
-        c = fgetc(in);
-        if (c != EOF)
-                ungetc(c, in);
-        if (c == '[') {
-                /* A JSON array of task objects. */
-                json_t *a = json_loadf(in, 0, &e), *v;
-                size_t i;
-                if (!a) {
-                        fprintf(stderr, "harvest-pool submit: %s:%d: %s\n", path, e.line, e.text);
-                        return -EINVAL;
-                }
-                json_array_foreach(a, i, v) {
-                        SubmitSpec s;
-                        char tid[LINK_ID_MAX + 1];
-                        r = spec_from_json(v, &s);
-                        if (r >= 0)
-                                r = submit_one(store, id, &s, tid, sizeof(tid));
-                        spec_json_free(&s);
-                        if (r < 0) {
-                                fprintf(stderr, "harvest-pool submit: %s: task %zu: %s\n", path, i, strerror(-r));
-                                break;
-                        }
-                        json_array_append_new(ids, json_string(tid));
-                }
-                json_decref(a);
-                return r;
-        }
-        /* JSON lines: one task object a line. */
-        while (getline(&line, &cap, in) > 0) {
-                SubmitSpec s;
-                char tid[LINK_ID_MAX + 1];
-                lineno++;
-                if (line[strspn(line, " \t\r\n")] == 0 || line[strspn(line, " \t")] == '#')
-                        continue;
-                json_t *v = json_loads(line, 0, &e);
-                if (!v) {
-                        fprintf(stderr, "harvest-pool submit: %s:%d: %s\n", path, lineno, e.text);
-                        r = -EINVAL;
-                        break;
-                }
-                r = spec_from_json(v, &s);
-                if (r >= 0)
-                        r = submit_one(store, id, &s, tid, sizeof(tid));
-                spec_json_free(&s);
-                json_decref(v);
-                if (r < 0) {
-                        fprintf(stderr, "harvest-pool submit: %s:%d: %s\n", path, lineno, strerror(-r));
-                        break;
-                }
-                json_array_append_new(ids, json_string(tid));
-        }
-        free(line);
-        return r;
-}
-
 #define KERNEL_ARGS_MAX 32
 
 /* "N[,N[,N]]": an ND-range's sizes. */
@@ -607,6 +487,272 @@ static int parse_kernel_arg(char *s, Hlink__KernelArg *a, uint8_t value[8], cons
                 memcpy(value, &u, a->value.len);   /* little-endian hosts */
         }
         return errno || *end || end == rest || a->value.len == 0 ? -EINVAL : 0;
+}
+
+/* Why the last batch entry was refused, for the message. */
+static const char *batch_why;
+
+static int batch_bad(const char *why)
+{
+        batch_why = why;
+        return -EINVAL;
+}
+
+/* A batch entry's ND-range sizes: at most LINK_DIMS_MAX positive integers. */
+static int dims_from_json(json_t *a, uint64_t *v, size_t *ret_n)
+{
+        json_t *x;
+        size_t i;
+        if (a && !json_is_array(a))
+                return -EINVAL;
+        if (json_array_size(a) > LINK_DIMS_MAX)
+                return -EMSGSIZE;
+        json_array_foreach(a, i, x) {
+                if (!json_is_integer(x) || json_integer_value(x) <= 0)
+                        return -EINVAL;
+                v[i] = (uint64_t) json_integer_value(x);
+        }
+        *ret_n = json_array_size(a);
+        return 0;
+}
+
+/* One entry of a batch task's "args", in --arg's words: {"kind": "in" |
+ * "inout", "name": N}, {"kind": "out", "name": N, "bytes": B}, {"kind":
+ * "local", "bytes": B}, {"kind": "u32" | "i32" | "u64" | "i64" | "f32" |
+ * "f64", "value": V} (V a number, or a string as --arg takes it). */
+static int arg_from_json(json_t *j, Hlink__KernelArg *a, uint8_t value[8])
+{
+        const char *kind = json_string_value(json_object_get(j, "kind"));
+        const char *name = json_string_value(json_object_get(j, "name"));
+        json_t *bytes = json_object_get(j, "bytes"), *val = json_object_get(j, "value");
+        const char *file;
+        char buf[512];
+
+        hlink__kernel_arg__init(a);
+        if (!kind)
+                return batch_bad("an \"args\" entry needs a \"kind\"");
+        if (!strcmp(kind, "in") || !strcmp(kind, "inout") || !strcmp(kind, "out")) {
+                if (!name || !*name)
+                        return batch_bad("an in, inout or out argument needs a \"name\"");
+                a->name = (char *) name;
+                a->kind = !strcmp(kind, "in") ? HLINK__ARG_KIND__ARG_IN :
+                          !strcmp(kind, "out") ? HLINK__ARG_KIND__ARG_OUT : HLINK__ARG_KIND__ARG_INOUT;
+                if (a->kind != HLINK__ARG_KIND__ARG_OUT)
+                        return 0;       /* sized by the input NAME */
+        } else if (!strcmp(kind, "local"))
+                a->kind = HLINK__ARG_KIND__ARG_LOCAL;
+        else {
+                /* A scalar: the same parser as --arg, one vocabulary for both. */
+                if (json_is_integer(val))
+                        snprintf(buf, sizeof(buf), "%s:%lld", kind, (long long) json_integer_value(val));
+                else if (json_is_real(val))
+                        snprintf(buf, sizeof(buf), "%s:%.17g", kind, json_real_value(val));
+                else if (json_is_string(val))
+                        snprintf(buf, sizeof(buf), "%s:%s", kind, json_string_value(val));
+                else
+                        return batch_bad("a scalar argument needs a \"value\"");
+                if (parse_kernel_arg(buf, a, value, &(const char *){ NULL }, &file) < 0 ||
+                    a->kind != HLINK__ARG_KIND__ARG_SCALAR)
+                        return batch_bad("an \"args\" entry of unknown kind, or a value its kind cannot hold");
+                return 0;
+        }
+        if (!json_is_integer(bytes) || json_integer_value(bytes) <= 0)
+                return batch_bad("an out or local argument needs \"bytes\" > 0");
+        a->bytes = (uint64_t) json_integer_value(bytes);
+        return 0;
+}
+
+/* One batch entry (JSON object) into a SubmitSpec; strings point into J. */
+static int spec_from_json(json_t *j, SubmitSpec *s)
+{
+        json_t *v, *a;
+        size_t i;
+        int r;
+        memset(s, 0, sizeof(*s));
+        batch_why = NULL;
+        s->kind = HLINK__KIND__KIND_EXEC;
+        if (!json_is_object(j))
+                return batch_bad("not a JSON object");
+        s->id = json_string_value(json_object_get(j, "id"));
+        if ((v = json_object_get(j, "kind")) && (s->kind = parse_kind(json_string_value(v) ?: "")) < 0)
+                return batch_bad("\"kind\" is exec, opencl or cuda");
+        a = json_object_get(j, "argv");
+        s->n_argv = json_array_size(a);
+        s->argv = calloc(s->n_argv + 1, sizeof(char *));
+        json_array_foreach(a, i, v)
+                if (!(s->argv[i] = json_string_value(v)))
+                        return -EINVAL;
+        s->replicas = (unsigned) json_integer_value(json_object_get(j, "replicas"));
+        s->quorum = (unsigned) json_integer_value(json_object_get(j, "quorum"));
+        s->deadline_sec = (uint64_t) json_integer_value(json_object_get(j, "deadline_sec"));
+        s->kernel = json_string_value(json_object_get(j, "kernel"));
+        if ((r = dims_from_json(json_object_get(j, "global_size"), s->global_size, &s->n_global)) < 0 ||
+            (r = dims_from_json(json_object_get(j, "local_size"), s->local_size, &s->n_local)) < 0) {
+                batch_why = "\"global_size\" and \"local_size\" are 1 to 3 positive integers";
+                return r;
+        }
+        bool gpu_kind = s->kind == HLINK__KIND__KIND_OPENCL || s->kind == HLINK__KIND__KIND_CUDA;
+        /* Only a worker with such a device can run it, unless needs says. */
+        if (gpu_kind)
+                s->gpu = s->kind == HLINK__KIND__KIND_CUDA ? HLINK__DEVICE_API__API_CUDA : HLINK__DEVICE_API__API_OPENCL;
+        json_t *needs = json_object_get(j, "needs");
+        if (needs) {
+                s->arch = json_string_value(json_object_get(needs, "arch"));
+                s->cores = (unsigned) json_integer_value(json_object_get(needs, "cores"));
+                s->memory = (uint64_t) json_integer_value(json_object_get(needs, "memory_bytes"));
+                if ((v = json_object_get(needs, "gpu")) && (s->gpu = parse_gpu(json_string_value(v) ?: "")) < 0)
+                        return batch_bad("\"needs\".\"gpu\" is opencl, cuda or none");
+        }
+        /* inputs: {"name": "text"}; inputs_base64: {"name": "base64"}; source:
+         * "text", the input kernel.cl (opencl) or kernel.ptx (cuda). */
+        json_t *inputs = json_object_get(j, "inputs"), *inputs64 = json_object_get(j, "inputs_base64");
+        json_t *source = json_object_get(j, "source");
+        const char *name;
+        size_t n = json_object_size(inputs) + json_object_size(inputs64) + 1;
+        if ((inputs && !json_is_object(inputs)) || (inputs64 && !json_is_object(inputs64)))
+                return batch_bad("\"inputs\" and \"inputs_base64\" are objects of name to data");
+        s->input_names = calloc(n, sizeof(char *));
+        s->input_data = calloc(n, sizeof(uint8_t *));
+        s->input_len = calloc(n, sizeof(size_t));
+        s->decoded = calloc(n, sizeof(uint8_t *));
+        if (!s->input_names || !s->input_data || !s->input_len || !s->decoded)
+                return -ENOMEM;
+        json_object_foreach(inputs, name, v) {
+                if (!json_is_string(v))
+                        return batch_bad("an \"inputs\" value is not a string");
+                s->input_names[s->n_inputs] = name;
+                s->input_data[s->n_inputs] = (uint8_t *) json_string_value(v);
+                s->input_len[s->n_inputs++] = json_string_length(v);
+        }
+        json_object_foreach(inputs64, name, v) {
+                const char *b64 = json_string_value(v);
+                size_t len = 0, max = b64 ? strlen(b64) / 4 * 3 + 3 : 0;
+                uint8_t *d = b64 ? malloc(max + 1) : NULL;
+                if (!b64)
+                        return batch_bad("an \"inputs_base64\" value is not a string");
+                if (!d)
+                        return -ENOMEM;
+                s->decoded[s->n_decoded++] = d;
+                if (sodium_base642bin(d, max, b64, strlen(b64), "\n\r ", &len, NULL, sodium_base64_VARIANT_ORIGINAL) != 0)
+                        return batch_bad("an \"inputs_base64\" value is not base64");
+                s->input_names[s->n_inputs] = name;
+                s->input_data[s->n_inputs] = d;
+                s->input_len[s->n_inputs++] = len;
+        }
+        if (source) {
+                if (!gpu_kind || !json_is_string(source))
+                        return batch_bad("\"source\" is the text of an opencl or cuda task's kernel");
+                s->input_names[s->n_inputs] = s->kind == HLINK__KIND__KIND_CUDA ? "kernel.ptx" : "kernel.cl";
+                s->input_data[s->n_inputs] = (uint8_t *) json_string_value(source);
+                s->input_len[s->n_inputs++] = json_string_length(source);
+        }
+        a = json_object_get(j, "args");
+        if (a && !json_is_array(a))
+                return batch_bad("\"args\" is an array");
+        n = json_array_size(a);
+        s->args = calloc(n + 1, sizeof(*s->args));
+        s->arg_store = calloc(n + 1, sizeof(*s->arg_store));
+        s->arg_values = calloc(n + 1, sizeof(*s->arg_values));
+        if (!s->args || !s->arg_store || !s->arg_values)
+                return -ENOMEM;
+        json_array_foreach(a, i, v) {
+                if ((r = arg_from_json(v, &s->arg_store[i], s->arg_values[i])) < 0)
+                        return r;
+                s->args[s->n_args++] = &s->arg_store[i];
+        }
+        return 0;
+}
+
+static void spec_json_free(SubmitSpec *s)
+{
+        free(s->argv);
+        free(s->input_names);
+        free(s->input_data);
+        free(s->input_len);
+        for (size_t i = 0; i < s->n_decoded; i++)
+                free(s->decoded[i]);
+        free(s->decoded);
+        free(s->args);
+        free(s->arg_store);
+        free(s->arg_values);
+}
+
+/* What a refused batch entry gets said about it. */
+static const char *batch_error(int r)
+{
+        if (batch_why)
+                return batch_why;
+        if (r == -EBADMSG)
+                return "a field breaks a rule of the link (net/WIRE.md: kernel name, source, sizes, args)";
+        if (r == -EMSGSIZE)
+                return "over a limit of the link (net/WIRE.md)";
+        return strerror(-r);
+}
+
+static int submit_batch(PoolStore *store, const LinkIdentity *id, const char *path, json_t *ids)
+{
+        json_error_t e;
+        _cleanup_fclose_ FILE *f = strcmp(path, "-") ? fopen(path, "re") : NULL;
+        FILE *in = strcmp(path, "-") ? f : stdin;
+        char *line = NULL;
+        size_t cap = 0;
+        int lineno = 0, r = 0, c;
+
+        if (!in)
+                return -errno;
+        c = fgetc(in);
+        if (c != EOF)
+                ungetc(c, in);
+        if (c == '[') {
+                /* A JSON array of task objects. */
+                json_t *a = json_loadf(in, 0, &e), *v;
+                size_t i;
+                if (!a) {
+                        fprintf(stderr, "harvest-pool submit: %s:%d: %s\n", path, e.line, e.text);
+                        return -EINVAL;
+                }
+                json_array_foreach(a, i, v) {
+                        SubmitSpec s;
+                        char tid[LINK_ID_MAX + 1];
+                        r = spec_from_json(v, &s);
+                        if (r >= 0)
+                                r = submit_one(store, id, &s, tid, sizeof(tid));
+                        spec_json_free(&s);
+                        if (r < 0) {
+                                fprintf(stderr, "harvest-pool submit: %s: task %zu: %s\n", path, i, batch_error(r));
+                                break;
+                        }
+                        json_array_append_new(ids, json_string(tid));
+                }
+                json_decref(a);
+                return r;
+        }
+        /* JSON lines: one task object a line. */
+        while (getline(&line, &cap, in) > 0) {
+                SubmitSpec s;
+                char tid[LINK_ID_MAX + 1];
+                lineno++;
+                if (line[strspn(line, " \t\r\n")] == 0 || line[strspn(line, " \t")] == '#')
+                        continue;
+                json_t *v = json_loads(line, 0, &e);
+                if (!v) {
+                        fprintf(stderr, "harvest-pool submit: %s:%d: %s\n", path, lineno, e.text);
+                        r = -EINVAL;
+                        break;
+                }
+                r = spec_from_json(v, &s);
+                if (r >= 0)
+                        r = submit_one(store, id, &s, tid, sizeof(tid));
+                spec_json_free(&s);
+                json_decref(v);
+                if (r < 0) {
+                        fprintf(stderr, "harvest-pool submit: %s:%d: %s\n", path, lineno, batch_error(r));
+                        break;
+                }
+                json_array_append_new(ids, json_string(tid));
+        }
+        free(line);
+        return r;
 }
 
 static int verb_submit(int argc, char **argv)
@@ -787,6 +933,15 @@ static int verb_submit(int argc, char **argv)
         json_decref(ids);
         if (r == -EEXIST)
                 return fail(r, "a task with that id exists");
+        if (r < 0 && batch) {
+                /* The entry and why were said above. */
+                fprintf(stderr, "harvest-pool: submit: nothing of %s was stored\n", batch);
+                return 1;
+        }
+        if (r == -EBADMSG || r == -EMSGSIZE) {
+                fprintf(stderr, "harvest-pool: submit: %s\n", batch_error(r));
+                return 1;
+        }
         return r < 0 ? fail(r, "submit") : 0;
 }
 
@@ -797,6 +952,23 @@ static const char *short_key(json_t *k)
         static char buf[16];
         snprintf(buf, sizeof(buf), "%.12s", json_string_value(k) ?: "-");
         return buf;
+}
+
+/* The status total of device time beside cpu_usec. It has no column in
+ * the store: it is summed from the results listing, which reads it from the
+ * signed result bodies. */
+static int add_device_total(PoolStore *store, json_t *status)
+{
+        json_t *res = NULL, *v;
+        json_int_t total = 0;
+        size_t i;
+        int r = pool_store_results_json(store, NULL, false, &res);
+        if (r < 0)
+                return r;
+        json_array_foreach(res, i, v)
+                total += json_integer_value(json_object_get(v, "device_usec"));
+        json_decref(res);
+        return json_object_set_new(status, "device_usec", json_integer(total)) < 0 ? -ENOMEM : 0;
 }
 
 static int verb_list(const char *verb, int argc, char **argv)
@@ -835,8 +1007,11 @@ static int verb_list(const char *verb, int argc, char **argv)
                 r = pool_store_results_json(store, task, outputs, &j);
         else if (!strcmp(verb, "workers"))
                 r = pool_store_workers_json(store, now_usec(), &j);
-        else
+        else {
                 r = pool_store_status_json(store, now_usec(), &j);
+                if (r >= 0)
+                        r = add_device_total(store, j);
+        }
         pool_store_close(store);
         if (r < 0)
                 return fail(r, verb);
@@ -853,12 +1028,14 @@ static int verb_list(const char *verb, int argc, char **argv)
                                json_integer_value(json_object_get(v, "replicas")), json_integer_value(json_object_get(v, "quorum")),
                                json_integer_value(json_object_get(v, "results")), json_integer_value(json_object_get(v, "leased")));
         } else if (!strcmp(verb, "results")) {
-                printf("%-24s %-12s %-8s %-9s %-16s %10s\n", "TASK", "WORKER", "STATUS", "VERDICT", "HASH", "CPU_USEC");
+                printf("%-24s %-12s %-8s %-9s %-16s %10s %11s\n", "TASK", "WORKER", "STATUS", "VERDICT", "HASH", "CPU_USEC",
+                       "DEVICE_USEC");
                 json_array_foreach(j, i, v)
-                        printf("%-24s %-12s %-8s %-9s %-16.16s %10lld\n", json_string_value(json_object_get(v, "task")),
+                        printf("%-24s %-12s %-8s %-9s %-16.16s %10lld %11lld\n", json_string_value(json_object_get(v, "task")),
                                short_key(json_object_get(v, "worker")), json_string_value(json_object_get(v, "status")),
                                json_string_value(json_object_get(v, "verdict")), json_string_value(json_object_get(v, "hash")),
-                               json_integer_value(json_object_get(v, "cpu_usec")));
+                               json_integer_value(json_object_get(v, "cpu_usec")),
+                               json_integer_value(json_object_get(v, "device_usec")));
         } else if (!strcmp(verb, "workers")) {
                 printf("%-12s %-8s %5s %7s %6s %9s %6s %12s\n", "WORKER", "ARCH", "CORES", "RESULTS", "AGREED", "DISAGREED",
                        "LEASES", "CPU_USEC");

@@ -1432,6 +1432,9 @@ static json_t *result_row(sqlite3_stmt *st, void *ud)
                               "accepted", sqlite3_column_int(st, 9));
         Hlink__ResultBody *b = hlink__result_body__unpack(NULL, (size_t) sqlite3_column_bytes(st, 8),
                                                            sqlite3_column_blob(st, 8));
+        /* Device time has no column: it is read from the signed body kept
+         * verbatim, so results stored before the field existed say 0. */
+        json_object_set_new(o, "device_usec", json_integer(b ? (json_int_t) b->device_usec : 0));
         json_t *outs = json_array();
         for (size_t i = 0; b && i < b->n_outputs; i++) {
                 json_t *f = json_pack("{s:s, s:I, s:o}", "name", b->outputs[i]->name,

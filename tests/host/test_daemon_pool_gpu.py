@@ -11,13 +11,22 @@ device); worker "cpu" has the default (no), so it has no device it will use.
   - three OpenCL tasks (scramble: an input buffer, an output buffer, a uint)
     and two exec tasks: every OpenCL task's result comes from the "gpu"
     worker only, status ok, its output bytes equal the reference computed
-    here, its cpu_usec (the device time) > 0; both exec tasks are done too
-    (on a machine with a real GPU both workers see it: then "only" means
-    only workers whose hello lists a device)
+    here, its device_usec > 0 and its cpu_usec 0 (harvesterd does not
+    charge its own CPU to a GPU task); both exec tasks are done too (on a
+    machine with a real GPU both workers see it: then "only" means only
+    workers whose hello lists a device)
   - the GPU ledger was charged: the "gpu" worker's GPU bucket spent the
     device time of its pool GPU jobs, and its ledger file says so after stop
   - a kernel with a syntax error comes back failed, its "reason" output
     holding the compiler's message (the undeclared name, "error")
+  - batch: `submit --batch` of JSON lines with an OpenCL task (source,
+    inputs_base64, local_size, args) and an exec task: both done, the
+    OpenCL one on the OpenCL worker with the reference bytes and
+    device_usec > 0; a batch whose GPU entry breaks a link rule (an "in"
+    argument naming no input) is refused whole, nothing of it stored
+  - listings: `harvest-pool results` shows a DEVICE_USEC column, `status
+    --json` a device_usec total equal to the results' sum; `harvestctl
+    status` prints the pool's GPU task count and device time
   - CUDA: where a worker has a CUDA device, a PTX task gives the reference
     bytes and one that does not assemble fails saying so; elsewhere a CUDA
     task that reaches a worker comes back failed with "no CUDA device", and
@@ -31,6 +40,7 @@ import os
 import re
 import shutil
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -228,7 +238,9 @@ def opencl_part(pool, root, gd, cd, cl_keys, real_gpu):
               "%s ran on the worker with the OpenCL device" % tid)
         check(r.get("status") == "ok" and out == want[tid],
               "%s: status %s, output %s bytes equal to the reference" % (tid, r.get("status"), len(out or b"")))
-        check(r.get("cpu_usec", 0) > 0, "%s: device time %s us in the result" % (tid, r.get("cpu_usec")))
+        check(r.get("device_usec", 0) > 0 and r.get("cpu_usec") == 0,
+              "%s: device time %s us in the result's device_usec (cpu_usec %s)" % (
+                  tid, r.get("device_usec"), r.get("cpu_usec")))
     for tid in execs:
         r = res.get(tid, {})
         check(r.get("status") == "ok" and output(r, "stdout") == b"cpu task %s\n" % tid[3:].encode(),
@@ -245,6 +257,68 @@ def opencl_part(pool, root, gd, cd, cl_keys, real_gpu):
     if not real_gpu:
         check(len(pj) == 4, "the gpu worker holds the 4 OpenCL tasks as GPU jobs")
         check(not [j for j in cd.jobs().values() if j.get("kind") == "opencl"], "the cpu worker has no OpenCL job")
+    batch_part(pool, root, gd, cl_keys, real_gpu)
+    listings(pool, gd)
+
+
+def batch_part(pool, root, gd, cl_keys, real_gpu):
+    """submit --batch with the GPU fields, as JSON lines."""
+    n, rounds = 2048, 9
+    ws = words(n, 11)
+    entries = [
+        {"id": "b-cl", "kind": "opencl", "source": KERNEL, "kernel": "scramble", "global_size": [n],
+         "local_size": [64], "inputs_base64": {"in": base64.b64encode(struct.pack("<%dI" % n, *ws)).decode()},
+         "args": [{"kind": "in", "name": "in"}, {"kind": "out", "name": "out", "bytes": 4 * n},
+                  {"kind": "u32", "value": rounds}]},
+        {"id": "b-exec", "argv": ["sh", "-c", "echo batch"]},
+    ]
+    path = os.path.join(root, "batch.jsonl")
+    with open(path, "w") as f:
+        f.write("".join(json.dumps(e) + "\n" for e in entries))
+    ids = pool.submit("--batch", path)
+    check(ids == ["b-cl", "b-exec"], "the batch with a GPU task was stored: %s" % ids)
+    check(pool.tasks().get("b-cl", {}).get("kind") == "opencl", "the batch's GPU entry is an opencl task")
+    check(wait_for(lambda: all(pool.tasks().get(t, {}).get("state") == "done" for t in ids), 60),
+          "the batch's tasks have their results")
+    res = results_by_task(pool)
+    r = res.get("b-cl", {})
+    check(r.get("status") == "ok" and output(r, "out") == reference(ws, rounds),
+          "batch opencl task: status %s, output equal to the reference" % r.get("status"))
+    check(r.get("worker") in cl_keys and (real_gpu or r.get("worker") == gd.worker_key()),
+          "batch opencl task ran on the worker with the OpenCL device")
+    check(r.get("device_usec", 0) > 0, "batch opencl task: device_usec %s" % r.get("device_usec"))
+    check(output(res.get("b-exec", {}), "stdout") == b"batch\n", "batch exec task done")
+
+    # One entry breaking a rule of the link: the whole batch is refused.
+    bad = [{"id": "bad-exec", "argv": ["true"]},
+           dict(entries[0], id="bad-cl", args=[{"kind": "in", "name": "nowhere"}])]
+    path = os.path.join(root, "bad-batch.json")
+    with open(path, "w") as f:
+        json.dump(bad, f)
+    out = subprocess.run([POOL, "--state-dir", pool.dir, "submit", "--batch", path], capture_output=True, text=True)
+    print("bad batch: rc %d, %s" % (out.returncode, out.stderr.strip()))
+    check(out.returncode != 0 and "task 1" in out.stderr, "a batch whose GPU entry breaks a link rule is refused")
+    check(not {"bad-exec", "bad-cl"} & set(pool.tasks()), "nothing of the refused batch was stored")
+
+
+def listings(pool, gd):
+    """device_usec in the pool's listings and the pool line of harvestctl status."""
+    res = pool.json("results")
+    total = sum(r.get("device_usec", 0) for r in res)
+    st = pool.json("status")
+    print("pool status: cpu_usec %s, device_usec %s" % (st.get("cpu_usec"), st.get("device_usec")))
+    check(total > 0 and st.get("device_usec") == total, "harvest-pool status totals device_usec: %s" % st.get("device_usec"))
+    human = pool.cli("results").stdout.splitlines()
+    check(human and "DEVICE_USEC" in human[0].split(), "harvest-pool results has a DEVICE_USEC column")
+    row = [l for l in human if l.split()[:1] == ["b-cl"]]
+    want = [r["device_usec"] for r in res if r["task"] == "b-cl"]
+    check(row and want and row[0].split()[-1] == str(want[0]),
+          "the human listing shows b-cl's device time: %s" % (row[0] if row else None))
+    p = gd.pool()
+    text = gd.ctl("status")
+    print("\n".join(l for l in text.splitlines() if l.startswith("Pool")))
+    check("Pool GPU:   %d OpenCL/CUDA task(s)" % p["gpu_tasks"] in text and p["gpu_tasks"] >= 1,
+          "harvestctl status prints the pool's GPU tasks (%d)" % p["gpu_tasks"])
 
 
 def cuda_part(pool, root, gd, cd, cuda_dev):
@@ -270,7 +344,7 @@ def cuda_part(pool, root, gd, cd, cuda_dev):
         check(r.get("status") == "ok" and output(r, "out") == reference(ws, 5),
               "CUDA task: output equals the reference (status %s, worker %s)" % (
                   r.get("status"), "gpu" if r.get("worker") == gk else "cpu"))
-        check(r.get("cpu_usec", 0) > 0, "CUDA task: device time %s us in the result" % r.get("cpu_usec"))
+        check(r.get("device_usec", 0) > 0, "CUDA task: device time %s us in the result" % r.get("device_usec"))
         bad = os.path.join(root, "bad.ptx")
         with open(bad, "w") as f:
             f.write(scramble_ptx().replace("ld.param.u64", "ld.param.nonsense", 1))

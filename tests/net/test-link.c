@@ -279,6 +279,7 @@ static void test_result(void **state)
         rb.status = HLINK__STATUS__STATUS_OK;
         rb.exit_code = 0;
         rb.cpu_usec = 1500;
+        rb.device_usec = 2500;
         out.name = "stdout";
         out.data = (ProtobufCBinaryData) { 3, (uint8_t *) "42\n" };
         rb.n_outputs = 1;
@@ -290,13 +291,15 @@ static void test_result(void **state)
         assert_int_equal(link_result_verify(&res, worker.pk, &got, h1), 0);
         assert_string_equal(got->task_id, "t1");
         assert_int_equal(got->cpu_usec, 1500);
+        assert_int_equal(got->device_usec, 2500);
         assert_int_equal(got->outputs[0]->sha256.len, 32);
         hlink__result_body__free_unpacked(got, NULL);
         assert_int_equal(link_result_verify(&res, pool.pk, &got, NULL), -EKEYREJECTED);
         free(body);
 
-        /* Same outputs, different CPU time: the replicas agree. */
+        /* Same outputs, different CPU and device time: the replicas agree. */
         rb.cpu_usec = 9999;
+        rb.device_usec = 1;
         assert_int_equal(link_result_sign(&pool, &rb, &body, &len, sig), 0);
         res.body = (ProtobufCBinaryData) { len, body };
         assert_int_equal(link_result_verify(&res, pool.pk, &got, h2), 0);
@@ -529,6 +532,281 @@ static void test_limits(void **state)
         }
 }
 
+/* A valid opencl task: kernel.cl, 1-D range with a work-group, an input
+ * buffer, an output buffer, a scalar and __local memory. Each check below
+ * breaks one field of it. */
+typedef struct GpuSpec {
+        Hlink__TaskSpec s;
+        Hlink__File src, in, *ins[LINK_FILES_MAX + 1];
+        Hlink__KernelArg a[LINK_KERNEL_ARGS_MAX + 1], *ap[LINK_KERNEL_ARGS_MAX + 1];
+        uint64_t global[LINK_DIMS_MAX + 1], local[LINK_DIMS_MAX + 1];
+        uint8_t value[LINK_SCALAR_MAX_BYTES + 1];
+} GpuSpec;
+
+static void gpu_spec(GpuSpec *g)
+{
+        memset(g, 0, sizeof(*g));
+        hlink__task_spec__init(&g->s);
+        g->s.id = "cl-1";
+        g->s.kind = HLINK__KIND__KIND_OPENCL;
+        g->s.kernel = "scramble";
+        hlink__file__init(&g->src);
+        g->src.name = "kernel.cl";
+        g->src.data = (ProtobufCBinaryData) { 8, (uint8_t *) "__kernel" };
+        hlink__file__init(&g->in);
+        g->in.name = "in";
+        g->in.data = (ProtobufCBinaryData) { 16, (uint8_t *) "0123456789abcdef" };
+        g->ins[0] = &g->src;
+        g->ins[1] = &g->in;
+        g->s.inputs = g->ins;
+        g->s.n_inputs = 2;
+        for (size_t i = 0; i <= LINK_DIMS_MAX; i++)
+                g->global[i] = 64, g->local[i] = 16;
+        g->s.global_size = g->global;
+        g->s.n_global_size = 1;
+        g->s.local_size = g->local;
+        g->s.n_local_size = 1;
+        for (size_t i = 0; i <= LINK_KERNEL_ARGS_MAX; i++) {
+                hlink__kernel_arg__init(&g->a[i]);
+                g->a[i].kind = HLINK__ARG_KIND__ARG_IN;
+                g->a[i].name = "in";
+                g->ap[i] = &g->a[i];
+        }
+        g->a[1].kind = HLINK__ARG_KIND__ARG_OUT;
+        g->a[1].name = "out";
+        g->a[1].bytes = 256;
+        g->a[2].kind = HLINK__ARG_KIND__ARG_SCALAR;
+        g->a[2].name = "";
+        g->a[2].value = (ProtobufCBinaryData) { 4, g->value };
+        g->a[3].kind = HLINK__ARG_KIND__ARG_LOCAL;
+        g->a[3].name = "";
+        g->a[3].bytes = 1024;
+        g->s.args = g->ap;
+        g->s.n_args = 4;
+}
+
+/* What link_task_sign() says of the spec, and that link_task_verify()
+ * says the same of it signed anyway (a buggy or hostile pool). */
+static int gpu_err(const GpuSpec *g)
+{
+        void *spec = NULL;
+        size_t len = 0;
+        uint8_t sig[64];
+        int r = link_task_sign(&pool, &g->s, &spec, &len, sig);
+        free(spec);
+
+        len = hlink__task_spec__get_packed_size(&g->s);
+        uint8_t *b = malloc(13 + len);
+        memcpy(b, "hlink-task-v1", 13);
+        hlink__task_spec__pack(&g->s, b + 13);
+        crypto_sign_detached(sig, NULL, b, 13 + len, pool.sk);
+        Hlink__Task t = HLINK__TASK__INIT;
+        Hlink__TaskSpec *got = NULL;
+        t.spec = (ProtobufCBinaryData) { len, b + 13 };
+        t.signature = (ProtobufCBinaryData) { 64, sig };
+        int v = link_task_verify(&t, pool.pk, &got, NULL);
+        if (v == 0)
+                hlink__task_spec__free_unpacked(got, NULL);
+        free(b);
+        assert_int_equal(v, r);
+        return r;
+}
+
+static void test_gpu_spec_limits(void **state)
+{
+        GpuSpec g;
+        Hlink__TaskSpec *got;
+        void *spec;
+        size_t len;
+        uint8_t sig[64], h[32];
+
+        /* The valid one signs, verifies and comes back whole. */
+        gpu_spec(&g);
+        assert_int_equal(link_task_sign(&pool, &g.s, &spec, &len, sig), 0);
+        Hlink__Task t = HLINK__TASK__INIT;
+        t.spec = (ProtobufCBinaryData) { len, spec };
+        t.signature = (ProtobufCBinaryData) { 64, sig };
+        assert_int_equal(link_task_verify(&t, pool.pk, &got, h), 0);
+        assert_int_equal(got->n_local_size, 1);
+        assert_int_equal(got->local_size[0], 16);
+        assert_int_equal(got->n_args, 4);
+        assert_int_equal(got->args[1]->kind, HLINK__ARG_KIND__ARG_OUT);
+        assert_string_equal(got->args[1]->name, "out");
+        assert_int_equal(got->args[1]->bytes, 256);
+        assert_int_equal(got->args[2]->value.len, 4);
+        assert_int_equal(got->args[3]->bytes, 1024);
+        hlink__task_spec__free_unpacked(got, NULL);
+        free(spec);
+        assert_int_equal(gpu_err(&g), 0);
+
+        /* Counts and sizes: -EMSGSIZE. */
+        gpu_spec(&g);
+        g.s.n_args = LINK_KERNEL_ARGS_MAX;                      /* 28 more "in" args: fine */
+        assert_int_equal(gpu_err(&g), 0);
+        g.s.n_args = LINK_KERNEL_ARGS_MAX + 1;                  /* LINK_KERNEL_ARGS_MAX */
+        assert_int_equal(gpu_err(&g), -EMSGSIZE);
+        gpu_spec(&g);
+        g.s.n_local_size = LINK_DIMS_MAX + 1;                   /* LINK_DIMS_MAX, local */
+        assert_int_equal(gpu_err(&g), -EMSGSIZE);
+        gpu_spec(&g);
+        g.s.n_global_size = g.s.n_local_size = LINK_DIMS_MAX;
+        assert_int_equal(gpu_err(&g), 0);
+        g.global[0] = g.global[1] = 1U << 20;                   /* 2^40 work items: the limit */
+        g.global[2] = 1;
+        g.local[2] = 1;
+        assert_int_equal(gpu_err(&g), 0);
+        g.global[2] = 2;                                        /* LINK_WORK_ITEMS_MAX */
+        assert_int_equal(gpu_err(&g), -EMSGSIZE);
+        g.global[0] = g.global[1] = g.global[2] = UINT64_MAX;   /* no overflow to a small product */
+        g.local[0] = g.local[1] = g.local[2] = 1;
+        assert_int_equal(gpu_err(&g), -EMSGSIZE);
+        gpu_spec(&g);
+        g.a[1].bytes = LINK_FILE_MAX_BYTES;
+        assert_int_equal(gpu_err(&g), 0);
+        g.a[1].bytes = LINK_FILE_MAX_BYTES + 1;                 /* an output over LINK_FILE_MAX_BYTES */
+        assert_int_equal(gpu_err(&g), -EMSGSIZE);
+        gpu_spec(&g);
+        g.a[3].bytes = LINK_LOCAL_MAX_BYTES;
+        assert_int_equal(gpu_err(&g), 0);
+        g.a[3].bytes = LINK_LOCAL_MAX_BYTES + 1;                /* LINK_LOCAL_MAX_BYTES */
+        assert_int_equal(gpu_err(&g), -EMSGSIZE);
+        gpu_spec(&g);
+        g.a[2].value.len = LINK_SCALAR_MAX_BYTES;
+        assert_int_equal(gpu_err(&g), 0);
+        g.a[2].value.len = LINK_SCALAR_MAX_BYTES + 1;           /* LINK_SCALAR_MAX_BYTES */
+        assert_int_equal(gpu_err(&g), -EMSGSIZE);
+        gpu_spec(&g);
+        char long_name[LINK_STR_MAX + 2];
+        memset(long_name, 'o', sizeof(long_name) - 1);
+        long_name[LINK_STR_MAX + 1] = 0;
+        g.a[1].name = long_name;                                /* LINK_STR_MAX, an output name */
+        assert_int_equal(gpu_err(&g), -EMSGSIZE);
+        g.a[1].name = "out";
+        g.a[2].name = long_name;                                /* and a scalar's */
+        assert_int_equal(gpu_err(&g), -EMSGSIZE);
+        gpu_spec(&g);                                           /* 17 outputs: more than a result holds */
+        static char onames[LINK_FILES_MAX + 1][8];
+        for (size_t i = 0; i <= LINK_FILES_MAX; i++) {
+                snprintf(onames[i], sizeof(onames[i]), "o%zu", i);
+                g.a[i].kind = HLINK__ARG_KIND__ARG_OUT;
+                g.a[i].name = onames[i];
+                g.a[i].bytes = 4;
+                g.a[i].value.len = 0;
+        }
+        g.s.n_args = LINK_FILES_MAX;
+        assert_int_equal(gpu_err(&g), 0);
+        g.s.n_args = LINK_FILES_MAX + 1;                        /* LINK_FILES_MAX outputs */
+        assert_int_equal(gpu_err(&g), -EMSGSIZE);
+
+        /* Malformed: -EBADMSG. */
+        gpu_spec(&g);
+        g.a[0].kind = 6;                                        /* ArgKind out of range */
+        assert_int_equal(gpu_err(&g), -EBADMSG);
+        g.a[0].kind = HLINK__ARG_KIND__ARG_UNSPECIFIED;
+        assert_int_equal(gpu_err(&g), -EBADMSG);
+        gpu_spec(&g);
+        g.a[1].name = "\xc3\x28";                               /* bad UTF-8 */
+        assert_int_equal(gpu_err(&g), -EBADMSG);
+        g.a[1].name = "../out";                                 /* an output is a file name */
+        assert_int_equal(gpu_err(&g), -EBADMSG);
+        g.a[1].name = "";
+        assert_int_equal(gpu_err(&g), -EBADMSG);
+        g.a[1].name = "o\nut";
+        assert_int_equal(gpu_err(&g), -EBADMSG);
+        gpu_spec(&g);
+        g.a[2].name = "\xe0\x80\xaf";                          /* a scalar's name: UTF-8 too */
+        assert_int_equal(gpu_err(&g), -EBADMSG);
+        gpu_spec(&g);
+        g.a[0].name = "nowhere";                                /* an in buffer names no input */
+        assert_int_equal(gpu_err(&g), -EBADMSG);
+        gpu_spec(&g);
+        g.a[0].kind = HLINK__ARG_KIND__ARG_INOUT;
+        g.a[1].name = "in";                                     /* two outputs of one name */
+        assert_int_equal(gpu_err(&g), -EBADMSG);
+        gpu_spec(&g);
+        g.a[0].bytes = 16;                                      /* an in buffer is sized by its input */
+        assert_int_equal(gpu_err(&g), -EBADMSG);
+        gpu_spec(&g);
+        g.a[1].bytes = 0;                                       /* an empty output */
+        assert_int_equal(gpu_err(&g), -EBADMSG);
+        gpu_spec(&g);
+        g.a[1].value = (ProtobufCBinaryData) { 4, g.value };    /* a value on a buffer */
+        assert_int_equal(gpu_err(&g), -EBADMSG);
+        gpu_spec(&g);
+        g.a[2].value.len = 0;                                   /* a scalar of nothing */
+        assert_int_equal(gpu_err(&g), -EBADMSG);
+        gpu_spec(&g);
+        g.a[2].bytes = 4;                                       /* a scalar's size is its value's */
+        assert_int_equal(gpu_err(&g), -EBADMSG);
+        gpu_spec(&g);
+        g.a[3].bytes = 0;                                       /* __local of nothing */
+        assert_int_equal(gpu_err(&g), -EBADMSG);
+
+        /* The ND-range. */
+        gpu_spec(&g);
+        g.s.n_global_size = 0;                                  /* none */
+        g.s.n_local_size = 0;
+        assert_int_equal(gpu_err(&g), -EBADMSG);
+        gpu_spec(&g);
+        g.s.n_local_size = 0;                                   /* no local size: the device picks */
+        assert_int_equal(gpu_err(&g), 0);
+        g.s.n_global_size = 2;
+        g.s.n_local_size = 1;                                   /* local dims != global dims */
+        assert_int_equal(gpu_err(&g), -EBADMSG);
+        gpu_spec(&g);
+        g.global[0] = 0;                                        /* a global size of 0 */
+        assert_int_equal(gpu_err(&g), -EBADMSG);
+        gpu_spec(&g);
+        g.local[0] = 0;                                         /* a local size of 0 */
+        assert_int_equal(gpu_err(&g), -EBADMSG);
+        g.local[0] = 48;                                        /* not dividing the global size */
+        assert_int_equal(gpu_err(&g), -EBADMSG);
+        g.local[0] = 128;                                       /* over it */
+        assert_int_equal(gpu_err(&g), -EBADMSG);
+
+        /* Kernel name and source. */
+        gpu_spec(&g);
+        g.s.kernel = "";
+        assert_int_equal(gpu_err(&g), -EBADMSG);
+        g.s.kernel = "9lives";
+        assert_int_equal(gpu_err(&g), -EBADMSG);
+        g.s.kernel = "scramble; rm -rf";
+        assert_int_equal(gpu_err(&g), -EBADMSG);
+        g.s.kernel = "_Z8scramblePjS_j$1";                      /* mangled and PTX names are fine */
+        assert_int_equal(gpu_err(&g), 0);
+        gpu_spec(&g);
+        g.src.name = "kernel.c";                                /* no kernel.cl */
+        assert_int_equal(gpu_err(&g), -EBADMSG);
+        g.s.kind = HLINK__KIND__KIND_CUDA;                      /* cuda reads kernel.ptx */
+        g.src.name = "kernel.cl";
+        g.a[3].kind = HLINK__ARG_KIND__ARG_SCALAR;              /* (no __local on CUDA) */
+        g.a[3].bytes = 0;
+        g.a[3].value = (ProtobufCBinaryData) { 4, g.value };
+        assert_int_equal(gpu_err(&g), -EBADMSG);
+        g.src.name = "kernel.ptx";
+        assert_int_equal(gpu_err(&g), 0);
+        g.s.n_local_size = 0;                                   /* CUDA needs its block size */
+        assert_int_equal(gpu_err(&g), -EBADMSG);
+        g.s.n_local_size = 1;
+        g.a[3].kind = HLINK__ARG_KIND__ARG_LOCAL;               /* __local memory on CUDA */
+        g.a[3].bytes = 1024;
+        g.a[3].value.len = 0;
+        assert_int_equal(gpu_err(&g), -EBADMSG);
+
+        /* An exec task carries no GPU arguments or work-group. */
+        gpu_spec(&g);
+        char *argv[] = { "/bin/true" };
+        g.s.kind = HLINK__KIND__KIND_EXEC;
+        g.s.argv = argv;
+        g.s.n_argv = 1;
+        g.s.n_local_size = 0;
+        assert_int_equal(gpu_err(&g), -EBADMSG);
+        g.s.n_args = 0;
+        assert_int_equal(gpu_err(&g), 0);
+        g.s.n_local_size = 1;
+        assert_int_equal(gpu_err(&g), -EBADMSG);
+}
+
 static void test_envelope_fields(void **state)
 {
         Hlink__Body b = fetch_body(1);
@@ -743,6 +1021,7 @@ int main(void)
                 cmocka_unit_test(test_roundtrip_task),
                 cmocka_unit_test(test_result),
                 cmocka_unit_test(test_limits),
+                cmocka_unit_test(test_gpu_spec_limits),
                 cmocka_unit_test(test_envelope_fields),
                 cmocka_unit_test(test_forged_envelope),
                 cmocka_unit_test(test_replay),
