@@ -77,6 +77,7 @@ static const char schema[] =
         " first_seen_usec INTEGER NOT NULL,"
         " last_seen_usec INTEGER NOT NULL,"
         " last_seq INTEGER NOT NULL DEFAULT 0,"
+        /* Unused since the listing sums results (kept: old databases have them). */
         " results INTEGER NOT NULL DEFAULT 0,"
         " agreed INTEGER NOT NULL DEFAULT 0,"
         " disagreed INTEGER NOT NULL DEFAULT 0,"
@@ -105,22 +106,27 @@ static const char schema[] =
 
 /* A lease counts while it is live or answered; a lapsed one counts for
  * nothing, which is how a vanished worker's task goes out again. */
-#define LIVE "(l.state = 'done' OR (l.state = 'active' AND l.expires_usec > :now))"
+/* The server does not mark a lease done when its result comes: the result
+ * row says so (one write a result, not two), so an answered lease is one
+ * with a result, whatever its state column says. */
+#define ANSWERED "EXISTS (SELECT 1 FROM results r WHERE r.task_id = l.task_id AND r.worker = l.worker)"
+#define LIVE "(l.state = 'done' OR (l.state = 'active' AND (l.expires_usec > :now OR " ANSWERED ")))"
 
 /* Recompute tasks.full_until_usec from the task's leases. */
 #define REFRESH_FULL_UNTIL \
         "UPDATE tasks SET full_until_usec = CASE" \
         " WHEN (SELECT count(*) FROM leases l WHERE l.task_id = tasks.id AND " LIVE ") < tasks.wanted THEN 0" \
         " ELSE coalesce((SELECT min(l.expires_usec) FROM leases l WHERE l.task_id = tasks.id" \
-        " AND l.state = 'active' AND l.expires_usec > :now), 9223372036854775807) END"
+        " AND l.state = 'active' AND l.expires_usec > :now AND NOT " ANSWERED "), 9223372036854775807) END"
 
 /* The same for every task at once, with the clock read by SQLite. */
-#define LIVE_NOW "(l.state = 'done' OR (l.state = 'active' AND l.expires_usec > CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)))"
+#define LIVE_NOW "(l.state = 'done' OR (l.state = 'active' AND (l.expires_usec > CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER) OR " ANSWERED ")))"
 #define REFRESH_FULL_UNTIL_NOW \
         "UPDATE tasks SET full_until_usec = CASE" \
         " WHEN (SELECT count(*) FROM leases l WHERE l.task_id = tasks.id AND " LIVE_NOW ") < tasks.wanted THEN 0" \
         " ELSE coalesce((SELECT min(l.expires_usec) FROM leases l WHERE l.task_id = tasks.id" \
-        " AND l.state = 'active' AND l.expires_usec > CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER))," \
+        " AND l.state = 'active' AND l.expires_usec > CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)" \
+        " AND NOT " ANSWERED ")," \
         " 9223372036854775807) END"
 
 /* What a lease query asks of a task besides being free: matching, and not
@@ -453,7 +459,8 @@ static int mem_load(PoolStore *s, uint64_t now)
                 r = sched_add(m, &n, NULL);
         }
         if (r >= 0)
-                r = prep(s, "SELECT l.task_id, l.worker, l.expires_usec, l.state, r.hash FROM leases l"
+                r = prep(s, "SELECT l.task_id, l.worker, l.expires_usec, CASE WHEN r.hash IS NULL THEN l.state"
+                            " ELSE 'done' END, r.hash FROM leases l"
                             " JOIN tasks t ON t.id = l.task_id LEFT JOIN results r ON r.task_id = l.task_id"
                             " AND r.worker = l.worker WHERE t.state = 'pending'", &l);
         while (r >= 0 && (rc = sqlite3_step(l)) == SQLITE_ROW) {
@@ -938,7 +945,8 @@ int pool_store_renew(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], const char
         if (r >= 0 && strcmp(state, "pending"))
                 r = -EALREADY;
         if (r >= 0)
-                r = prep(s, "SELECT expires_usec FROM leases WHERE task_id = ? AND worker = ? AND state = 'active'", &st);
+                r = prep(s, "SELECT expires_usec FROM leases l WHERE task_id = ? AND worker = ? AND state = 'active'"
+                            " AND NOT " ANSWERED, &st);
         if (r >= 0) {
                 sqlite3_bind_text(st, 1, task_id, -1, SQLITE_STATIC);
                 sqlite3_bind_blob(st, 2, key, LINK_KEY_BYTES, SQLITE_STATIC);
@@ -982,21 +990,12 @@ static int simple(PoolStore *s, const char *sql, const char *text, const uint8_t
         return change(s, st);
 }
 
-/* TASK_ID was decided on BEST: record who agreed and who did not, on the
- * results and on the workers. */
+/* TASK_ID was decided on BEST: record who agreed and who did not (the
+ * workers listing counts these verdicts). */
 static int mark_verdicts(PoolStore *s, const char *task_id, const uint8_t *best)
 {
-        _cleanup_stmt_ sqlite3_stmt *w = NULL, *res = NULL;
-        int r = prep(s, "UPDATE workers SET agreed = agreed + (r.hash = ?2), disagreed = disagreed + (r.hash != ?2)"
-                        " FROM results r WHERE r.task_id = ?1 AND r.verdict = 'pending' AND r.worker = workers.key", &w);
-        if (r < 0)
-                return r;
-        sqlite3_bind_text(w, 1, task_id, -1, SQLITE_STATIC);
-        sqlite3_bind_blob(w, 2, best, LINK_HASH_BYTES, SQLITE_STATIC);
-        r = step_done(w);
-        if (r < 0)
-                return r;
-        r = prep(s, "UPDATE results SET verdict = CASE WHEN hash = ?2 THEN 'agree' ELSE 'disagree' END,"
+        _cleanup_stmt_ sqlite3_stmt *res = NULL;
+        int r = prep(s, "UPDATE results SET verdict = CASE WHEN hash = ?2 THEN 'agree' ELSE 'disagree' END,"
                     " accepted = (hash = ?2) WHERE task_id = ?1 AND verdict = 'pending'", &res);
         if (r < 0)
                 return r;
@@ -1067,7 +1066,7 @@ static int add_result_mem(PoolStore *s, Sched *m, SchedTask *t, const uint8_t *k
                           const uint8_t *hash, const void *raw, size_t raw_len, const uint8_t *signature,
                           uint64_t now, bool *ret_accepted, const char **ret_reason)
 {
-        _cleanup_stmt_ sqlite3_stmt *ins = NULL, *w = NULL, *acc = NULL;
+        _cleanup_stmt_ sqlite3_stmt *ins = NULL, *acc = NULL;
         uint8_t best[LINK_HASH_BYTES];
         int st = sched_lease_state(t, key, NULL), r;
 
@@ -1103,18 +1102,9 @@ static int add_result_mem(PoolStore *s, Sched *m, SchedTask *t, const uint8_t *k
                 sqlite3_bind_int(ins, 11, alone);
                 r = step_done(ins);
         }
-        if (r >= 0)
-                r = simple(s, "UPDATE leases SET state = 'done' WHERE task_id = :id AND worker = :key", b->task_id, key, now);
-        if (r >= 0)
-                r = prep(s, "UPDATE workers SET results = results + 1, cpu_usec = cpu_usec + ?, last_seen_usec = ?,"
-                            " agreed = agreed + ? WHERE key = ?", &w);
-        if (r >= 0) {
-                sqlite3_bind_int64(w, 1, (sqlite3_int64) b->cpu_usec);
-                sqlite3_bind_int64(w, 2, (sqlite3_int64) now);
-                sqlite3_bind_int(w, 3, alone);
-                sqlite3_bind_blob(w, 4, key, LINK_KEY_BYTES, SQLITE_STATIC);
-                r = step_done(w);
-        }
+        /* That row is the whole record: it marks the lease answered
+         * (ANSWERED) and counts for the worker (its listing sums results);
+         * neither the lease nor the worker's row is written. */
         switch (r < 0 ? -1 : verdict) {
         case SCHED_ACCEPT:
                 r = prep(s, "UPDATE tasks SET state = 'done', finished_usec = ?, accepted_hash = ? WHERE id = ?", &acc);
@@ -1169,7 +1159,8 @@ int pool_store_add_result(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], const
          * the database decides. */
         r = task_state(s, b->task_id, state, sizeof(state));
         if (r >= 0)
-                r = prep(s, "SELECT state FROM leases WHERE task_id = ? AND worker = ?", &l);
+                r = prep(s, "SELECT CASE WHEN " ANSWERED " THEN 'done' ELSE state END FROM leases l"
+                            " WHERE task_id = ? AND worker = ?", &l);
         if (r >= 0) {
                 sqlite3_bind_text(l, 1, b->task_id, -1, SQLITE_STATIC);
                 sqlite3_bind_blob(l, 2, key, LINK_KEY_BYTES, SQLITE_STATIC);
@@ -1218,25 +1209,12 @@ int pool_store_add_result(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], const
                         agree = sqlite3_column_int(h, 0) == 1;
                 sqlite3_bind_text(ins, 10, agree ? "agree" : "disagree", -1, SQLITE_STATIC);
                 r = step_done(ins);
-                if (r >= 0)
-                        r = simple(s, agree ? "UPDATE workers SET agreed = agreed + 1 WHERE key = :key"
-                                            : "UPDATE workers SET disagreed = disagreed + 1 WHERE key = :key",
-                                   NULL, key, now);
         } else {
                 sqlite3_bind_text(ins, 10, "pending", -1, SQLITE_STATIC);
                 r = step_done(ins);
         }
         if (r >= 0)
                 r = simple(s, "UPDATE leases SET state = 'done' WHERE task_id = :id AND worker = :key", b->task_id, key, now);
-        if (r >= 0) {
-                _cleanup_stmt_ sqlite3_stmt *w = NULL;
-                r = prep(s, "UPDATE workers SET results = results + 1, cpu_usec = cpu_usec + ? WHERE key = ?", &w);
-                if (r >= 0) {
-                        sqlite3_bind_int64(w, 1, (sqlite3_int64) b->cpu_usec);
-                        sqlite3_bind_blob(w, 2, key, LINK_KEY_BYTES, SQLITE_STATIC);
-                        r = step_done(w);
-                }
-        }
         if (r >= 0 && !strcmp(state, "pending"))
                 r = judge(s, b->task_id, now);
         if (r >= 0)
@@ -1262,8 +1240,8 @@ int pool_store_release(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], uint64_t
         if (m) {
                 _cleanup_stmt_ sqlite3_stmt *st = NULL;
                 int n = 0, rc;
-                r = prep(s, "UPDATE leases SET state = 'released' WHERE worker = ? AND state = 'active'"
-                            " AND expires_usec > ? RETURNING task_id", &st);
+                r = prep(s, "UPDATE leases AS l SET state = 'released' WHERE worker = ? AND state = 'active'"
+                            " AND expires_usec > ? AND NOT " ANSWERED " RETURNING task_id", &st);
                 if (r >= 0) {
                         sqlite3_bind_blob(st, 1, key, LINK_KEY_BYTES, SQLITE_STATIC);
                         sqlite3_bind_int64(st, 2, (sqlite3_int64) now);
@@ -1280,8 +1258,8 @@ int pool_store_release(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], uint64_t
                 }
                 return end(s, r < 0 ? r : n);
         }
-        r = simple(s, "UPDATE leases SET state = 'released' WHERE worker = :key AND state = 'active'"
-                      " AND expires_usec > :now", NULL, key, now);
+        r = simple(s, "UPDATE leases AS l SET state = 'released' WHERE worker = :key AND state = 'active'"
+                      " AND expires_usec > :now AND NOT " ANSWERED, NULL, key, now);
         if (r > 0) {
                 int k = simple(s, REFRESH_FULL_UNTIL " WHERE state = 'pending' AND id IN"
                                   " (SELECT task_id FROM leases WHERE worker = :key AND state = 'released')", NULL, key, now);
@@ -1393,7 +1371,8 @@ int pool_store_tasks_json(PoolStore *s, uint64_t now, json_t **ret)
 {
         return list(s,
                     "SELECT t.id, t.kind, t.state, t.replicas, t.quorum, t.wanted,"
-                    " (SELECT count(*) FROM leases l WHERE l.task_id = t.id AND l.state = 'active' AND l.expires_usec > :now),"
+                    " (SELECT count(*) FROM leases l WHERE l.task_id = t.id AND l.state = 'active' AND l.expires_usec > :now"
+                    " AND NOT " ANSWERED "),"
                     " (SELECT count(*) FROM results r WHERE r.task_id = t.id),"
                     " t.submitted_usec, coalesce(t.finished_usec, 0), t.accepted_hash FROM tasks t ORDER BY t.rowid",
                     NULL, now, task_row, NULL, ret);
@@ -1487,10 +1466,16 @@ static json_t *worker_row(sqlite3_stmt *st, void *ud)
 int pool_store_workers_json(PoolStore *s, uint64_t now, json_t **ret)
 {
         return list(s,
+                    /* A worker's figures come from its results, not from
+                     * counters the server would have to write on each. */
                     "SELECT w.key, w.arch, w.cores, w.memory, w.devices, w.cpu_budget_ppm, w.agent, w.first_seen_usec,"
-                    " w.last_seen_usec, w.results, w.agreed, w.disagreed, w.cpu_usec,"
-                    " (SELECT count(*) FROM leases l WHERE l.worker = w.key AND l.state = 'active' AND l.expires_usec > :now)"
-                    " FROM workers w ORDER BY w.first_seen_usec",
+                    " max(w.last_seen_usec, coalesce(r.last, 0)), coalesce(r.n, 0), coalesce(r.agreed, 0),"
+                    " coalesce(r.disagreed, 0), coalesce(r.cpu, 0),"
+                    " (SELECT count(*) FROM leases l WHERE l.worker = w.key AND l.state = 'active' AND l.expires_usec > :now"
+                    " AND NOT " ANSWERED ")"
+                    " FROM workers w LEFT JOIN (SELECT worker, count(*) AS n, sum(verdict = 'agree') AS agreed,"
+                    " sum(verdict = 'disagree') AS disagreed, sum(cpu_usec) AS cpu, max(received_usec) AS last"
+                    " FROM results GROUP BY worker) r ON r.worker = w.key ORDER BY w.first_seen_usec",
                     NULL, now, worker_row, NULL, ret);
 }
 
@@ -1509,6 +1494,7 @@ int pool_store_status_json(PoolStore *s, uint64_t now, json_t **ret)
                 r = list(s,
                          "SELECT 'workers', count(*) FROM workers UNION ALL"
                          " SELECT 'leases_active', count(*) FROM leases l WHERE l.state = 'active' AND l.expires_usec > :now"
+                         " AND NOT " ANSWERED
                          " UNION ALL SELECT 'results', count(*) FROM results UNION ALL"
                          " SELECT 'results_disagreeing', count(*) FROM results WHERE verdict = 'disagree' UNION ALL"
                          " SELECT 'cpu_usec', coalesce(sum(cpu_usec), 0) FROM results",
