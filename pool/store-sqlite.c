@@ -27,12 +27,17 @@ struct PoolStore {
         int wal_fd;                     /* group mode: the -wal file, synced outside the lock */
         /* Group mode: pending tasks and their leases in memory (pool/sched.h),
          * so leases and results need no SELECT. Rebuilt from the database
-         * when it may differ: after a rollback or a failed commit (stale),
-         * or when another process (the CLI) changed it (data_version). */
+         * when it may differ: after a rollback or a failed commit (stale);
+         * when another process (the CLI) committed (data_version), it
+         * reads only what that added. */
         Sched *mem;
         bool mem_stale;
         int64_t data_version;
         uint64_t data_version_usec;     /* when last checked */
+        /* What memory has read of the two tables another process adds to:
+         * a new data_version reads only the rows past these. */
+        int64_t mem_task_rowid, mem_cancel_rowid;
+        PoolStoreMemStats mem_stats;
         /* Statements compiled once, keyed by their SQL text's address
          * (every statement here is a string literal). Compiling the lease
          * query cost more than running it. */
@@ -102,7 +107,10 @@ static const char schema[] =
         " verdict TEXT NOT NULL DEFAULT 'pending',"     /* pending agree disagree */
         " accepted INTEGER NOT NULL DEFAULT 0,"         /* one of the quorum that decided the task */
         " PRIMARY KEY(task_id, worker));"
-        "CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);";
+        "CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+        /* Every cancel, in order: a running server learns of the CLI's
+         * cancels from the rows past the last one it read. */
+        "CREATE TABLE IF NOT EXISTS cancels(task_id TEXT NOT NULL);";
 
 /* A lease counts while it is live or answered; a lapsed one counts for
  * nothing, which is how a vanished worker's task goes out again. */
@@ -427,37 +435,67 @@ static int lease_state_code(const char *st)
         return !strcmp(st, "active") ? SCHED_ACTIVE : !strcmp(st, "done") ? SCHED_DONE : SCHED_RELEASED;
 }
 
+#define TASK_COLUMNS \
+        "rowid, id, spec, signature, replicas, quorum, wanted, need_arch, need_cores, need_memory, need_gpu," \
+        " deadline_usec, state = 'pending'"
+
+/* A row of TASK_COLUMNS into memory, if it is pending. */
+static int mem_add_row(Sched *m, sqlite3_stmt *t)
+{
+        if (sqlite3_column_bytes(t, 3) != LINK_SIG_BYTES || !sqlite3_column_int(t, 12))
+                return 0;
+        SchedTaskNew n = {
+                .rowid = sqlite3_column_int64(t, 0),
+                .id = (const char *) sqlite3_column_text(t, 1),
+                .spec = sqlite3_column_blob(t, 2),
+                .spec_len = (size_t) sqlite3_column_bytes(t, 2),
+                .signature = sqlite3_column_blob(t, 3),
+                .replicas = (unsigned) sqlite3_column_int(t, 4),
+                .quorum = (unsigned) sqlite3_column_int(t, 5),
+                .wanted = (unsigned) sqlite3_column_int(t, 6),
+                .need_arch = (const char *) sqlite3_column_text(t, 7),
+                .need_cores = (unsigned) sqlite3_column_int(t, 8),
+                .need_memory_bytes = (uint64_t) sqlite3_column_int64(t, 9),
+                .need_gpu = sqlite3_column_int(t, 10),
+                .deadline_usec = (uint64_t) sqlite3_column_int64(t, 11),
+        };
+        return sched_add(m, &n, NULL);
+}
+
+static int max_rowid(PoolStore *s, const char *sql, int64_t *ret)
+{
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        int r = prep(s, sql, &st);
+        if (r < 0)
+                return r;
+        if (sqlite3_step(st) != SQLITE_ROW)
+                return sql_err(s->db, sqlite3_errcode(s->db));
+        *ret = sqlite3_column_int64(st, 0);
+        return 0;
+}
+
+static const char SQL_TASKS_MAX[] = "SELECT coalesce(max(rowid), 0) FROM tasks",
+                  SQL_CANCELS_MAX[] = "SELECT coalesce(max(rowid), 0) FROM cancels";
+
 /* Build the memory state from the database: every pending task, its
  * leases and the hashes of the answers it has. */
 static int mem_load(PoolStore *s, uint64_t now)
 {
         _cleanup_stmt_ sqlite3_stmt *t = NULL, *l = NULL, *dv = NULL;
+        int64_t task_rowid = 0, cancel_rowid = 0;
         Sched *m = NULL;
         int r = sched_new(&m), rc;
         if (r < 0)
                 return r;
-        r = prep(s, "SELECT rowid, id, spec, signature, replicas, quorum, wanted, need_arch, need_cores, need_memory,"
-                    " need_gpu, deadline_usec FROM tasks WHERE state = 'pending' ORDER BY rowid", &t);
-        while (r >= 0 && (rc = sqlite3_step(t)) == SQLITE_ROW) {
-                if (sqlite3_column_bytes(t, 3) != LINK_SIG_BYTES)
-                        continue;
-                SchedTaskNew n = {
-                        .rowid = sqlite3_column_int64(t, 0),
-                        .id = (const char *) sqlite3_column_text(t, 1),
-                        .spec = sqlite3_column_blob(t, 2),
-                        .spec_len = (size_t) sqlite3_column_bytes(t, 2),
-                        .signature = sqlite3_column_blob(t, 3),
-                        .replicas = (unsigned) sqlite3_column_int(t, 4),
-                        .quorum = (unsigned) sqlite3_column_int(t, 5),
-                        .wanted = (unsigned) sqlite3_column_int(t, 6),
-                        .need_arch = (const char *) sqlite3_column_text(t, 7),
-                        .need_cores = (unsigned) sqlite3_column_int(t, 8),
-                        .need_memory_bytes = (uint64_t) sqlite3_column_int64(t, 9),
-                        .need_gpu = sqlite3_column_int(t, 10),
-                        .deadline_usec = (uint64_t) sqlite3_column_int64(t, 11),
-                };
-                r = sched_add(m, &n, NULL);
-        }
+        /* (Read in the caller's transaction: the maxima and the rows are
+         * one snapshot.) */
+        r = max_rowid(s, SQL_TASKS_MAX, &task_rowid);
+        if (r >= 0)
+                r = max_rowid(s, SQL_CANCELS_MAX, &cancel_rowid);
+        if (r >= 0)
+                r = prep(s, "SELECT " TASK_COLUMNS " FROM tasks WHERE state = 'pending' ORDER BY rowid", &t);
+        while (r >= 0 && (rc = sqlite3_step(t)) == SQLITE_ROW)
+                r = mem_add_row(m, t);
         if (r >= 0)
                 r = prep(s, "SELECT l.task_id, l.worker, l.expires_usec, CASE WHEN r.hash IS NULL THEN l.state"
                             " ELSE 'done' END, r.hash FROM leases l"
@@ -484,7 +522,67 @@ static int mem_load(PoolStore *s, uint64_t now)
         s->mem = m;
         s->mem_stale = false;
         s->data_version_usec = now;
+        s->mem_task_rowid = task_rowid;
+        s->mem_cancel_rowid = cancel_rowid;
+        s->mem_stats.full_loads++;
         return 0;
+}
+
+/* Another process committed: the CLI's submit adds tasks rows, its cancel
+ * a cancels row (the only writes it makes to a served database), so read
+ * just the rows past the last ones memory has, whatever the number of
+ * pending tasks. Our own inserts are among them too (-EEXIST: skipped). */
+static int mem_catch_up(PoolStore *s, int64_t data_version)
+{
+        _cleanup_stmt_ sqlite3_stmt *t = NULL, *c = NULL;
+        int64_t task_rowid = 0, cancel_rowid = 0;
+        uint64_t rows = 0;
+        int r = max_rowid(s, SQL_TASKS_MAX, &task_rowid), rc;
+        if (r >= 0)
+                r = max_rowid(s, SQL_CANCELS_MAX, &cancel_rowid);
+        /* Fewer rows than memory read: not appends; rebuild. */
+        if (r >= 0 && (task_rowid < s->mem_task_rowid || cancel_rowid < s->mem_cancel_rowid))
+                r = -ESTALE;
+        if (r >= 0)
+                r = prep(s, "SELECT " TASK_COLUMNS " FROM tasks WHERE rowid > ? AND rowid <= ? ORDER BY rowid", &t);
+        if (r >= 0) {
+                sqlite3_bind_int64(t, 1, s->mem_task_rowid);
+                sqlite3_bind_int64(t, 2, task_rowid);
+        }
+        while (r >= 0 && (rc = sqlite3_step(t)) == SQLITE_ROW) {
+                r = mem_add_row(s->mem, t);
+                if (r == -EEXIST)
+                        r = 0;
+                rows++;
+        }
+        if (r >= 0)
+                r = prep(s, "SELECT task_id FROM cancels WHERE rowid > ? AND rowid <= ?", &c);
+        if (r >= 0) {
+                sqlite3_bind_int64(c, 1, s->mem_cancel_rowid);
+                sqlite3_bind_int64(c, 2, cancel_rowid);
+        }
+        while (r >= 0 && (rc = sqlite3_step(c)) == SQLITE_ROW) {
+                SchedTask *task = sched_find(s->mem, (const char *) sqlite3_column_text(c, 0));
+                if (task)
+                        sched_remove(s->mem, task);
+                rows++;
+        }
+        if (r < 0)
+                return r;
+        s->mem_task_rowid = task_rowid;
+        s->mem_cancel_rowid = cancel_rowid;
+        s->data_version = data_version;
+        s->mem_stats.catch_ups++;
+        s->mem_stats.rows_caught_up += rows;
+        return 0;
+}
+
+void pool_store_mem_stats(PoolStore *s, PoolStoreMemStats *ret)
+{
+        pthread_mutex_lock(&s->lock);
+        *ret = s->mem_stats;
+        ret->tasks = s->mem ? sched_tasks(s->mem) : 0;
+        pthread_mutex_unlock(&s->lock);
 }
 
 /* The memory state, current, or NULL outside group mode (the SQL paths
@@ -499,9 +597,11 @@ static Sched *mem_get(PoolStore *s, uint64_t now)
         if (s->mem && !s->mem_stale) {
                 _cleanup_stmt_ sqlite3_stmt *dv = NULL;
                 s->data_version_usec = now;
-                if (prep(s, "PRAGMA data_version", &dv) >= 0 && sqlite3_step(dv) == SQLITE_ROW &&
-                    sqlite3_column_int64(dv, 0) == s->data_version)
-                        return s->mem;
+                if (prep(s, "PRAGMA data_version", &dv) >= 0 && sqlite3_step(dv) == SQLITE_ROW) {
+                        int64_t v = sqlite3_column_int64(dv, 0);
+                        if (v == s->data_version || mem_catch_up(s, v) >= 0)
+                                return s->mem;
+                }
         }
         /* Without a current memory state the SQL paths still serve. */
         return mem_load(s, now) >= 0 ? s->mem : NULL;
@@ -559,6 +659,8 @@ static int change(PoolStore *s, sqlite3_stmt *st)
         return r < 0 ? r : sqlite3_changes(s->db);
 }
 
+static int simple(PoolStore *s, const char *sql, const char *text, const uint8_t *key, uint64_t now);
+
 static int task_state(PoolStore *s, const char *id, char *buf, size_t size)
 {
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
@@ -589,6 +691,8 @@ int pool_store_cancel(PoolStore *s, const char *id, uint64_t now)
                 sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
                 r = change(s, st);
         }
+        if (r >= 0)
+                r = simple(s, "INSERT INTO cancels(task_id) VALUES(:id)", id, NULL, now);
         Sched *m = r >= 0 ? mem_get(s, now) : NULL;
         SchedTask *task = m ? sched_find(m, id) : NULL;
         if (task)

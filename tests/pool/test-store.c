@@ -345,7 +345,12 @@ static void test_memory(void **state)
         assert_int_equal(worker_field(wa, "cpu_usec", T0), cpu0 + 100);
         assert_true(worker_field(wa, "last_seen_usec", T0) >= (json_int_t) t);
 
-        /* Another process submits and cancels: seen within 100 ms. */
+        /* Another process submits and cancels: seen within 100 ms, by
+         * reading just its two rows (the task, the cancel), not by
+         * rebuilding memory. */
+        PoolStoreMemStats ms0, ms1;
+        pool_store_mem_stats(s, &ms0);
+        assert_true(ms0.full_loads >= 1);
         assert_int_equal(pool_store_open(db, false, &cli), 0);
         uint8_t sig[64] = { 1 };
         PoolTaskNew n = { .id = "m3", .kind = HLINK__KIND__KIND_EXEC, .spec = "spec", .spec_len = 4,
@@ -357,6 +362,11 @@ static void test_memory(void **state)
         assert_true(leases_task(wb, t, "m3"));
         assert_false(leases_task(wc, t, "m2"));
         assert_int_equal(pool_store_commit(s), 0);
+        pool_store_mem_stats(s, &ms1);
+        assert_int_equal(ms1.full_loads, ms0.full_loads);
+        assert_int_equal(ms1.catch_ups, ms0.catch_ups + 1);
+        assert_int_equal(ms1.rows_caught_up - ms0.rows_caught_up, 2);
+        assert_int_equal(ms1.tasks, 1);                                 /* m3; m2 cancelled */
 
         /* Restarted (kill -9 alike: nothing flushed but the commits): B's
          * live lease on m3 holds, and lapses as before. */
