@@ -93,7 +93,9 @@ static const char schema[] =
         " issued_usec INTEGER NOT NULL,"
         " expires_usec INTEGER NOT NULL,"
         " state TEXT NOT NULL,"                         /* active done released */
-        " PRIMARY KEY(task_id, worker));"
+        /* Without a rowid: one b-tree, keyed as it is looked up, so a
+         * lease is one insert instead of two (table and key index). */
+        " PRIMARY KEY(task_id, worker)) WITHOUT ROWID;"
         "CREATE TABLE IF NOT EXISTS results("
         " task_id TEXT NOT NULL,"
         " worker BLOB NOT NULL,"
