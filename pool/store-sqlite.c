@@ -486,7 +486,7 @@ static int mem_load(PoolStore *s, uint64_t now)
         _cleanup_stmt_ sqlite3_stmt *t = NULL, *l = NULL, *dv = NULL;
         int64_t task_rowid = 0, cancel_rowid = 0;
         Sched *m = NULL;
-        int r = sched_new(&m), rc;
+        int r = sched_new(&m), rc = SQLITE_DONE;
         if (r < 0)
                 return r;
         /* (Read in the caller's transaction: the maxima and the rows are
@@ -498,6 +498,8 @@ static int mem_load(PoolStore *s, uint64_t now)
                 r = prep(s, "SELECT " TASK_COLUMNS " FROM tasks WHERE state = 'pending' ORDER BY rowid", &t);
         while (r >= 0 && (rc = sqlite3_step(t)) == SQLITE_ROW)
                 r = mem_add_row(m, t);
+        if (r >= 0 && rc != SQLITE_DONE)
+                r = sql_err(s->db, rc);         /* a partial memory would hide tasks */
         if (r >= 0)
                 r = prep(s, "SELECT l.task_id, l.worker, l.expires_usec, CASE WHEN r.hash IS NULL THEN l.state"
                             " ELSE 'done' END, r.hash FROM leases l"
@@ -539,7 +541,7 @@ static int mem_catch_up(PoolStore *s, int64_t data_version)
         _cleanup_stmt_ sqlite3_stmt *t = NULL, *c = NULL;
         int64_t task_rowid = 0, cancel_rowid = 0;
         uint64_t rows = 0;
-        int r = max_rowid(s, SQL_TASKS_MAX, &task_rowid), rc;
+        int r = max_rowid(s, SQL_TASKS_MAX, &task_rowid), rc = SQLITE_DONE;
         if (r >= 0)
                 r = max_rowid(s, SQL_CANCELS_MAX, &cancel_rowid);
         /* Fewer rows than memory read: not appends; rebuild. */
@@ -557,6 +559,10 @@ static int mem_catch_up(PoolStore *s, int64_t data_version)
                         r = 0;
                 rows++;
         }
+        /* A row missed here would be missed for good: a failed step is a
+         * failed catch-up (and a rebuild). */
+        if (r >= 0 && rc != SQLITE_DONE)
+                r = sql_err(s->db, rc);
         if (r >= 0)
                 r = prep(s, "SELECT task_id FROM cancels WHERE rowid > ? AND rowid <= ?", &c);
         if (r >= 0) {
@@ -569,6 +575,8 @@ static int mem_catch_up(PoolStore *s, int64_t data_version)
                         sched_remove(s->mem, task);
                 rows++;
         }
+        if (r >= 0 && rc != SQLITE_DONE)
+                r = sql_err(s->db, rc);
         if (r < 0)
                 return r;
         s->mem_task_rowid = task_rowid;
