@@ -27,12 +27,17 @@ struct PoolStore {
         int wal_fd;                     /* group mode: the -wal file, synced outside the lock */
         /* Group mode: pending tasks and their leases in memory (pool/sched.h),
          * so leases and results need no SELECT. Rebuilt from the database
-         * when it may differ: after a rollback or a failed commit (stale),
-         * or when another process (the CLI) changed it (data_version). */
+         * when it may differ: after a rollback or a failed commit (stale);
+         * when another process (the CLI) committed (data_version), it
+         * reads only what that added. */
         Sched *mem;
         bool mem_stale;
         int64_t data_version;
         uint64_t data_version_usec;     /* when last checked */
+        /* What memory has read of the two tables another process adds to:
+         * a new data_version reads only the rows past these. */
+        int64_t mem_task_rowid, mem_cancel_rowid;
+        PoolStoreMemStats mem_stats;
         /* Statements compiled once, keyed by their SQL text's address
          * (every statement here is a string literal). Compiling the lease
          * query cost more than running it. */
@@ -77,6 +82,7 @@ static const char schema[] =
         " first_seen_usec INTEGER NOT NULL,"
         " last_seen_usec INTEGER NOT NULL,"
         " last_seq INTEGER NOT NULL DEFAULT 0,"
+        /* Unused since the listing sums results (kept: old databases have them). */
         " results INTEGER NOT NULL DEFAULT 0,"
         " agreed INTEGER NOT NULL DEFAULT 0,"
         " disagreed INTEGER NOT NULL DEFAULT 0,"
@@ -87,7 +93,9 @@ static const char schema[] =
         " issued_usec INTEGER NOT NULL,"
         " expires_usec INTEGER NOT NULL,"
         " state TEXT NOT NULL,"                         /* active done released */
-        " PRIMARY KEY(task_id, worker));"
+        /* Without a rowid: one b-tree, keyed as it is looked up, so a
+         * lease is one insert instead of two (table and key index). */
+        " PRIMARY KEY(task_id, worker)) WITHOUT ROWID;"
         "CREATE TABLE IF NOT EXISTS results("
         " task_id TEXT NOT NULL,"
         " worker BLOB NOT NULL,"
@@ -101,26 +109,34 @@ static const char schema[] =
         " verdict TEXT NOT NULL DEFAULT 'pending',"     /* pending agree disagree */
         " accepted INTEGER NOT NULL DEFAULT 0,"         /* one of the quorum that decided the task */
         " PRIMARY KEY(task_id, worker));"
-        "CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);";
+        "CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+        /* Every cancel, in order: a running server learns of the CLI's
+         * cancels from the rows past the last one it read. */
+        "CREATE TABLE IF NOT EXISTS cancels(task_id TEXT NOT NULL);";
 
 /* A lease counts while it is live or answered; a lapsed one counts for
  * nothing, which is how a vanished worker's task goes out again. */
-#define LIVE "(l.state = 'done' OR (l.state = 'active' AND l.expires_usec > :now))"
+/* The server does not mark a lease done when its result comes: the result
+ * row says so (one write a result, not two), so an answered lease is one
+ * with a result, whatever its state column says. */
+#define ANSWERED "EXISTS (SELECT 1 FROM results r WHERE r.task_id = l.task_id AND r.worker = l.worker)"
+#define LIVE "(l.state = 'done' OR (l.state = 'active' AND (l.expires_usec > :now OR " ANSWERED ")))"
 
 /* Recompute tasks.full_until_usec from the task's leases. */
 #define REFRESH_FULL_UNTIL \
         "UPDATE tasks SET full_until_usec = CASE" \
         " WHEN (SELECT count(*) FROM leases l WHERE l.task_id = tasks.id AND " LIVE ") < tasks.wanted THEN 0" \
         " ELSE coalesce((SELECT min(l.expires_usec) FROM leases l WHERE l.task_id = tasks.id" \
-        " AND l.state = 'active' AND l.expires_usec > :now), 9223372036854775807) END"
+        " AND l.state = 'active' AND l.expires_usec > :now AND NOT " ANSWERED "), 9223372036854775807) END"
 
 /* The same for every task at once, with the clock read by SQLite. */
-#define LIVE_NOW "(l.state = 'done' OR (l.state = 'active' AND l.expires_usec > CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)))"
+#define LIVE_NOW "(l.state = 'done' OR (l.state = 'active' AND (l.expires_usec > CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER) OR " ANSWERED ")))"
 #define REFRESH_FULL_UNTIL_NOW \
         "UPDATE tasks SET full_until_usec = CASE" \
         " WHEN (SELECT count(*) FROM leases l WHERE l.task_id = tasks.id AND " LIVE_NOW ") < tasks.wanted THEN 0" \
         " ELSE coalesce((SELECT min(l.expires_usec) FROM leases l WHERE l.task_id = tasks.id" \
-        " AND l.state = 'active' AND l.expires_usec > CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER))," \
+        " AND l.state = 'active' AND l.expires_usec > CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)" \
+        " AND NOT " ANSWERED ")," \
         " 9223372036854775807) END"
 
 /* What a lease query asks of a task besides being free: matching, and not
@@ -421,39 +437,72 @@ static int lease_state_code(const char *st)
         return !strcmp(st, "active") ? SCHED_ACTIVE : !strcmp(st, "done") ? SCHED_DONE : SCHED_RELEASED;
 }
 
+#define TASK_COLUMNS \
+        "rowid, id, spec, signature, replicas, quorum, wanted, need_arch, need_cores, need_memory, need_gpu," \
+        " deadline_usec, state = 'pending'"
+
+/* A row of TASK_COLUMNS into memory, if it is pending. */
+static int mem_add_row(Sched *m, sqlite3_stmt *t)
+{
+        if (sqlite3_column_bytes(t, 3) != LINK_SIG_BYTES || !sqlite3_column_int(t, 12))
+                return 0;
+        SchedTaskNew n = {
+                .rowid = sqlite3_column_int64(t, 0),
+                .id = (const char *) sqlite3_column_text(t, 1),
+                .spec = sqlite3_column_blob(t, 2),
+                .spec_len = (size_t) sqlite3_column_bytes(t, 2),
+                .signature = sqlite3_column_blob(t, 3),
+                .replicas = (unsigned) sqlite3_column_int(t, 4),
+                .quorum = (unsigned) sqlite3_column_int(t, 5),
+                .wanted = (unsigned) sqlite3_column_int(t, 6),
+                .need_arch = (const char *) sqlite3_column_text(t, 7),
+                .need_cores = (unsigned) sqlite3_column_int(t, 8),
+                .need_memory_bytes = (uint64_t) sqlite3_column_int64(t, 9),
+                .need_gpu = sqlite3_column_int(t, 10),
+                .deadline_usec = (uint64_t) sqlite3_column_int64(t, 11),
+        };
+        return sched_add(m, &n, NULL);
+}
+
+static int max_rowid(PoolStore *s, const char *sql, int64_t *ret)
+{
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        int r = prep(s, sql, &st);
+        if (r < 0)
+                return r;
+        if (sqlite3_step(st) != SQLITE_ROW)
+                return sql_err(s->db, sqlite3_errcode(s->db));
+        *ret = sqlite3_column_int64(st, 0);
+        return 0;
+}
+
+static const char SQL_TASKS_MAX[] = "SELECT coalesce(max(rowid), 0) FROM tasks",
+                  SQL_CANCELS_MAX[] = "SELECT coalesce(max(rowid), 0) FROM cancels";
+
 /* Build the memory state from the database: every pending task, its
  * leases and the hashes of the answers it has. */
 static int mem_load(PoolStore *s, uint64_t now)
 {
         _cleanup_stmt_ sqlite3_stmt *t = NULL, *l = NULL, *dv = NULL;
+        int64_t task_rowid = 0, cancel_rowid = 0;
         Sched *m = NULL;
-        int r = sched_new(&m), rc;
+        int r = sched_new(&m), rc = SQLITE_DONE;
         if (r < 0)
                 return r;
-        r = prep(s, "SELECT rowid, id, spec, signature, replicas, quorum, wanted, need_arch, need_cores, need_memory,"
-                    " need_gpu, deadline_usec FROM tasks WHERE state = 'pending' ORDER BY rowid", &t);
-        while (r >= 0 && (rc = sqlite3_step(t)) == SQLITE_ROW) {
-                if (sqlite3_column_bytes(t, 3) != LINK_SIG_BYTES)
-                        continue;
-                SchedTaskNew n = {
-                        .rowid = sqlite3_column_int64(t, 0),
-                        .id = (const char *) sqlite3_column_text(t, 1),
-                        .spec = sqlite3_column_blob(t, 2),
-                        .spec_len = (size_t) sqlite3_column_bytes(t, 2),
-                        .signature = sqlite3_column_blob(t, 3),
-                        .replicas = (unsigned) sqlite3_column_int(t, 4),
-                        .quorum = (unsigned) sqlite3_column_int(t, 5),
-                        .wanted = (unsigned) sqlite3_column_int(t, 6),
-                        .need_arch = (const char *) sqlite3_column_text(t, 7),
-                        .need_cores = (unsigned) sqlite3_column_int(t, 8),
-                        .need_memory_bytes = (uint64_t) sqlite3_column_int64(t, 9),
-                        .need_gpu = sqlite3_column_int(t, 10),
-                        .deadline_usec = (uint64_t) sqlite3_column_int64(t, 11),
-                };
-                r = sched_add(m, &n, NULL);
-        }
+        /* (Read in the caller's transaction: the maxima and the rows are
+         * one snapshot.) */
+        r = max_rowid(s, SQL_TASKS_MAX, &task_rowid);
         if (r >= 0)
-                r = prep(s, "SELECT l.task_id, l.worker, l.expires_usec, l.state, r.hash FROM leases l"
+                r = max_rowid(s, SQL_CANCELS_MAX, &cancel_rowid);
+        if (r >= 0)
+                r = prep(s, "SELECT " TASK_COLUMNS " FROM tasks WHERE state = 'pending' ORDER BY rowid", &t);
+        while (r >= 0 && (rc = sqlite3_step(t)) == SQLITE_ROW)
+                r = mem_add_row(m, t);
+        if (r >= 0 && rc != SQLITE_DONE)
+                r = sql_err(s->db, rc);         /* a partial memory would hide tasks */
+        if (r >= 0)
+                r = prep(s, "SELECT l.task_id, l.worker, l.expires_usec, CASE WHEN r.hash IS NULL THEN l.state"
+                            " ELSE 'done' END, r.hash FROM leases l"
                             " JOIN tasks t ON t.id = l.task_id LEFT JOIN results r ON r.task_id = l.task_id"
                             " AND r.worker = l.worker WHERE t.state = 'pending'", &l);
         while (r >= 0 && (rc = sqlite3_step(l)) == SQLITE_ROW) {
@@ -477,7 +526,73 @@ static int mem_load(PoolStore *s, uint64_t now)
         s->mem = m;
         s->mem_stale = false;
         s->data_version_usec = now;
+        s->mem_task_rowid = task_rowid;
+        s->mem_cancel_rowid = cancel_rowid;
+        s->mem_stats.full_loads++;
         return 0;
+}
+
+/* Another process committed: the CLI's submit adds tasks rows, its cancel
+ * a cancels row (the only writes it makes to a served database), so read
+ * just the rows past the last ones memory has, whatever the number of
+ * pending tasks. Our own inserts are among them too (-EEXIST: skipped). */
+static int mem_catch_up(PoolStore *s, int64_t data_version)
+{
+        _cleanup_stmt_ sqlite3_stmt *t = NULL, *c = NULL;
+        int64_t task_rowid = 0, cancel_rowid = 0;
+        uint64_t rows = 0;
+        int r = max_rowid(s, SQL_TASKS_MAX, &task_rowid), rc = SQLITE_DONE;
+        if (r >= 0)
+                r = max_rowid(s, SQL_CANCELS_MAX, &cancel_rowid);
+        /* Fewer rows than memory read: not appends; rebuild. */
+        if (r >= 0 && (task_rowid < s->mem_task_rowid || cancel_rowid < s->mem_cancel_rowid))
+                r = -ESTALE;
+        if (r >= 0)
+                r = prep(s, "SELECT " TASK_COLUMNS " FROM tasks WHERE rowid > ? AND rowid <= ? ORDER BY rowid", &t);
+        if (r >= 0) {
+                sqlite3_bind_int64(t, 1, s->mem_task_rowid);
+                sqlite3_bind_int64(t, 2, task_rowid);
+        }
+        while (r >= 0 && (rc = sqlite3_step(t)) == SQLITE_ROW) {
+                r = mem_add_row(s->mem, t);
+                if (r == -EEXIST)
+                        r = 0;
+                rows++;
+        }
+        /* A row missed here would be missed for good: a failed step is a
+         * failed catch-up (and a rebuild). */
+        if (r >= 0 && rc != SQLITE_DONE)
+                r = sql_err(s->db, rc);
+        if (r >= 0)
+                r = prep(s, "SELECT task_id FROM cancels WHERE rowid > ? AND rowid <= ?", &c);
+        if (r >= 0) {
+                sqlite3_bind_int64(c, 1, s->mem_cancel_rowid);
+                sqlite3_bind_int64(c, 2, cancel_rowid);
+        }
+        while (r >= 0 && (rc = sqlite3_step(c)) == SQLITE_ROW) {
+                SchedTask *task = sched_find(s->mem, (const char *) sqlite3_column_text(c, 0));
+                if (task)
+                        sched_remove(s->mem, task);
+                rows++;
+        }
+        if (r >= 0 && rc != SQLITE_DONE)
+                r = sql_err(s->db, rc);
+        if (r < 0)
+                return r;
+        s->mem_task_rowid = task_rowid;
+        s->mem_cancel_rowid = cancel_rowid;
+        s->data_version = data_version;
+        s->mem_stats.catch_ups++;
+        s->mem_stats.rows_caught_up += rows;
+        return 0;
+}
+
+void pool_store_mem_stats(PoolStore *s, PoolStoreMemStats *ret)
+{
+        pthread_mutex_lock(&s->lock);
+        *ret = s->mem_stats;
+        ret->tasks = s->mem ? sched_tasks(s->mem) : 0;
+        pthread_mutex_unlock(&s->lock);
 }
 
 /* The memory state, current, or NULL outside group mode (the SQL paths
@@ -492,9 +607,11 @@ static Sched *mem_get(PoolStore *s, uint64_t now)
         if (s->mem && !s->mem_stale) {
                 _cleanup_stmt_ sqlite3_stmt *dv = NULL;
                 s->data_version_usec = now;
-                if (prep(s, "PRAGMA data_version", &dv) >= 0 && sqlite3_step(dv) == SQLITE_ROW &&
-                    sqlite3_column_int64(dv, 0) == s->data_version)
-                        return s->mem;
+                if (prep(s, "PRAGMA data_version", &dv) >= 0 && sqlite3_step(dv) == SQLITE_ROW) {
+                        int64_t v = sqlite3_column_int64(dv, 0);
+                        if (v == s->data_version || mem_catch_up(s, v) >= 0)
+                                return s->mem;
+                }
         }
         /* Without a current memory state the SQL paths still serve. */
         return mem_load(s, now) >= 0 ? s->mem : NULL;
@@ -552,6 +669,8 @@ static int change(PoolStore *s, sqlite3_stmt *st)
         return r < 0 ? r : sqlite3_changes(s->db);
 }
 
+static int simple(PoolStore *s, const char *sql, const char *text, const uint8_t *key, uint64_t now);
+
 static int task_state(PoolStore *s, const char *id, char *buf, size_t size)
 {
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
@@ -582,6 +701,8 @@ int pool_store_cancel(PoolStore *s, const char *id, uint64_t now)
                 sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
                 r = change(s, st);
         }
+        if (r >= 0)
+                r = simple(s, "INSERT INTO cancels(task_id) VALUES(:id)", id, NULL, now);
         Sched *m = r >= 0 ? mem_get(s, now) : NULL;
         SchedTask *task = m ? sched_find(m, id) : NULL;
         if (task)
@@ -938,7 +1059,8 @@ int pool_store_renew(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], const char
         if (r >= 0 && strcmp(state, "pending"))
                 r = -EALREADY;
         if (r >= 0)
-                r = prep(s, "SELECT expires_usec FROM leases WHERE task_id = ? AND worker = ? AND state = 'active'", &st);
+                r = prep(s, "SELECT expires_usec FROM leases l WHERE task_id = ? AND worker = ? AND state = 'active'"
+                            " AND NOT " ANSWERED, &st);
         if (r >= 0) {
                 sqlite3_bind_text(st, 1, task_id, -1, SQLITE_STATIC);
                 sqlite3_bind_blob(st, 2, key, LINK_KEY_BYTES, SQLITE_STATIC);
@@ -982,21 +1104,12 @@ static int simple(PoolStore *s, const char *sql, const char *text, const uint8_t
         return change(s, st);
 }
 
-/* TASK_ID was decided on BEST: record who agreed and who did not, on the
- * results and on the workers. */
+/* TASK_ID was decided on BEST: record who agreed and who did not (the
+ * workers listing counts these verdicts). */
 static int mark_verdicts(PoolStore *s, const char *task_id, const uint8_t *best)
 {
-        _cleanup_stmt_ sqlite3_stmt *w = NULL, *res = NULL;
-        int r = prep(s, "UPDATE workers SET agreed = agreed + (r.hash = ?2), disagreed = disagreed + (r.hash != ?2)"
-                        " FROM results r WHERE r.task_id = ?1 AND r.verdict = 'pending' AND r.worker = workers.key", &w);
-        if (r < 0)
-                return r;
-        sqlite3_bind_text(w, 1, task_id, -1, SQLITE_STATIC);
-        sqlite3_bind_blob(w, 2, best, LINK_HASH_BYTES, SQLITE_STATIC);
-        r = step_done(w);
-        if (r < 0)
-                return r;
-        r = prep(s, "UPDATE results SET verdict = CASE WHEN hash = ?2 THEN 'agree' ELSE 'disagree' END,"
+        _cleanup_stmt_ sqlite3_stmt *res = NULL;
+        int r = prep(s, "UPDATE results SET verdict = CASE WHEN hash = ?2 THEN 'agree' ELSE 'disagree' END,"
                     " accepted = (hash = ?2) WHERE task_id = ?1 AND verdict = 'pending'", &res);
         if (r < 0)
                 return r;
@@ -1067,7 +1180,7 @@ static int add_result_mem(PoolStore *s, Sched *m, SchedTask *t, const uint8_t *k
                           const uint8_t *hash, const void *raw, size_t raw_len, const uint8_t *signature,
                           uint64_t now, bool *ret_accepted, const char **ret_reason)
 {
-        _cleanup_stmt_ sqlite3_stmt *ins = NULL, *w = NULL, *acc = NULL;
+        _cleanup_stmt_ sqlite3_stmt *ins = NULL, *acc = NULL;
         uint8_t best[LINK_HASH_BYTES];
         int st = sched_lease_state(t, key, NULL), r;
 
@@ -1103,18 +1216,9 @@ static int add_result_mem(PoolStore *s, Sched *m, SchedTask *t, const uint8_t *k
                 sqlite3_bind_int(ins, 11, alone);
                 r = step_done(ins);
         }
-        if (r >= 0)
-                r = simple(s, "UPDATE leases SET state = 'done' WHERE task_id = :id AND worker = :key", b->task_id, key, now);
-        if (r >= 0)
-                r = prep(s, "UPDATE workers SET results = results + 1, cpu_usec = cpu_usec + ?, last_seen_usec = ?,"
-                            " agreed = agreed + ? WHERE key = ?", &w);
-        if (r >= 0) {
-                sqlite3_bind_int64(w, 1, (sqlite3_int64) b->cpu_usec);
-                sqlite3_bind_int64(w, 2, (sqlite3_int64) now);
-                sqlite3_bind_int(w, 3, alone);
-                sqlite3_bind_blob(w, 4, key, LINK_KEY_BYTES, SQLITE_STATIC);
-                r = step_done(w);
-        }
+        /* That row is the whole record: it marks the lease answered
+         * (ANSWERED) and counts for the worker (its listing sums results);
+         * neither the lease nor the worker's row is written. */
         switch (r < 0 ? -1 : verdict) {
         case SCHED_ACCEPT:
                 r = prep(s, "UPDATE tasks SET state = 'done', finished_usec = ?, accepted_hash = ? WHERE id = ?", &acc);
@@ -1169,7 +1273,8 @@ int pool_store_add_result(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], const
          * the database decides. */
         r = task_state(s, b->task_id, state, sizeof(state));
         if (r >= 0)
-                r = prep(s, "SELECT state FROM leases WHERE task_id = ? AND worker = ?", &l);
+                r = prep(s, "SELECT CASE WHEN " ANSWERED " THEN 'done' ELSE state END FROM leases l"
+                            " WHERE task_id = ? AND worker = ?", &l);
         if (r >= 0) {
                 sqlite3_bind_text(l, 1, b->task_id, -1, SQLITE_STATIC);
                 sqlite3_bind_blob(l, 2, key, LINK_KEY_BYTES, SQLITE_STATIC);
@@ -1218,25 +1323,12 @@ int pool_store_add_result(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], const
                         agree = sqlite3_column_int(h, 0) == 1;
                 sqlite3_bind_text(ins, 10, agree ? "agree" : "disagree", -1, SQLITE_STATIC);
                 r = step_done(ins);
-                if (r >= 0)
-                        r = simple(s, agree ? "UPDATE workers SET agreed = agreed + 1 WHERE key = :key"
-                                            : "UPDATE workers SET disagreed = disagreed + 1 WHERE key = :key",
-                                   NULL, key, now);
         } else {
                 sqlite3_bind_text(ins, 10, "pending", -1, SQLITE_STATIC);
                 r = step_done(ins);
         }
         if (r >= 0)
                 r = simple(s, "UPDATE leases SET state = 'done' WHERE task_id = :id AND worker = :key", b->task_id, key, now);
-        if (r >= 0) {
-                _cleanup_stmt_ sqlite3_stmt *w = NULL;
-                r = prep(s, "UPDATE workers SET results = results + 1, cpu_usec = cpu_usec + ? WHERE key = ?", &w);
-                if (r >= 0) {
-                        sqlite3_bind_int64(w, 1, (sqlite3_int64) b->cpu_usec);
-                        sqlite3_bind_blob(w, 2, key, LINK_KEY_BYTES, SQLITE_STATIC);
-                        r = step_done(w);
-                }
-        }
         if (r >= 0 && !strcmp(state, "pending"))
                 r = judge(s, b->task_id, now);
         if (r >= 0)
@@ -1262,8 +1354,8 @@ int pool_store_release(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], uint64_t
         if (m) {
                 _cleanup_stmt_ sqlite3_stmt *st = NULL;
                 int n = 0, rc;
-                r = prep(s, "UPDATE leases SET state = 'released' WHERE worker = ? AND state = 'active'"
-                            " AND expires_usec > ? RETURNING task_id", &st);
+                r = prep(s, "UPDATE leases AS l SET state = 'released' WHERE worker = ? AND state = 'active'"
+                            " AND expires_usec > ? AND NOT " ANSWERED " RETURNING task_id", &st);
                 if (r >= 0) {
                         sqlite3_bind_blob(st, 1, key, LINK_KEY_BYTES, SQLITE_STATIC);
                         sqlite3_bind_int64(st, 2, (sqlite3_int64) now);
@@ -1280,8 +1372,8 @@ int pool_store_release(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], uint64_t
                 }
                 return end(s, r < 0 ? r : n);
         }
-        r = simple(s, "UPDATE leases SET state = 'released' WHERE worker = :key AND state = 'active'"
-                      " AND expires_usec > :now", NULL, key, now);
+        r = simple(s, "UPDATE leases AS l SET state = 'released' WHERE worker = :key AND state = 'active'"
+                      " AND expires_usec > :now AND NOT " ANSWERED, NULL, key, now);
         if (r > 0) {
                 int k = simple(s, REFRESH_FULL_UNTIL " WHERE state = 'pending' AND id IN"
                                   " (SELECT task_id FROM leases WHERE worker = :key AND state = 'released')", NULL, key, now);
@@ -1393,7 +1485,8 @@ int pool_store_tasks_json(PoolStore *s, uint64_t now, json_t **ret)
 {
         return list(s,
                     "SELECT t.id, t.kind, t.state, t.replicas, t.quorum, t.wanted,"
-                    " (SELECT count(*) FROM leases l WHERE l.task_id = t.id AND l.state = 'active' AND l.expires_usec > :now),"
+                    " (SELECT count(*) FROM leases l WHERE l.task_id = t.id AND l.state = 'active' AND l.expires_usec > :now"
+                    " AND NOT " ANSWERED "),"
                     " (SELECT count(*) FROM results r WHERE r.task_id = t.id),"
                     " t.submitted_usec, coalesce(t.finished_usec, 0), t.accepted_hash FROM tasks t ORDER BY t.rowid",
                     NULL, now, task_row, NULL, ret);
@@ -1490,10 +1583,16 @@ static json_t *worker_row(sqlite3_stmt *st, void *ud)
 int pool_store_workers_json(PoolStore *s, uint64_t now, json_t **ret)
 {
         return list(s,
+                    /* A worker's figures come from its results, not from
+                     * counters the server would have to write on each. */
                     "SELECT w.key, w.arch, w.cores, w.memory, w.devices, w.cpu_budget_ppm, w.agent, w.first_seen_usec,"
-                    " w.last_seen_usec, w.results, w.agreed, w.disagreed, w.cpu_usec,"
-                    " (SELECT count(*) FROM leases l WHERE l.worker = w.key AND l.state = 'active' AND l.expires_usec > :now)"
-                    " FROM workers w ORDER BY w.first_seen_usec",
+                    " max(w.last_seen_usec, coalesce(r.last, 0)), coalesce(r.n, 0), coalesce(r.agreed, 0),"
+                    " coalesce(r.disagreed, 0), coalesce(r.cpu, 0),"
+                    " (SELECT count(*) FROM leases l WHERE l.worker = w.key AND l.state = 'active' AND l.expires_usec > :now"
+                    " AND NOT " ANSWERED ")"
+                    " FROM workers w LEFT JOIN (SELECT worker, count(*) AS n, sum(verdict = 'agree') AS agreed,"
+                    " sum(verdict = 'disagree') AS disagreed, sum(cpu_usec) AS cpu, max(received_usec) AS last"
+                    " FROM results GROUP BY worker) r ON r.worker = w.key ORDER BY w.first_seen_usec",
                     NULL, now, worker_row, NULL, ret);
 }
 
@@ -1512,6 +1611,7 @@ int pool_store_status_json(PoolStore *s, uint64_t now, json_t **ret)
                 r = list(s,
                          "SELECT 'workers', count(*) FROM workers UNION ALL"
                          " SELECT 'leases_active', count(*) FROM leases l WHERE l.state = 'active' AND l.expires_usec > :now"
+                         " AND NOT " ANSWERED
                          " UNION ALL SELECT 'results', count(*) FROM results UNION ALL"
                          " SELECT 'results_disagreeing', count(*) FROM results WHERE verdict = 'disagree' UNION ALL"
                          " SELECT 'cpu_usec', coalesce(sum(cpu_usec), 0) FROM results",

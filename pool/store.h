@@ -12,8 +12,9 @@
  * answers nobody before that. In group mode the store also keeps the
  * pending tasks, their leases and answers in memory (pool/sched.h), so a
  * lease or a result is chosen and judged without a SELECT and the database
- * is only written; memory is rebuilt from the database at start, after a
- * rollback or a failed commit, and when another process changed it. Calls are safe from several
+ * is only written; memory is built from the database at start and after a
+ * rollback or a failed commit, and reads only the rows another process
+ * added (submitted tasks, cancels) when it committed. Calls are safe from several
  * threads (one lock per store) and several processes (the CLI beside a
  * running server). Times are CLOCK_REALTIME µs passed in by the caller.
  */
@@ -66,6 +67,19 @@ int pool_store_end(PoolStore *s, int r);
  * OFF commits what is open. */
 int pool_store_set_group(PoolStore *s, bool on);
 int pool_store_commit(PoolStore *s);
+
+/* Group mode's memory state: how often it was built from the whole
+ * database (at start, after a rollback or a failed commit), how often it
+ * caught up with another process's commits (the CLI's submit and cancel)
+ * by reading only the rows they added, how many rows that read, and how
+ * many pending tasks it holds. */
+typedef struct PoolStoreMemStats {
+        uint64_t full_loads;
+        uint64_t catch_ups;
+        uint64_t rows_caught_up;
+        size_t tasks;
+} PoolStoreMemStats;
+void pool_store_mem_stats(PoolStore *s, PoolStoreMemStats *ret);
 
 /* Store a new task. -EEXIST if the id is taken. */
 int pool_store_add_task(PoolStore *s, const PoolTaskNew *t, uint64_t now_usec);

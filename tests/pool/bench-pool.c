@@ -25,6 +25,7 @@
  * Prints one line per worker count:
  *   workers W: N round-trips/s (...)
  * usage: bench-pool [--client] [SECONDS_PER_LEVEL] [LEVELS...]
+ *        bench-pool --store [ROUND_TRIPS] [ROUND_TRIPS_A_COMMIT]
  */
 #include <errno.h>
 #include <signal.h>
@@ -117,6 +118,8 @@ static int submit_tasks(PoolStore *store, const LinkIdentity *pool, unsigned fro
 /* Serve, and answer the parent's commands on FD, one line each:
  *   submit N   -> "ok" once N more tasks are stored
  *   stats      -> "REQUESTS ERRORS COMMITS RSS_KIB CPU_USEC" */
+static unsigned contexts = 256;
+
 static int pool_main(int fd, const char *dir, const char *url, const LinkIdentity *pool)
 {
         char path[4096], line[128];
@@ -131,7 +134,7 @@ static int pool_main(int fd, const char *dir, const char *url, const LinkIdentit
                 return 1;
         }
         const char *listen[] = { url };
-        PoolServerConfig cfg = { .listen = listen, .n_listen = 1, .contexts = 256, .lease_sec = 300 };
+        PoolServerConfig cfg = { .listen = listen, .n_listen = 1, .contexts = contexts, .lease_sec = 300 };
         if ((r = pool_server_new(store, pool, &cfg, &srv)) < 0) {
                 fprintf(stderr, "serve %s: %s\n", url, strerror(-r));
                 return 1;
@@ -217,11 +220,14 @@ static void raw_send(Raw *w, const Hlink__Body *b)
         nng_msg *m;
         int r = w->phase == 0 ? link_encode(&w->id, b, NULL, real_usec(), NULL, &buf, &len)
                               : link_encode_session(&w->id, &w->session, b, NULL, real_usec(), NULL, &buf, &len);
-        if (r < 0 || nng_msg_alloc(&m, 0) != 0) {
+        /* Sized once (a real client need not grow it). */
+        if (r < 0 || nng_msg_alloc(&m, len) != 0) {
+                if (r >= 0)
+                        free(buf);
                 atomic_fetch_add(&raw_fail, 1);
                 return;
         }
-        nng_msg_append(m, buf, len);
+        memcpy(nng_msg_body(m), buf, len);
         free(buf);
         w->sending = true;
         nng_aio_set_msg(w->aio, m);
@@ -468,15 +474,19 @@ static void report(unsigned nw, uint64_t rt, double dt, const PoolStats *p0, con
         getloadavg(load, 3);
         /* CPU time a round trip costs each side: what the machine's load
          * (other processes share these 2 cores) does not change. */
+        double pool_us = rt ? (double) (p1->cpu - p0->cpu) / (double) rt : 0.0;
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
         printf("workers %u: %.0f round-trips/s (%llu in %.1f s; CPU a round trip: pool %.0f us, workers %.0f us; "
                "pool CPU %.0f%%, %.1f requests a commit, %llu failures, %llu empty; %u/%u connected; "
-               "pool memory %.1f KiB a connected worker; load average %.2f)\n",
-               nw, (double) rt / dt, (unsigned long long) rt, dt,
-               rt ? (double) (p1->cpu - p0->cpu) / (double) rt : 0.0,
+               "pool memory %.1f KiB a connected worker; load average %.2f; derived, not measured: with the "
+               "workers on other machines this machine's %ld cores would serve 1e6 / %.0f us x %ld = %.0f "
+               "round-trips/s)\n",
+               nw, (double) rt / dt, (unsigned long long) rt, dt, pool_us,
                rt ? (double) workers_cpu_usec / (double) rt : 0.0, pool_cpu,
                p1->commits > p0->commits ? (double) (p1->req - p0->req) / (double) (p1->commits - p0->commits) : 0.0,
                (unsigned long long) fails, (unsigned long long) empty, connected, nw,
-               (double) (rss_connected - rss_idle) / nw, load[0]);
+               (double) (rss_connected - rss_idle) / nw, load[0], cores, pool_us, cores,
+               pool_us > 0 ? 1e6 / pool_us * (double) cores : 0.0);
         fflush(stdout);
 }
 
@@ -601,6 +611,87 @@ static int client_level(const char *dir, const char *url, unsigned nw, double se
         return 0;
 }
 
+/* --store: the store alone, as the server drives it, on one thread: per
+ * round trip a result (pool_store_add_result) and the next lease
+ * (pool_store_lease_caps), a group commit (fdatasync) every BATCH. No
+ * network, no signatures: what the database costs a round trip, steadier
+ * than the whole benchmark on a shared machine. */
+static int store_level(const char *dir, unsigned n, unsigned batch)
+{
+        enum { WORKERS = 100 };
+        char path[4096];
+        PoolStore *st = NULL;
+        uint8_t keys[WORKERS][LINK_KEY_BYTES], sig[LINK_SIG_BYTES] = { 1 }, hash[LINK_HASH_BYTES] = { 2 };
+        char held[WORKERS][LINK_ID_MAX + 1];
+        PoolWorkerCaps caps = { .arch = "x86_64", .cores = 2, .memory_bytes = 1ULL << 30 };
+        int r;
+
+        snprintf(path, sizeof(path), "%s/store.db", dir);
+        if ((r = pool_store_open(path, true, &st)) < 0)
+                return r;
+        r = pool_store_begin(st);
+        for (unsigned i = 0; r >= 0 && i < n + WORKERS; i++) {
+                char id[32];
+                snprintf(id, sizeof(id), "s%u", i);
+                PoolTaskNew t = { .id = id, .kind = HLINK__KIND__KIND_EXEC, .spec = "0123456789abcdef0123456789",
+                                  .spec_len = 26, .signature = sig, .replicas = 1, .quorum = 1 };
+                r = pool_store_add_task(st, &t, real_usec());
+        }
+        r = pool_store_end(st, r);
+        for (unsigned w = 0; r >= 0 && w < WORKERS; w++) {
+                Hlink__Hello h = HLINK__HELLO__INIT;
+                Hlink__Capabilities c = HLINK__CAPABILITIES__INIT;
+                c.arch = caps.arch;
+                c.cores = caps.cores;
+                c.memory_bytes = caps.memory_bytes;
+                h.caps = &c;
+                h.agent = "bench";
+                randombytes_buf(keys[w], LINK_KEY_BYTES);
+                r = pool_store_hello(st, keys[w], &h, 1, real_usec());
+        }
+        if (r >= 0)
+                r = pool_store_set_group(st, true);
+        for (unsigned w = 0; r >= 0 && w < WORKERS; w++) {
+                PoolLease *l = NULL;
+                r = pool_store_lease_caps(st, keys[w], &caps, 1, 1 << 20, real_usec(), 300 * USEC_PER_SEC, &l);
+                if (r == 1)
+                        snprintf(held[w], sizeof(held[w]), "%s", l[0].id);
+                pool_leases_free(l, r > 0 ? (size_t) r : 0);
+                r = r == 1 ? pool_store_commit(st) : -EIO;
+        }
+        uint64_t c0 = cpu_usec(RUSAGE_SELF), t0 = mono_usec();
+        for (unsigned i = 0; r >= 0 && i < n; i++) {
+                unsigned w = i % WORKERS;
+                Hlink__ResultBody b = HLINK__RESULT_BODY__INIT;
+                PoolLease *l = NULL;
+                bool accepted = false;
+                b.task_id = held[w];
+                b.status = HLINK__STATUS__STATUS_OK;
+                b.cpu_usec = 1;
+                r = pool_store_add_result(st, keys[w], &b, hash, "result body of about this size", 30, sig, real_usec(),
+                                          &accepted, NULL);
+                if (r >= 0 && !accepted)
+                        r = -EIO;
+                if (r >= 0)
+                        r = pool_store_lease_caps(st, keys[w], &caps, 1, 1 << 20, real_usec(), 300 * USEC_PER_SEC, &l);
+                if (r == 1)
+                        snprintf(held[w], sizeof(held[w]), "%s", l[0].id);
+                pool_leases_free(l, r > 0 ? (size_t) r : 0);
+                r = r == 1 ? 0 : -EIO;
+                if (r >= 0 && (i + 1) % batch == 0)
+                        r = pool_store_commit(st);
+        }
+        uint64_t cpu = cpu_usec(RUSAGE_SELF) - c0, wall = mono_usec() - t0;
+        double load[3] = { 0 };
+        getloadavg(load, 3);
+        if (r >= 0)
+                printf("store: %.1f us CPU a round trip (a result and the next lease, %u round trips, a group "
+                       "commit with fdatasync every %u; %.1f us wall; load average %.2f)\n",
+                       (double) cpu / n, n, batch, (double) wall / n, load[0]);
+        pool_store_close(st);
+        return r < 0 ? r : 0;
+}
+
 /* A free tcp port on loopback. */
 static int free_port(void)
 {
@@ -624,11 +715,25 @@ int main(int argc, char **argv)
         LinkIdentity pool;
         int sp[2];
 
+        if (argc > 1 && !strcmp(argv[1], "--store")) {
+                char sdir[] = "/tmp/bench-store.XXXXXX", cmd[64];
+                if (!mkdtemp(sdir) || link_init() < 0)
+                        return 1;
+                int r = store_level(sdir, argc > 2 ? (unsigned) atoi(argv[2]) : 50000,
+                                    argc > 3 ? (unsigned) atoi(argv[3]) : 30);
+                snprintf(cmd, sizeof(cmd), "rm -rf %s", sdir);
+                (void) !system(cmd);
+                if (r < 0)
+                        fprintf(stderr, "bench-pool --store: %s\n", strerror(-r));
+                return r < 0;
+        }
         bool client = argc > 1 && !strcmp(argv[1], "--client");
         if (client) {
                 argc--;
                 argv++;
         }
+        if (getenv("BENCH_CONTEXTS"))
+                contexts = (unsigned) atoi(getenv("BENCH_CONTEXTS"));
         if (argc > 1)
                 secs = atof(argv[1]);
         if (argc > 2) {
@@ -666,10 +771,10 @@ int main(int argc, char **argv)
                 fprintf(stderr, "bench-pool: the pool did not start\n");
                 return 1;
         }
-        printf("bench-pool: pool in its own process on %s (as harvest-pool serve --contexts 256); SQLite WAL, every "
+        printf("bench-pool: pool in its own process on %s (as harvest-pool serve --contexts %u); SQLite WAL, every "
                "reply only after the group commit covering it is fdatasync'd; %.1f s a level; %s workers in this "
                "process (%s); pool memory: its RSS growth while they connect, divided by their number\n",
-               url, secs, client ? "net/ client" : "lean",
+               url, contexts, secs, client ? "net/ client" : "lean",
                client ? "every reply MAC and task signature verified"
                       : "replies' MACs checked, results ed25519-signed; task signatures not verified");
         fflush(stdout);

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/req.h>
@@ -273,10 +274,93 @@ static void test_session(void **state)
         serve();
 }
 
+static LinkMsg *fetch(unsigned max)
+{
+        Hlink__Body b = HLINK__BODY__INIT;
+        Hlink__Fetch f = HLINK__FETCH__INIT;
+        f.max_tasks = max;
+        b.msg_case = HLINK__BODY__MSG_FETCH;
+        b.fetch = &f;
+        LinkMsg *m = call(&b, false, NULL, NULL);
+        assert_int_equal(m->body->msg_case, HLINK__BODY__MSG_WORK);
+        return m;
+}
+
+static const char *task_id(const Hlink__Task *t, char *buf)
+{
+        Hlink__TaskSpec *spec = hlink__task_spec__unpack(NULL, t->spec.len, t->spec.data);
+        assert_non_null(spec);
+        snprintf(buf, LINK_ID_MAX + 1, "%s", spec->id);
+        hlink__task_spec__free_unpacked(spec, NULL);
+        return buf;
+}
+
+/* The CLI submits and cancels while the pool serves many pending tasks:
+ * the server reads only the rows it added, it does not rebuild its memory
+ * from the whole database (which costs in proportion to the pending
+ * tasks). */
+static void test_catch_up(void **state)
+{
+        enum { BULK = 20000 };
+        PoolStore *cli = NULL;
+        PoolStoreMemStats ms0, ms1;
+        char p[PATH_MAX + 32], id[LINK_ID_MAX + 1];
+        uint8_t sig[64] = { 1 };
+
+        snprintf(p, sizeof(p), "%s/pool.db", dir);
+        assert_int_equal(pool_store_open(p, false, &cli), 0);
+        /* Pending tasks no worker here fits (another arch). */
+        assert_int_equal(pool_store_begin(cli), 0);
+        for (unsigned i = 0; i < BULK; i++) {
+                char bid[32];
+                snprintf(bid, sizeof(bid), "bulk%u", i);
+                PoolTaskNew t = { .id = bid, .kind = HLINK__KIND__KIND_EXEC, .spec = "spec", .spec_len = 4,
+                                  .signature = sig, .replicas = 1, .quorum = 1, .need_arch = "riscv64" };
+                assert_int_equal(pool_store_add_task(cli, &t, now_usec()), 0);
+        }
+        assert_int_equal(pool_store_end(cli, 0), 0);
+
+        hello();
+        uint64_t t0 = now_usec();
+        LinkMsg *m = fetch(16);         /* the one left by test_session */
+        uint64_t t_first = now_usec() - t0;
+        assert_int_equal(m->body->work->n_tasks, 1);
+        assert_string_equal(task_id(m->body->work->tasks[0], id), "s3");
+        link_msg_free(m);
+        pool_store_mem_stats(store, &ms0);
+        assert_true(ms0.tasks >= BULK + 1);
+
+        /* harvest-pool submit and cancel, from their own process. */
+        PoolStore *keep = store;
+        store = cli;
+        submit("late");
+        submit("late2");
+        store = keep;
+        assert_int_equal(pool_store_cancel(cli, "late2", now_usec()), 0);
+        pool_store_close(cli);
+        usleep(150 * 1000);             /* the server looks every 100 ms */
+
+        t0 = now_usec();
+        m = fetch(16);
+        uint64_t t_next = now_usec() - t0;
+        assert_int_equal(m->body->work->n_tasks, 1);
+        assert_string_equal(task_id(m->body->work->tasks[0], id), "late");
+        link_msg_free(m);
+        pool_store_mem_stats(store, &ms1);
+        assert_int_equal(ms1.full_loads, ms0.full_loads);
+        assert_int_equal(ms1.catch_ups, ms0.catch_ups + 1);
+        assert_int_equal(ms1.rows_caught_up - ms0.rows_caught_up, 3);  /* late, late2, the cancel */
+        assert_int_equal(ms1.tasks, ms0.tasks + 1);
+        printf("catch-up: %u pending tasks; the fetch that loaded them took %llu us, the one after a submit and "
+               "a cancel %llu us (3 rows read, %llu full loads in all)\n", BULK,
+               (unsigned long long) t_first, (unsigned long long) t_next, (unsigned long long) ms1.full_loads);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_session),
+                cmocka_unit_test(test_catch_up),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -98,6 +98,22 @@ static json_t *task_json(const char *id)
         return NULL;
 }
 
+/* FIELD of KEY's entry in the workers listing. */
+static json_int_t worker_field(const uint8_t *key, const char *field, uint64_t now)
+{
+        json_t *w, *v;
+        json_int_t x = -1;
+        size_t i;
+        char b64[64];
+        link_key_to_base64(key, b64, sizeof(b64));
+        assert_int_equal(pool_store_workers_json(s, now, &w), 0);
+        json_array_foreach(w, i, v)
+                if (!strcmp(json_string_value(json_object_get(v, "key")), b64))
+                        x = json_integer_value(json_object_get(v, field));
+        json_decref(w);
+        return x;
+}
+
 static const char *task_state(const char *id)
 {
         return json_string_value(json_object_get(task_json(id), "state"));
@@ -306,6 +322,8 @@ static void test_memory(void **state)
         add("m1", 1, 1, "", 0, 0);
         add("m2", 2, 2, "", 0, 0);
         assert_int_equal(result(wa, "m1", 1, t, &accepted), -ENOENT);  /* never leased to A */
+        json_int_t leases0 = worker_field(wa, "leases", T0), results0 = worker_field(wa, "results", T0),
+                   agreed0 = worker_field(wa, "agreed", T0), cpu0 = worker_field(wa, "cpu_usec", T0);
         assert_true(leases_task(wa, t, "m1"));
         assert_false(leases_task(wa, t, "m1"));                        /* not twice */
         assert_int_equal(result(wa, "m1", 1, t, &accepted), 0);
@@ -316,8 +334,23 @@ static void test_memory(void **state)
         assert_int_equal(pool_store_commit(s), 0);
         assert_string_equal(task_state("m1"), "done");
         assert_int_equal(json_integer_value(json_object_get(task_json("m1"), "results")), 1);
+        /* The result row alone records the answer (the server writes
+         * neither the lease nor the worker's row): the lease, unexpired at
+         * T0, no longer counts as held, and the worker's figures are its
+         * results'. */
+        assert_int_equal(json_integer_value(json_object_get(task_json("m1"), "leased")), 0);
+        assert_int_equal(worker_field(wa, "leases", T0), leases0 + 1);  /* m2 (the same lease call), not m1 */
+        assert_int_equal(worker_field(wa, "results", T0), results0 + 1);
+        assert_int_equal(worker_field(wa, "agreed", T0), agreed0 + 1);
+        assert_int_equal(worker_field(wa, "cpu_usec", T0), cpu0 + 100);
+        assert_true(worker_field(wa, "last_seen_usec", T0) >= (json_int_t) t);
 
-        /* Another process submits and cancels: seen within 100 ms. */
+        /* Another process submits and cancels: seen within 100 ms, by
+         * reading just its two rows (the task, the cancel), not by
+         * rebuilding memory. */
+        PoolStoreMemStats ms0, ms1;
+        pool_store_mem_stats(s, &ms0);
+        assert_true(ms0.full_loads >= 1);
         assert_int_equal(pool_store_open(db, false, &cli), 0);
         uint8_t sig[64] = { 1 };
         PoolTaskNew n = { .id = "m3", .kind = HLINK__KIND__KIND_EXEC, .spec = "spec", .spec_len = 4,
@@ -329,6 +362,11 @@ static void test_memory(void **state)
         assert_true(leases_task(wb, t, "m3"));
         assert_false(leases_task(wc, t, "m2"));
         assert_int_equal(pool_store_commit(s), 0);
+        pool_store_mem_stats(s, &ms1);
+        assert_int_equal(ms1.full_loads, ms0.full_loads);
+        assert_int_equal(ms1.catch_ups, ms0.catch_ups + 1);
+        assert_int_equal(ms1.rows_caught_up - ms0.rows_caught_up, 2);
+        assert_int_equal(ms1.tasks, 1);                                 /* m3; m2 cancelled */
 
         /* Restarted (kill -9 alike: nothing flushed but the commits): B's
          * live lease on m3 holds, and lapses as before. */
