@@ -469,9 +469,12 @@ static bool freezer_sync(uint64_t t, uint64_t *ret_usec, uint64_t *ret_usage)
 		*ret_usage = freezer.froze_usage_usec;
 	}
 	freezer.froze = false;
-	freezer.gen++;
-	freezer.target_usec = t;
-	pthread_cond_signal(&freezer.cond);
+	/* Wake it only for a change: it sleeps on the target it has. */
+	if (t != freezer.target_usec) {
+		freezer.gen++;
+		freezer.target_usec = t;
+		pthread_cond_signal(&freezer.cond);
+	}
 	pthread_mutex_unlock(&freezer.lock);
 	return froze;
 }
