@@ -502,15 +502,14 @@ static void duty_stop(struct manager *m)
 	m->duty_frozen = false;
 }
 
-/* The duty timer's wake-up must not wait behind other runnable tasks: a
- * freeze that lands late is CPU the jobs get beyond the cap (wake-ups 10-30
- * ms late were seen on a loaded 2-core machine). A real-time priority would
- * do it, but a bug in a daemon that also parses requests and writes files
- * could then hog a CPU. Instead ask for a short time slice (EEVDF, Linux
- * 6.6+; sched_runtime is the slice of a SCHED_OTHER task since 6.12): the
- * same fair share and weight, but an early deadline, so a wake-up preempts
- * the running task at once. Where the kernel refuses it, nothing changes.
- * The event loop's thread only, once. */
+/* The duty timer's wake-up should not wait behind other runnable tasks
+ * either (the freezes are the helper's where it exists; the loop still
+ * thaws and decides). A real-time priority for the loop itself would let a
+ * bug in code that parses requests and writes files hog a CPU, so ask for a
+ * short time slice instead (EEVDF, Linux 6.6+; sched_runtime is the slice
+ * of a SCHED_OTHER task since 6.12): the same fair share and weight, but an
+ * early deadline, so a wake-up preempts the running task sooner. Where the
+ * kernel refuses it, nothing changes. The event loop's thread only, once. */
 static void duty_short_slice(void)
 {
 	/* <linux/sched/types.h> clashes with <sched.h>; glibc 2.36 has no
