@@ -35,7 +35,9 @@
  *
  * The price of a short period is wake-ups: 2 per period while the jobs run
  * (thaw, freeze), more when an on-time is long enough to be looked at
- * halfway: 20-50 a second, some 30 us of the daemon's CPU each.
+ * halfway: 20-50 a second. Measured on the 2-core machine at a 1 % cap,
+ * the daemon used 0.3 % of one core harvesting (0.07 % with the 1-s period
+ * this replaced, which held 10 s windows only to within 4-8 %).
  */
 #include <stdint.h>
 
