@@ -61,21 +61,37 @@ int psi_read(const char *file, struct psi *ret);
 /*
  * The freezer duty cycle: keeps a CPU cap with cgroup.freeze where the cpu
  * controller is missing. Pure logic; the caller freezes and thaws and feeds
- * back the measured cpu.stat usage, so errors (freeze latency, fewer busy
- * threads than CPUs) are corrected in the next period and the long-run
- * usage converges on the cap.
+ * back the measured cpu.stat usage, so errors (freeze latency, late
+ * wake-ups, fewer busy threads than CPUs) are corrected in the next period
+ * and the long-run usage converges on the cap (aimed 2 % under it, see
+ * duty.c).
  */
 struct duty {
 	uint64_t cap_ppm;        /* allowed share of ncpus CPUs, ppm */
 	unsigned ncpus;
-	uint64_t period_usec;    /* chosen from the cap: at most 1 s */
+	uint64_t period_usec;    /* 100 ms */
 	uint64_t period_start_usec;
 	uint64_t usage_at_start_usec;
 	int64_t  debt_usec;      /* CPU used beyond the allowance so far (<0: unused allowance, capped) */
 	double   rate_cpus;      /* measured CPUs used while thawed (estimate) */
+	double   spill_usec;     /* learned wall time the jobs run on after a freeze is decided */
+	double   late_usec;      /* learned lateness of the caller's wake-up for a planned freeze */
+	uint64_t planned_usec;   /* the planned freeze wake-up asked for last (0: none) */
+	uint64_t freeze_usage_usec; /* usage read when this period's freeze was decided */
+	bool     froze;          /* this period was thawed, then frozen: a spill sample is due */
+	bool     has_bucket;     /* duty_set_bucket was called: plans stay within the budget */
+	int64_t  bucket_tokens_usec;
+	double   bucket_fill_cpus;
 	bool     frozen;
 };
 void duty_init(struct duty *d, uint64_t cap_ppm, unsigned ncpus, uint64_t now_usec, uint64_t usage_usec);
+/* Bound the next duty_step by the budget's token bucket: tokens_usec it
+ * holds at the time and usage of that step, filling at fill_usec_per_sec.
+ * The cycle then never plans to spend more than the bucket will hold by the
+ * period's end (less a reserve for a late freeze), so its own spill does not
+ * empty the bucket, which would freeze the jobs for the bucket's resume time
+ * and restart the cycle from scratch. */
+void duty_set_bucket(struct duty *d, int64_t tokens_usec, uint64_t fill_usec_per_sec);
 /* Given the time and the cgroup's usage now, decide: *ret_frozen is the state
  * to put the cgroup in, and the return value is the absolute time (usec) at
  * which to call duty_step again. */

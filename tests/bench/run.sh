@@ -1,7 +1,7 @@
 #!/bin/sh
 # make bench: build the harvest load twice (plain, and against the BOINC API
 # for the real BOINC client), then run the benchmark. Not part of make check:
-# it takes about 17 minutes on 2 cores.
+# it takes about 29 minutes on 2 cores.
 # usage: run.sh BUILD
 set -eu
 build=${1:-build}
