@@ -379,9 +379,20 @@ static _Noreturn void child_run(const struct child_ctx *c) {
 	 * parent blocked everything across clone; handlers go first, then the
 	 * mask can open. */
 	for (int sig = 1; sig < _NSIG; sig++) {
+		/* The raw call: glibc's sigaction() refuses the two signals it
+		 * keeps for itself (32, 33), and an ignored one would still be
+		 * ignored in the job (seen when the daemon's own parent ignored
+		 * them). SIG_DFL needs no restorer. */
+		struct {
+			void (*handler)(int);
+			unsigned long flags;
+			void (*restorer)(void);
+			uint64_t mask;
+		} dfl = { .handler = SIG_DFL };
+
 		if (sig == SIGKILL || sig == SIGSTOP)
 			continue;
-		(void) sigaction(sig, &(struct sigaction) { .sa_handler = SIG_DFL }, NULL);
+		(void) syscall(SYS_rt_sigaction, sig, &dfl, NULL, sizeof(dfl.mask));
 	}
 	sigemptyset(&none);
 	CHECK(c, STEP_SIGNALS, sigprocmask(SIG_SETMASK, &none, NULL));
