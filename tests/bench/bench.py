@@ -45,15 +45,8 @@ def log(*a):
     print(f"[{time.monotonic() - T0:6.1f}s]", *a, file=sys.stderr, flush=True)
 
 
-def cgroup2_mount():
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            parts = line.split()
-            sep = parts.index("-")
-            if parts[sep + 1] == "cgroup2":
-                return parts[4]
-    return None
-
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "host"))
+from harness import cgroup2_mount  # noqa: E402
 
 MNT = cgroup2_mount()
 
