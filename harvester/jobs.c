@@ -324,6 +324,23 @@ struct jobs *jobs_free(struct jobs *js)
 	return NULL;
 }
 
+
+/* A queued job with a copy of ARGV and the next id, not yet saved; NULL
+ * when out of memory. */
+static struct job *job_new(const struct jobs *js, char *const *argv)
+{
+	struct job *j = calloc(1, sizeof(*j));
+	if (!j || !(j->argv = strv_copy(argv))) {
+		job_free(j);
+		return NULL;
+	}
+	j->id = js->next_id;
+	j->state = JOB_QUEUED;
+	j->exit_code = -1;
+	j->submitted_usec = now_realtime_usec();
+	return j;
+}
+
 int jobs_submit(struct jobs *js, char *const *argv, struct job **ret)
 {
 	size_t n = 0;
@@ -332,15 +349,9 @@ int jobs_submit(struct jobs *js, char *const *argv, struct job **ret)
 	if (n == 0 || n > JOB_MAX_ARGS)
 		return -EINVAL;
 
-	struct job *j = calloc(1, sizeof(*j));
-	if (!j || !(j->argv = strv_copy(argv))) {
-		job_free(j);
+	struct job *j = job_new(js, argv);
+	if (!j)
 		return -ENOMEM;
-	}
-	j->id = js->next_id;
-	j->state = JOB_QUEUED;
-	j->exit_code = -1;
-	j->submitted_usec = now_realtime_usec();
 	int r = job_save(js, j);
 	if (r < 0) {
 		job_free(j);
@@ -387,15 +398,9 @@ int jobs_submit_pool(struct jobs *js, char *const *argv, const struct job_file *
 		    !strcmp(files[i].name, ".."))
 			return -EINVAL;
 
-	struct job *j = calloc(1, sizeof(*j));
-	if (!j || !(j->argv = strv_copy(argv))) {
-		job_free(j);
+	struct job *j = job_new(js, argv);
+	if (!j)
 		return -ENOMEM;
-	}
-	j->id = js->next_id;
-	j->state = JOB_QUEUED;
-	j->exit_code = -1;
-	j->submitted_usec = now_realtime_usec();
 	j->pool_task = json_incref(pool_task);
 
 	/* Inputs first: a crash before the spool write leaves only an unused
