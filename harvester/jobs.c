@@ -324,7 +324,6 @@ struct jobs *jobs_free(struct jobs *js)
 	return NULL;
 }
 
-
 /* A queued job with a copy of ARGV and the next id, not yet saved; NULL
  * when out of memory. */
 static struct job *job_new(const struct jobs *js, char *const *argv)
