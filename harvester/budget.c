@@ -133,12 +133,22 @@ void budget_charge(struct budget *b, uint64_t usec)
 	update_exhausted(b);
 }
 
-uint64_t budget_cpu_max_quota_usec(const struct budget *b)
+uint64_t budget_cpu_max(const struct budget *b, uint64_t *ret_period_usec)
 {
-	uint64_t q = (uint64_t)b->burst_ppm * b->ncpus * BUDGET_CPU_PERIOD_USEC / PPM_ONE;
+	/* Aimed a little under the cap: the kernel enforces cpu.max at tick
+	 * granularity, so a small quota overruns by a few percent (1.03x over
+	 * 10 s at 1 % of 2 CPUs with the quota at exactly the cap). */
+	uint64_t per_sec = (uint64_t)b->burst_ppm * b->ncpus * USEC_PER_SEC * BUDGET_CPU_MAX_AIM_PCT / (PPM_ONE * 100);
+	uint64_t q = per_sec / (USEC_PER_SEC / BUDGET_CPU_PERIOD_USEC);
 
-	/* The kernel refuses a cpu.max quota under 1 ms (EINVAL). */
-	return q < 1000 ? 1000 : q;
+	/* The kernel refuses a quota under 1 ms (EINVAL): a tiny cap takes
+	 * the longest period it allows, 1 s, and at least 1 ms of it. */
+	if (q >= 1000) {
+		*ret_period_usec = BUDGET_CPU_PERIOD_USEC;
+		return q;
+	}
+	*ret_period_usec = USEC_PER_SEC;
+	return per_sec < 1000 ? 1000 : per_sec;
 }
 
 uint64_t budget_rate_usec_per_sec(const struct budget *b)

@@ -14,6 +14,7 @@
 
 #define BUDGET_RESUME_USEC (1 * 1000000ULL) /* refill this long before thawing an exhausted budget */
 #define BUDGET_CPU_PERIOD_USEC 100000ULL    /* cpu.max period */
+#define BUDGET_CPU_MAX_AIM_PCT 98ULL        /* cpu.max quota, percent of Burst */
 
 struct budget {
 	uint32_t cpu_ppm, burst_ppm;
@@ -39,9 +40,10 @@ void budget_reconfigure(struct budget *b, uint32_t cpu_ppm, uint32_t burst_ppm, 
 void budget_update(struct budget *b, uint64_t now_usec, uint64_t usage_usec);
 /* Charge CPU time that the kernel can no longer tell us (spent before a crash). */
 void budget_charge(struct budget *b, uint64_t usec);
-/* cpu.max quota for jobs/ per BUDGET_CPU_PERIOD_USEC: Burst x ncpus, at
- * least 1000 (the kernel refuses a smaller quota). */
-uint64_t budget_cpu_max_quota_usec(const struct budget *b);
+/* cpu.max for jobs/: a quota of 98 % of Burst x ncpus per
+ * BUDGET_CPU_PERIOD_USEC, or per 1 s where that would be under the kernel's
+ * 1 ms minimum (and then at least 1 ms). Returns the quota; sets the period. */
+uint64_t budget_cpu_max(const struct budget *b, uint64_t *ret_period_usec);
 /* Fill rate in CPU-usec per wall second. */
 uint64_t budget_rate_usec_per_sec(const struct budget *b);
 /* When exhausted: wall usec after the last update at which an update with

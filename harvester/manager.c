@@ -247,15 +247,7 @@ static void manager_apply_cap(struct manager *m)
 {
 	if (!m->have_cpu)
 		return;
-	uint64_t period = BUDGET_CPU_PERIOD_USEC;
-	uint64_t quota = budget_cpu_max_quota_usec(&m->budget);
-	/* The kernel wants a quota of at least 1 ms: a tiny cap takes a longer period. */
-	if (quota < 1000) {
-		period = USEC_PER_SEC;
-		quota = quota * (USEC_PER_SEC / BUDGET_CPU_PERIOD_USEC);
-		if (quota < 1000)
-			quota = 1000;
-	}
+	uint64_t period, quota = budget_cpu_max(&m->budget, &period);
 	int r = cg_set_cpu_max(m->cg_jobs, quota, period);
 	if (r < 0)
 		log_warning_errno(r, "Cannot set cpu.max on %s", m->cg_jobs);

@@ -40,23 +40,30 @@ static uint64_t ref_fill(uint64_t rate, uint64_t t0, uint64_t t1)
 static void test_rates_and_quota(void **state)
 {
 	struct budget b;
+	uint64_t period;
 
 	budget_init(&b, 10000, 500000, DAY_USEC, 4, 0, T0, 0);
 	assert_int_equal(budget_rate_usec_per_sec(&b), 40000);          /* 1% of 4 CPUs */
-	assert_int_equal(budget_cpu_max_quota_usec(&b), 200000);        /* 50% x 4 x 100 ms */
+	assert_int_equal(budget_cpu_max(&b, &period), 196000);          /* 98% of 50% x 4 x 100 ms */
+	assert_int_equal(period, 100000);
 	assert_true(b.capacity_usec == 40000LL * 86400);
 
 	budget_init(&b, 5000, 250000, DAY_USEC, 1, 0, T0, 0);
 	assert_int_equal(budget_rate_usec_per_sec(&b), 5000);
-	assert_int_equal(budget_cpu_max_quota_usec(&b), 25000);
+	assert_int_equal(budget_cpu_max(&b, &period), 24500);
 
 	budget_init(&b, 1000000, 1000000, 30 * DAY_USEC, 1024, 0, T0, 0);
-	assert_int_equal(budget_cpu_max_quota_usec(&b), 102400000);
+	assert_int_equal(budget_cpu_max(&b, &period), 100352000);
 	assert_true(b.capacity_usec == 1024LL * 1000000 * 30 * 86400);  /* no overflow */
 
-	/* The kernel refuses a quota under 1 ms: clamped up to it. */
+	/* Under the kernel's 1 ms minimum per 100 ms: a 1 s period. */
 	budget_init(&b, 10, 5000, DAY_USEC, 1, 0, T0, 0);
-	assert_int_equal(budget_cpu_max_quota_usec(&b), 1000);
+	assert_int_equal(budget_cpu_max(&b, &period), 4900);            /* 98% of 0.5% of 1 s */
+	assert_int_equal(period, 1000000);
+	/* ... and at least 1 ms of it. */
+	budget_init(&b, 10, 500, DAY_USEC, 1, 0, T0, 0);
+	assert_int_equal(budget_cpu_max(&b, &period), 1000);
+	assert_int_equal(period, 1000000);
 }
 
 static void test_fresh_bucket_waits_resume(void **state)
@@ -266,13 +273,14 @@ static void test_capacity_clamps_and_no_overflow(void **state)
 static void test_reconfigure_keeps_tokens(void **state)
 {
 	struct budget b;
+	uint64_t period;
 
 	budget_init(&b, 10000, 500000, HOUR_USEC, 2, 5000000, T0, 0);
 	budget_reconfigure(&b, 20000, 600000, 2 * HOUR_USEC);
 	assert_true(b.tokens_usec == 5000000);
 	assert_true(b.capacity_usec == 40000LL * 7200);
 	assert_int_equal(budget_rate_usec_per_sec(&b), 40000);
-	assert_int_equal(budget_cpu_max_quota_usec(&b), 120000);
+	assert_int_equal(budget_cpu_max(&b, &period), 117600);
 	budget_update(&b, T0 + USEC_PER_SEC, 0); /* fills at the new rate */
 	assert_true(b.tokens_usec == 5040000);
 
