@@ -13,6 +13,7 @@ LOG_DIR=$san/test-logs
 mkdir -p "$LOG_DIR"
 export HARVESTER_BUILD="$san" HARVESTER_PLAIN_BUILD="$plain"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1
+export LSAN_OPTIONS="suppressions=$(pwd)/tests/lsan.supp:print_suppressions=0"
 
 pass=0 fail=0 skip=0 failed=""
 run() {

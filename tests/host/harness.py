@@ -17,6 +17,10 @@ HARVESTERD = os.path.join(BUILD, "harvesterd")
 HARVESTCTL = os.path.join(BUILD, "harvestctl")
 POOL = os.path.join(BUILD, "harvest-pool")
 
+# Leaks of libraries that keep memory for life, and one NNG race: see the file.
+os.environ.setdefault("LSAN_OPTIONS", "suppressions=%s:print_suppressions=0" % os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lsan.supp"))
+
 # Every process a case started, ended by pid if the case fails.
 spawned = []
 

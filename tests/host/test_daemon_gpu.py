@@ -35,7 +35,6 @@ __kernel void scramble(__global const uint *in, __global uint *out, uint rounds)
 M = 0xFFFFFFFF
 
 # PoCL and the ICD loader keep allocations for the process's life.
-LSAN_SUPP = "leak:libpocl\nleak:libOpenCL\nleak:libLLVM\nleak:libclang\nleak:libhwloc\n"
 
 
 def input_words(n):
@@ -102,10 +101,6 @@ CgroupRoot=/{cg_root}
 # PoCL is a CPU device: only a test lets its work run in the daemon.
 OpenCLCPUDevices=yes
 """
-    supp = os.path.join(tmp, "lsan.supp")
-    with open(supp, "w") as f:
-        f.write(LSAN_SUPP)
-    os.environ["LSAN_OPTIONS"] = f"suppressions={supp}"
     src = os.path.join(tmp, "scramble.cl")
     with open(src, "w") as f:
         f.write(KERNEL)

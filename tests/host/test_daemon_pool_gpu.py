@@ -66,7 +66,6 @@ __kernel void broken(__global uint *out) {
 """
 M = 0xFFFFFFFF
 # PoCL and the ICD loader keep allocations for the process's life.
-LSAN_SUPP = "leak:libpocl\nleak:libOpenCL\nleak:libLLVM\nleak:libclang\nleak:libhwloc\n"
 
 
 def words(n, seed):
@@ -387,10 +386,6 @@ def main():
         return 77
     root = tempfile.mkdtemp(prefix="test-dpool-gpu-", dir="/var/tmp")
     os.chmod(root, 0o755)
-    supp = os.path.join(root, "lsan.supp")
-    with open(supp, "w") as f:
-        f.write(LSAN_SUPP)
-    os.environ["LSAN_OPTIONS"] = "suppressions=" + supp
     cg = "harvester-dpoolgpu-%d" % os.getpid()
     rc = 1
     try:
