@@ -485,12 +485,31 @@ static int check_body(const Hlink__Body *b)
         case HLINK__BODY__MSG_RESULT:
                 if (b->result->body.len == 0 || b->result->signature.len != LINK_SIG_BYTES)
                         return -EBADMSG;
-                return b->result->fetch > LINK_TASKS_MAX ? -EMSGSIZE : 0;
+                if (b->result->n_more > LINK_RESULTS_MAX - 1 || b->result->fetch > LINK_TASKS_MAX)
+                        return -EMSGSIZE;
+                for (size_t i = 0; i < b->result->n_more; i++) {
+                        const Hlink__SignedResult *m = b->result->more[i];
+                        if (!m || m->body.len == 0 || m->signature.len != LINK_SIG_BYTES)
+                                return -EBADMSG;
+                }
+                return 0;
         case HLINK__BODY__MSG_RESULT_ACK:
                 if ((r = check_id(b->result_ack->task_id)) < 0)
                         return r;
                 if ((r = check_tasks(b->result_ack->n_tasks, b->result_ack->tasks)) < 0)
                         return r;
+                if (b->result_ack->n_more > LINK_RESULTS_MAX - 1)
+                        return -EMSGSIZE;
+                for (size_t i = 0; i < b->result_ack->n_more; i++) {
+                        const Hlink__ResultVerdict *v = b->result_ack->more[i];
+                        if (!v)
+                                return -EBADMSG;
+                        /* Empty when the body could not be read. */
+                        if (v->task_id && v->task_id[0] && (r = check_id(v->task_id)) < 0)
+                                return r;
+                        if ((r = check_str(v->reason, LINK_STR_MAX)) < 0)
+                                return r;
+                }
                 return check_str(b->result_ack->reason, LINK_STR_MAX);
         case HLINK__BODY__MSG_GOODBYE:
                 return check_str(b->goodbye->reason, LINK_STR_MAX);

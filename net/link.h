@@ -50,6 +50,7 @@
 #define LINK_LOCAL_MAX_BYTES      (1024U * 1024U)  /* KernelArg.bytes of an ARG_LOCAL */
 #define LINK_TASKS_MAX            16U    /* Fetch.max_tasks, Work.tasks */
 #define LINK_RENEW_MAX            64U    /* Renew.task_ids, RenewReply.leases */
+#define LINK_RESULTS_MAX          16U    /* results in one Result: its own and Result.more */
 
 /* A key pair: ours, or (sk all zero) only a peer's public key. */
 typedef struct LinkIdentity {

@@ -379,6 +379,38 @@ static int do_renew(PoolServer *s, const LinkSession *session, const uint8_t *ke
         return encode_reply(s, session, &b, nonce, ret);
 }
 
+/* One of Result.more into its verdict; *RET_BODY (free it after the reply
+ * is encoded: the verdict points into it) when it could be read. */
+static void more_result(PoolServer *s, const uint8_t *key, const Hlink__SignedResult *sr, Hlink__ResultVerdict *v,
+                        Hlink__ResultBody **ret_body)
+{
+        Hlink__Result one = HLINK__RESULT__INIT;
+        Hlink__ResultBody *rb = NULL;
+        uint8_t hash[LINK_HASH_BYTES];
+        const char *reason = "";
+        bool accepted = false;
+
+        one.body = sr->body;
+        one.signature = sr->signature;
+        int r = link_result_verify(&one, key, &rb, hash);
+        if (r < 0) {
+                v->error = link_error_from_errno(r);
+                v->reason = (char *) (r == -EKEYREJECTED ? "signature does not verify" : "malformed result");
+                return;
+        }
+        *ret_body = rb;
+        v->task_id = rb->task_id;
+        r = pool_store_add_result(s->store, key, rb, hash, sr->body.data, sr->body.len, sr->signature.data,
+                                  now_usec(), &accepted, &reason);
+        if (r < 0) {
+                v->error = r == -ENOENT ? HLINK__ERROR_CODE__ERR_UNKNOWN_TASK : HLINK__ERROR_CODE__ERR_INTERNAL;
+                v->reason = (char *) (r == -ENOENT ? "no such task leased to this worker" : "storage failed");
+                return;
+        }
+        v->accepted = accepted;
+        v->reason = (char *) reason;
+}
+
 static int do_result(PoolServer *s, const LinkSession *session, const uint8_t *key, const PoolWorkerCaps *caps,
                      const Hlink__Result *res, const uint8_t *nonce, nng_msg **ret)
 {
@@ -408,6 +440,18 @@ static int do_result(PoolServer *s, const LinkSession *session, const uint8_t *k
                 hlink__result_body__free_unpacked(rb, NULL);
                 return error_reply(s, session, HLINK__ERROR_CODE__ERR_INTERNAL, strerror(-r), nonce, ret);
         }
+        /* More results in the same request: each judged on its own, so a
+         * bad one costs only itself. */
+        Hlink__ResultVerdict verdicts[LINK_RESULTS_MAX - 1], *vp[LINK_RESULTS_MAX - 1];
+        Hlink__ResultBody *more[LINK_RESULTS_MAX - 1] = {};
+        for (size_t i = 0; i < res->n_more; i++) {
+                Hlink__ResultVerdict *v = &verdicts[i];
+                hlink__result_verdict__init(v);
+                vp[i] = v;
+                more_result(s, key, res->more[i], v, &more[i]);
+        }
+        ack.n_more = res->n_more;
+        ack.more = vp;
         /* More work in the same reply: one round trip a task. */
         if (res->fetch > 0) {
                 n = lease_tasks(s, key, caps, res->fetch, tasks, tp, &l);
@@ -425,6 +469,9 @@ static int do_result(PoolServer *s, const LinkSession *session, const uint8_t *k
         r = encode_reply(s, session, &b, nonce, ret);
         pool_leases_free(l, (size_t) n);
         hlink__result_body__free_unpacked(rb, NULL);
+        for (size_t i = 0; i < res->n_more; i++)
+                if (more[i])
+                        hlink__result_body__free_unpacked(more[i], NULL);
         return r;
 }
 

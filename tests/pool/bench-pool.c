@@ -209,7 +209,12 @@ typedef struct Raw {
         bool sending;
 } Raw;
 
-static atomic_uint_fast64_t raw_rt, raw_fail, raw_empty;
+static atomic_uint_fast64_t raw_rt, raw_fail, raw_empty, raw_req;
+/* Tasks a worker holds and results a request carries (--batch): 1 is one
+ * task at a time; more is a worker that reports what it finished and asks
+ * for as many new tasks in one request, as harvesterd and BOINC's client
+ * do when they hold several. */
+static unsigned batch = 1;
 static atomic_uint raw_welcomed;
 static atomic_bool raw_stop;
 
@@ -229,6 +234,7 @@ static void raw_send(Raw *w, const Hlink__Body *b)
         }
         memcpy(nng_msg_body(m), buf, len);
         free(buf);
+        atomic_fetch_add(&raw_req, 1);
         w->sending = true;
         nng_aio_set_msg(w->aio, m);
         nng_ctx_send(w->ctx, w->aio);
@@ -256,29 +262,25 @@ static void raw_fetch(Raw *w)
 {
         Hlink__Body b = HLINK__BODY__INIT;
         Hlink__Fetch f = HLINK__FETCH__INIT;
-        f.max_tasks = 1;
+        f.max_tasks = batch;
         b.msg_case = HLINK__BODY__MSG_FETCH;
         b.fetch = &f;
         w->phase = 1;
         raw_send(w, &b);
 }
 
-/* "Run" TASK (echo: its output is its id), sign the result, send it and
- * ask for the next task in the same request. */
-static void raw_result(Raw *w, const Hlink__Task *task)
+/* "Run" TASK (echo: its output is its id) and sign its result into
+ * *BODY (malloc'd) and SIG. */
+static int raw_run(Raw *w, const Hlink__Task *task, ProtobufCBinaryData *body, uint8_t sig[LINK_SIG_BYTES])
 {
         Hlink__TaskSpec *spec = hlink__task_spec__unpack(NULL, task->spec.len, task->spec.data);
         Hlink__ResultBody rb = HLINK__RESULT_BODY__INIT;
         Hlink__File out = HLINK__FILE__INIT, *outs[] = { &out };
-        Hlink__Result res = HLINK__RESULT__INIT;
-        Hlink__Body rq = HLINK__BODY__INIT;
-        uint8_t sig[LINK_SIG_BYTES], spec_sha[LINK_HASH_BYTES];
-        void *body = NULL;
+        uint8_t spec_sha[LINK_HASH_BYTES];
+        void *b = NULL;
         size_t len;
-        if (!spec) {
-                atomic_fetch_add(&raw_fail, 1);
-                return;
-        }
+        if (!spec)
+                return -EBADMSG;
         crypto_hash_sha256(spec_sha, task->spec.data, task->spec.len);
         rb.task_id = spec->id;
         rb.status = HLINK__STATUS__STATUS_OK;
@@ -288,18 +290,53 @@ static void raw_result(Raw *w, const Hlink__Task *task)
         out.data = (ProtobufCBinaryData) { strlen(spec->id), (uint8_t *) spec->id };
         rb.outputs = outs;
         rb.n_outputs = 1;
-        if (link_result_sign(&w->id, &rb, &body, &len, sig) >= 0) {
-                res.body = (ProtobufCBinaryData) { len, body };
-                res.signature = (ProtobufCBinaryData) { LINK_SIG_BYTES, sig };
-                res.fetch = 1;
-                rq.msg_case = HLINK__BODY__MSG_RESULT;
-                rq.result = &res;
-                w->phase = 2;
-                raw_send(w, &rq);
-        } else
-                atomic_fetch_add(&raw_fail, 1);
-        free(body);
+        int r = link_result_sign(&w->id, &rb, &b, &len, sig);
         hlink__task_spec__free_unpacked(spec, NULL);
+        if (r < 0)
+                return r;
+        *body = (ProtobufCBinaryData) { len, b };
+        return 0;
+}
+
+/* Run the N tasks, send their results in one request (the first as
+ * Result.body, the rest in Result.more) and ask for as many new ones. */
+static void raw_results(Raw *w, Hlink__Task *const *tasks, size_t n)
+{
+        Hlink__Result res = HLINK__RESULT__INIT;
+        Hlink__SignedResult more[LINK_RESULTS_MAX], *mp[LINK_RESULTS_MAX];
+        Hlink__Body rq = HLINK__BODY__INIT;
+        uint8_t sigs[LINK_RESULTS_MAX][LINK_SIG_BYTES];
+        ProtobufCBinaryData bodies[LINK_RESULTS_MAX] = {};
+        size_t ok = 0;
+
+        if (n > LINK_RESULTS_MAX)
+                n = LINK_RESULTS_MAX;
+        for (size_t i = 0; i < n; i++)
+                if (raw_run(w, tasks[i], &bodies[ok], sigs[ok]) >= 0)
+                        ok++;
+                else
+                        atomic_fetch_add(&raw_fail, 1);
+        if (ok == 0) {
+                raw_fetch(w);
+                return;
+        }
+        res.body = bodies[0];
+        res.signature = (ProtobufCBinaryData) { LINK_SIG_BYTES, sigs[0] };
+        for (size_t i = 1; i < ok; i++) {
+                hlink__signed_result__init(&more[i - 1]);
+                more[i - 1].body = bodies[i];
+                more[i - 1].signature = (ProtobufCBinaryData) { LINK_SIG_BYTES, sigs[i] };
+                mp[i - 1] = &more[i - 1];
+        }
+        res.n_more = ok - 1;
+        res.more = mp;
+        res.fetch = batch;
+        rq.msg_case = HLINK__BODY__MSG_RESULT;
+        rq.result = &res;
+        w->phase = 2;
+        raw_send(w, &rq);
+        for (size_t i = 0; i < ok; i++)
+                free(bodies[i].data);
 }
 
 static void raw_cb(void *arg)
@@ -342,17 +379,20 @@ static void raw_cb(void *arg)
                         goto out;
                 }
                 atomic_fetch_add(&raw_welcomed, 1);
-        } else if (w->phase == 2 && b->result_ack->accepted)
-                atomic_fetch_add(&raw_rt, 1);
+        } else if (w->phase == 2 && b->msg_case == HLINK__BODY__MSG_RESULT_ACK) {
+                unsigned accepted = b->result_ack->accepted;
+                for (size_t i = 0; i < b->result_ack->n_more; i++)
+                        accepted += b->result_ack->more[i]->accepted;
+                atomic_fetch_add(&raw_rt, accepted);
+                if (accepted < 1 + b->result_ack->n_more)
+                        atomic_fetch_add(&raw_fail, 1 + b->result_ack->n_more - accepted);
+        }
         if (atomic_load(&raw_stop))
                 goto out;
-        const Hlink__Task *next = NULL;
         if (w->phase == 1 && b->msg_case == HLINK__BODY__MSG_WORK && b->work->n_tasks > 0)
-                next = b->work->tasks[0];
+                raw_results(w, b->work->tasks, b->work->n_tasks);
         else if (w->phase == 2 && b->msg_case == HLINK__BODY__MSG_RESULT_ACK && b->result_ack->n_tasks > 0)
-                next = b->result_ack->tasks[0];
-        if (next)
-                raw_result(w, next);
+                raw_results(w, b->result_ack->tasks, b->result_ack->n_tasks);
         else {
                 if (w->phase != 0)
                         atomic_fetch_add(&raw_empty, 1);
@@ -466,8 +506,9 @@ static void next(Worker *w)
 
 /* --- one level ---------------------------------------------------------------- */
 
-static void report(unsigned nw, uint64_t rt, double dt, const PoolStats *p0, const PoolStats *p1, long rss_idle,
-                   long rss_connected, unsigned connected, uint64_t fails, uint64_t empty, uint64_t workers_cpu_usec)
+static void report(unsigned nw, uint64_t rt, uint64_t req, double dt, const PoolStats *p0, const PoolStats *p1,
+                   long rss_idle, long rss_connected, unsigned connected, uint64_t fails, uint64_t empty,
+                   uint64_t workers_cpu_usec)
 {
         double pool_cpu = (double) (p1->cpu - p0->cpu) / USEC_PER_SEC / dt * 100;
         double load[3] = { 0 };
@@ -476,12 +517,13 @@ static void report(unsigned nw, uint64_t rt, double dt, const PoolStats *p0, con
          * (other processes share these 2 cores) does not change. */
         double pool_us = rt ? (double) (p1->cpu - p0->cpu) / (double) rt : 0.0;
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        printf("workers %u: %.0f round-trips/s (%llu in %.1f s; CPU a round trip: pool %.0f us, workers %.0f us; "
+        printf("workers %u: %.0f round-trips/s (%llu in %.1f s; %.0f requests/s, up to %u results a request; "
+               "CPU a round trip: pool %.0f us, workers %.0f us; "
                "pool CPU %.0f%%, %.1f requests a commit, %llu failures, %llu empty; %u/%u connected; "
                "pool memory %.1f KiB a connected worker; load average %.2f; derived, not measured: with the "
                "workers on other machines this machine's %ld cores would serve 1e6 / %.0f us x %ld = %.0f "
                "round-trips/s)\n",
-               nw, (double) rt / dt, (unsigned long long) rt, dt, pool_us,
+               nw, (double) rt / dt, (unsigned long long) rt, dt, (double) req / dt, batch, pool_us,
                rt ? (double) workers_cpu_usec / (double) rt : 0.0, pool_cpu,
                p1->commits > p0->commits ? (double) (p1->req - p0->req) / (double) (p1->commits - p0->commits) : 0.0,
                (unsigned long long) fails, (unsigned long long) empty, connected, nw,
@@ -520,17 +562,18 @@ static int raw_level(const char *url, unsigned nw, double secs)
         if (pool_stats(&p_conn) < 0)
                 return -EIO;
         uint64_t rt0 = atomic_load(&raw_rt), f0 = atomic_load(&raw_fail), e0 = atomic_load(&raw_empty);
-        uint64_t t0 = mono_usec(), c0 = cpu_usec(RUSAGE_SELF);
+        uint64_t q0 = atomic_load(&raw_req), t0 = mono_usec(), c0 = cpu_usec(RUSAGE_SELF);
         fprintf(stderr, "(level %u: measuring)\n", nw);
         usleep((useconds_t) (secs * USEC_PER_SEC));
         uint64_t c1 = cpu_usec(RUSAGE_SELF);
         uint64_t rt1 = atomic_load(&raw_rt), f1 = atomic_load(&raw_fail), e1 = atomic_load(&raw_empty);
+        uint64_t q1 = atomic_load(&raw_req);
         double dt = (double) (mono_usec() - t0) / USEC_PER_SEC;
         if (pool_stats(&p1) < 0)
                 return -EIO;
         atomic_store(&raw_stop, true);
-        report(nw, rt1 - rt0, dt, &p_conn, &p1, p_idle.rss, p_conn.rss, atomic_load(&raw_welcomed), f1 - f0,
-               e1 - e0, c1 - c0);
+        report(nw, rt1 - rt0, q1 - q0, dt, &p_conn, &p1, p_idle.rss, p_conn.rss, atomic_load(&raw_welcomed),
+               f1 - f0, e1 - e0, c1 - c0);
         usleep(200000);         /* in-flight requests finish */
         for (unsigned i = 0; i < nw; i++) {
                 nng_aio_stop(ws[i].aio);
@@ -589,7 +632,7 @@ static int client_level(const char *dir, const char *url, unsigned nw, double se
         double dt = (double) (mono_usec() - t0) / USEC_PER_SEC;
         if (pool_stats(&p1) < 0)
                 return -EIO;
-        report(nw, round_trips - rt0, dt, &p_conn, &p1, p_idle.rss, p_conn.rss, welcomed, failures - f0, 0,
+        report(nw, round_trips - rt0, round_trips - rt0, dt, &p_conn, &p1, p_idle.rss, p_conn.rss, welcomed, failures - f0, 0,
                cpu_usec(RUSAGE_SELF) - c0);
         uint64_t drain = mono_usec() + 2 * USEC_PER_SEC;
         stopping = true;
@@ -613,10 +656,10 @@ static int client_level(const char *dir, const char *url, unsigned nw, double se
 
 /* --store: the store alone, as the server drives it, on one thread: per
  * round trip a result (pool_store_add_result) and the next lease
- * (pool_store_lease_caps), a group commit (fdatasync) every BATCH. No
+ * (pool_store_lease_caps), a group commit (fdatasync) every PER_COMMIT. No
  * network, no signatures: what the database costs a round trip, steadier
  * than the whole benchmark on a shared machine. */
-static int store_level(const char *dir, unsigned n, unsigned batch)
+static int store_level(const char *dir, unsigned n, unsigned per_commit)
 {
         enum { WORKERS = 100 };
         char path[4096];
@@ -678,7 +721,7 @@ static int store_level(const char *dir, unsigned n, unsigned batch)
                         snprintf(held[w], sizeof(held[w]), "%s", l[0].id);
                 pool_leases_free(l, r > 0 ? (size_t) r : 0);
                 r = r == 1 ? 0 : -EIO;
-                if (r >= 0 && (i + 1) % batch == 0)
+                if (r >= 0 && (i + 1) % per_commit == 0)
                         r = pool_store_commit(st);
         }
         uint64_t cpu = cpu_usec(RUSAGE_SELF) - c0, wall = mono_usec() - t0;
@@ -687,7 +730,7 @@ static int store_level(const char *dir, unsigned n, unsigned batch)
         if (r >= 0)
                 printf("store: %.1f us CPU a round trip (a result and the next lease, %u round trips, a group "
                        "commit with fdatasync every %u; %.1f us wall; load average %.2f)\n",
-                       (double) cpu / n, n, batch, (double) wall / n, load[0]);
+                       (double) cpu / n, n, per_commit, (double) wall / n, load[0]);
         pool_store_close(st);
         return r < 0 ? r : 0;
 }
@@ -731,6 +774,15 @@ int main(int argc, char **argv)
         if (client) {
                 argc--;
                 argv++;
+        }
+        if (argc > 2 && !strcmp(argv[1], "--batch")) {
+                batch = (unsigned) atoi(argv[2]);
+                if (batch < 1 || batch > LINK_RESULTS_MAX || client) {
+                        fprintf(stderr, "bench-pool: --batch takes 1..%u, lean workers only\n", LINK_RESULTS_MAX);
+                        return 2;
+                }
+                argc -= 2;
+                argv += 2;
         }
         if (getenv("BENCH_CONTEXTS"))
                 contexts = (unsigned) atoi(getenv("BENCH_CONTEXTS"));

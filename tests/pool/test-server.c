@@ -134,32 +134,38 @@ static void submit(const char *id)
         free(spec);
 }
 
-/* A signed result for TASK (its output: its id), asking for FETCH more. */
-static LinkMsg *result(const Hlink__Task *task, unsigned fetch)
+/* A result body for task ID (its output: its id), signed by the worker. */
+static void sign_result(const char *id, ProtobufCBinaryData *ret_body, uint8_t sig[64])
 {
-        Hlink__TaskSpec *spec = NULL;
         Hlink__ResultBody rb = HLINK__RESULT_BODY__INIT;
         Hlink__File out = HLINK__FILE__INIT, *outs[] = { &out };
-        Hlink__Result res = HLINK__RESULT__INIT;
-        Hlink__Body b = HLINK__BODY__INIT;
-        uint8_t sig[64], sha[32];
         void *body;
         size_t len;
-        assert_int_equal(link_task_verify(task, pool.pk, &spec, sha), 0);
-        rb.task_id = spec->id;
+        rb.task_id = (char *) id;
         rb.status = HLINK__STATUS__STATUS_OK;
         out.name = "stdout";
-        out.data = (ProtobufCBinaryData) { strlen(spec->id), (uint8_t *) spec->id };
+        out.data = (ProtobufCBinaryData) { strlen(id), (uint8_t *) id };
         rb.outputs = outs;
         rb.n_outputs = 1;
         assert_int_equal(link_result_sign(&worker, &rb, &body, &len, sig), 0);
-        res.body = (ProtobufCBinaryData) { len, body };
+        *ret_body = (ProtobufCBinaryData) { len, body };
+}
+
+/* A signed result for TASK, asking for FETCH more. */
+static LinkMsg *result(const Hlink__Task *task, unsigned fetch)
+{
+        Hlink__TaskSpec *spec = NULL;
+        Hlink__Result res = HLINK__RESULT__INIT;
+        Hlink__Body b = HLINK__BODY__INIT;
+        uint8_t sig[64], sha[32];
+        assert_int_equal(link_task_verify(task, pool.pk, &spec, sha), 0);
+        sign_result(spec->id, &res.body, sig);
         res.signature = (ProtobufCBinaryData) { 64, sig };
         res.fetch = fetch;
         b.msg_case = HLINK__BODY__MSG_RESULT;
         b.result = &res;
         LinkMsg *m = call(&b, false, NULL, NULL);
-        free(body);
+        free(res.body.data);
         hlink__task_spec__free_unpacked(spec, NULL);
         return m;
 }
@@ -295,6 +301,89 @@ static const char *task_id(const Hlink__Task *t, char *buf)
         return buf;
 }
 
+/* Several results in one request (Result.more): each judged on its own, a
+ * forged or unknown one costs only itself, and the count is limited. */
+static void test_batch(void **state)
+{
+        char ids[3][LINK_ID_MAX + 1];
+        uint8_t sigs[5][64];
+        Hlink__Result res = HLINK__RESULT__INIT;
+        Hlink__SignedResult more[LINK_RESULTS_MAX], *mp[LINK_RESULTS_MAX];
+        Hlink__Body b = HLINK__BODY__INIT;
+
+        hello();
+        submit("b1");
+        submit("b2");
+        submit("b3");
+        LinkMsg *w = fetch(3);
+        assert_int_equal(w->body->work->n_tasks, 3);
+        for (int i = 0; i < 3; i++)
+                task_id(w->body->work->tasks[i], ids[i]);
+        link_msg_free(w);
+
+        /* ids[0] first; then ids[1] good, ids[2] with a forged signature,
+         * and a task never leased to this worker. */
+        sign_result(ids[0], &res.body, sigs[0]);
+        res.signature = (ProtobufCBinaryData) { 64, sigs[0] };
+        for (int i = 0; i < 3; i++) {
+                hlink__signed_result__init(&more[i]);
+                mp[i] = &more[i];
+        }
+        ProtobufCBinaryData bodies[3];
+        sign_result(ids[1], &bodies[0], sigs[1]);
+        sign_result(ids[2], &bodies[1], sigs[2]);
+        sign_result("b-never-leased", &bodies[2], sigs[3]);
+        sigs[2][10] ^= 1;
+        for (int i = 0; i < 3; i++) {
+                more[i].body = bodies[i];
+                more[i].signature = (ProtobufCBinaryData) { 64, sigs[i + 1] };
+        }
+        res.more = mp;
+        res.n_more = 3;
+        b.msg_case = HLINK__BODY__MSG_RESULT;
+        b.result = &res;
+        LinkMsg *ack = call(&b, false, NULL, NULL);
+        assert_int_equal(ack->body->msg_case, HLINK__BODY__MSG_RESULT_ACK);
+        const Hlink__ResultAck *a = ack->body->result_ack;
+        assert_true(a->accepted);
+        assert_string_equal(a->task_id, ids[0]);
+        assert_int_equal(a->n_more, 3);
+        assert_true(a->more[0]->accepted);
+        assert_string_equal(a->more[0]->task_id, ids[1]);
+        assert_int_equal(a->more[0]->error, HLINK__ERROR_CODE__ERR_NONE);
+        assert_false(a->more[1]->accepted);
+        assert_int_equal(a->more[1]->error, HLINK__ERROR_CODE__ERR_BAD_SIGNATURE);
+        assert_string_equal(a->more[1]->task_id, "");   /* nothing in it is authentic */
+        assert_false(a->more[2]->accepted);
+        assert_int_equal(a->more[2]->error, HLINK__ERROR_CODE__ERR_UNKNOWN_TASK);
+        assert_string_equal(a->more[2]->task_id, "b-never-leased");
+        link_msg_free(ack);
+
+        /* The forged one took nothing: the real result for it is accepted. */
+        free(res.body.data);
+        sign_result(ids[2], &res.body, sigs[0]);
+        res.n_more = 0;
+        ack = call(&b, false, NULL, NULL);
+        assert_int_equal(ack->body->msg_case, HLINK__BODY__MSG_RESULT_ACK);
+        assert_true(ack->body->result_ack->accepted);
+        assert_int_equal(ack->body->result_ack->n_more, 0);
+        link_msg_free(ack);
+
+        /* More than LINK_RESULTS_MAX in one request: refused whole. */
+        for (unsigned i = 0; i < LINK_RESULTS_MAX; i++) {
+                hlink__signed_result__init(&more[i]);
+                more[i].body = bodies[0];
+                more[i].signature = (ProtobufCBinaryData) { 64, sigs[1] };
+                mp[i] = &more[i];
+        }
+        res.n_more = LINK_RESULTS_MAX;
+        assert_int_equal(error_code(call(&b, false, NULL, NULL)), HLINK__ERROR_CODE__ERR_TOO_LARGE);
+
+        free(res.body.data);
+        for (int i = 0; i < 3; i++)
+                free(bodies[i].data);
+}
+
 /* The CLI submits and cancels while the pool serves many pending tasks:
  * the server reads only the rows it added, it does not rebuild its memory
  * from the whole database (which costs in proportion to the pending
@@ -361,6 +450,7 @@ int main(void)
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_session),
                 cmocka_unit_test(test_catch_up),
+                cmocka_unit_test(test_batch),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
 }
