@@ -370,9 +370,10 @@ int jobs_submit_pool(struct jobs *js, char *const *argv, const struct job_file *
 	for (size_t i = 0; r >= 0 && i < n_files; i++) {
 		snprintf(path, sizeof(path), "%s/%s", scratch, files[i].name);
 		struct iovec iov = { .iov_base = (void *)files[i].data, .iov_len = files[i].len };
-		/* In place, not write_file_atomic: the scratch folder is new, so
-		 * there is no old file to keep, and one fsync of the folder after
-		 * all of them (below) is enough before the spool names the job. */
+		/* In place, not write_file_atomic: nothing reads the scratch
+		 * folder before the spool names the job, so there is no old file
+		 * to keep whole (one a crash left is simply rewritten), and one
+		 * fsync of the folder after all of them (below) is enough. */
 		r = write_file_sync(path, &iov, 1, 0644);
 	}
 	if (r >= 0)
