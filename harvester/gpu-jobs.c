@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "gpu/gpu.h"
+#include "harvester/fileio.h"
 #include "harvester/gpu-jobs.h"
 #include "harvester/ledger.h"
 #include "harvester/log.h"
@@ -143,47 +144,12 @@ static const char *backend_name(enum gpu_backend b)
 	return b == GPU_BACKEND_CUDA ? "cuda" : "opencl";
 }
 
-static int fsync_dir(const char *dir)
+/* One buffer, replacing PATH atomically (fileio.h): a crash leaves the old
+ * file or the new one. */
+static int write_file_buf(const char *path, const void *data, size_t len, mode_t mode)
 {
-	_cleanup_close_ int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return negative_errno();
-	return fsync(fd) < 0 ? negative_errno() : 0;
-}
-
-/* Atomically: temp, fsync, rename, fsync the folder; so a crash leaves the
- * old file or the new one. */
-static int write_file_atomic(const char *dir, const char *path, const void *data, size_t len, mode_t mode)
-{
-	char tmp[PATH_MAX];
-	const char *p = data;
-	int r = 0;
-
-	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
-		return -ENAMETOOLONG;
-	_cleanup_close_ int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
-	if (fd < 0)
-		return negative_errno();
-	while (len > 0) {
-		ssize_t n = write(fd, p, len);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			r = negative_errno();
-			break;
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	if (r >= 0 && fsync(fd) < 0)
-		r = negative_errno();
-	if (r >= 0 && rename(tmp, path) < 0)
-		r = negative_errno();
-	if (r < 0) {
-		unlink(tmp);
-		return r;
-	}
-	return fsync_dir(dir);
+	struct iovec iov = { .iov_base = (void *)data, .iov_len = len };
+	return write_file_atomic(path, &iov, 1, mode);
 }
 
 static int read_file(const char *path, size_t max, void **ret, size_t *ret_len)
@@ -301,18 +267,17 @@ static json_t *job_to_json(const struct gpu_job *j)
 
 static int job_save(struct gpu_jobs *g, const struct gpu_job *j)
 {
-	char dir[PATH_MAX], path[PATH_MAX];
+	char path[PATH_MAX];
 	int r;
 
-	if ((r = job_path(g, j->id, NULL, dir, sizeof(dir))) < 0 ||
-	    (r = job_path(g, j->id, "gpu-task.json", path, sizeof(path))) < 0)
+	if ((r = job_path(g, j->id, "gpu-task.json", path, sizeof(path))) < 0)
 		return r;
 	json_t *o = job_to_json(j);
 	char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
 	json_decref(o);
 	if (!text)
 		return -ENOMEM;
-	r = write_file_atomic(dir, path, text, strlen(text), 0600);
+	r = write_file_buf(path, text, strlen(text), 0600);
 	free(text);
 	if (r < 0)
 		log_warning_errno(r, "Cannot save GPU job %" PRIu64 " in %s", j->id, path);
@@ -552,18 +517,16 @@ static void hook_charge(void *u, uint64_t task_id, uint64_t device_ns)
 /* Every OUT and INOUT buffer of a finished job into its file. */
 static int write_outputs(struct gpu_jobs *g, struct gpu_job *j)
 {
-	char dir[PATH_MAX], name[32], path[PATH_MAX];
+	char name[32], path[PATH_MAX];
 	int r;
 
-	if ((r = job_path(g, j->id, NULL, dir, sizeof(dir))) < 0)
-		return r;
 	for (unsigned i = 0; i < j->n_args; i++) {
 		const struct gpu_job_karg *a = &j->args[i];
 		if (a->kind != GPU_ARG_BUFFER || !(a->dir & GPU_BUFFER_OUT))
 			continue;
 		arg_file(j, i, true, name, sizeof(name));
 		if ((r = job_path(g, j->id, name, path, sizeof(path))) < 0 ||
-		    (r = write_file_atomic(dir, path, a->host, a->bytes, 0644)) < 0)
+		    (r = write_file_buf(path, a->host, a->bytes, 0644)) < 0)
 			return r;
 	}
 	return 0;
@@ -785,7 +748,7 @@ static int job_write_inputs(struct gpu_jobs *g, struct gpu_job *j)
 	if (mkdir(dir, 0755) < 0 && errno != EEXIST)
 		return negative_errno();
 	if ((r = job_path(g, j->id, source_file(j), path, sizeof(path))) < 0 ||
-	    (r = write_file_atomic(dir, path, j->source, strlen(j->source), 0644)) < 0)
+	    (r = write_file_buf(path, j->source, strlen(j->source), 0644)) < 0)
 		return r;
 	for (unsigned i = 0; i < j->n_args; i++) {
 		const struct gpu_job_karg *a = &j->args[i];
@@ -793,7 +756,7 @@ static int job_write_inputs(struct gpu_jobs *g, struct gpu_job *j)
 			continue;
 		arg_file(j, i, false, name, sizeof(name));
 		if ((r = job_path(g, j->id, name, path, sizeof(path))) < 0 ||
-		    (r = write_file_atomic(dir, path, a->host, a->bytes, 0600)) < 0)
+		    (r = write_file_buf(path, a->host, a->bytes, 0600)) < 0)
 			return r;
 	}
 	return 0;

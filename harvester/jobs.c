@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "cgroup/cgroup.h"
+#include "harvester/fileio.h"
 #include "harvester/jobs.h"
 #include "harvester/macro.h"
 #include "harvester/sandbox.h"
@@ -175,42 +176,21 @@ static int job_from_json(json_t *o, struct job **ret)
 	return 0;
 }
 
-/* Write fd's directory entry durable: fsync the folder. */
-static int fsync_dir(const char *dir)
-{
-	_cleanup_close_ int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return negative_errno();
-	return fsync(fd) < 0 ? negative_errno() : 0;
-}
-
 static int job_save(struct jobs *js, const struct job *j)
 {
-	char path[PATH_MAX], tmp[PATH_MAX];
+	char path[PATH_MAX];
 	json_t *o = job_to_json(j);
-	if (!o)
+	_cleanup_free_ char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+	json_decref(o);
+	if (!text)
 		return -ENOMEM;
 	snprintf(path, sizeof(path), "%s/%" PRIu64 ".json", js->spool_dir, j->id);
-	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
 
-	_cleanup_close_ int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0) {
-		json_decref(o);
-		return negative_errno();
-	}
-	int r = json_dumpfd(o, fd, JSON_COMPACT);
-	json_decref(o);
-	if (r < 0 || write(fd, "\n", 1) != 1 || fsync(fd) < 0) {
-		r = errno > 0 ? -errno : -EIO;
-		unlink(tmp);
-		return r;
-	}
-	if (rename(tmp, path) < 0) {
-		r = negative_errno();
-		unlink(tmp);
-		return r;
-	}
-	return fsync_dir(js->spool_dir);
+	struct iovec iov[] = {
+		{ .iov_base = text, .iov_len = strlen(text) },
+		{ .iov_base = (char *)"\n", .iov_len = 1 },
+	};
+	return write_file_atomic(path, iov, ELEMENTSOF(iov), 0600);
 }
 
 static void jobs_append(struct jobs *js, struct job *j)
@@ -362,25 +342,6 @@ int jobs_submit(struct jobs *js, char *const *argv, struct job **ret)
 	return 0;
 }
 
-static int write_file_sync(const char *path, const void *data, size_t len)
-{
-	_cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
-	const uint8_t *p = data;
-	if (fd < 0)
-		return negative_errno();
-	while (len > 0) {
-		ssize_t n = write(fd, p, len);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return negative_errno();
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	return fsync(fd) < 0 ? negative_errno() : 0;
-}
-
 int jobs_submit_pool(struct jobs *js, char *const *argv, const struct job_file *files, size_t n_files,
 		     json_t *pool_task, struct job **ret)
 {
@@ -408,7 +369,12 @@ int jobs_submit_pool(struct jobs *js, char *const *argv, const struct job_file *
 	r = mkdir_p(scratch, 0700);
 	for (size_t i = 0; r >= 0 && i < n_files; i++) {
 		snprintf(path, sizeof(path), "%s/%s", scratch, files[i].name);
-		r = write_file_sync(path, files[i].data, files[i].len);
+		struct iovec iov = { .iov_base = (void *)files[i].data, .iov_len = files[i].len };
+		/* In place, not write_file_atomic: nothing reads the scratch
+		 * folder before the spool names the job, so there is no old file
+		 * to keep whole (one a crash left is simply rewritten), and one
+		 * fsync of the folder after all of them (below) is enough. */
+		r = write_file_sync(path, &iov, 1, 0644);
 	}
 	if (r >= 0)
 		r = fsync_dir(scratch);

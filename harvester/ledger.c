@@ -5,7 +5,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
-#include <libgen.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "harvester/fileio.h"
 #include "harvester/macro.h"
 
 #define LEDGER_VERSION 1
@@ -112,43 +112,11 @@ int ledger_load(const char *path, struct ledger *ret)
 	return 0;
 }
 
-static int write_all(int fd, const char *buf, size_t len)
-{
-	while (len > 0) {
-		ssize_t n = write(fd, buf, len);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return negative_errno();
-		}
-		buf += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
-static int fsync_parent(const char *path)
-{
-	_cleanup_free_ char *copy = strdup(path);
-	_cleanup_close_ int fd = -1;
-
-	if (!copy)
-		return -ENOMEM;
-	fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return negative_errno();
-	if (fsync(fd) < 0)
-		return negative_errno();
-	return 0;
-}
-
 int ledger_save(const char *path, const struct ledger *l)
 {
 	json_auto_t *root = NULL;
-	_cleanup_free_ char *text = NULL, *tmp = NULL;
-	_cleanup_close_ int fd = -1;
+	_cleanup_free_ char *text = NULL;
 	size_t boot_len = strnlen(l->boot_id, sizeof(l->boot_id));
-	int r;
 
 	if (l->spent_total_usec > INT64_MAX || l->saved_realtime_usec > INT64_MAX ||
 	    l->jobs_cgroup_id > INT64_MAX || l->jobs_usage_usec > INT64_MAX ||
@@ -171,29 +139,16 @@ int ledger_save(const char *path, const struct ledger *l)
 	if (!root)
 		return -ENOMEM; /* or a boot_id that is not UTF-8 */
 	text = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
-	if (!text || asprintf(&tmp, "%s.tmp", path) < 0)
+	if (!text)
 		return -ENOMEM;
 
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-	if (fd < 0)
-		return negative_errno();
-	r = write_all(fd, text, strlen(text));
-	if (r >= 0)
-		r = write_all(fd, "\n", 1);
-	/* The data must be on disk before the rename makes it the ledger, or
-	 * a crash could leave an empty file under the real name. */
-	if (r >= 0 && fsync(fd) < 0)
-		r = negative_errno();
-	if (r >= 0 && close(TAKE_FD(fd)) < 0)
-		r = negative_errno();
-	if (r >= 0 && rename(tmp, path) < 0)
-		r = negative_errno();
-	if (r < 0) {
-		(void)unlink(tmp);
-		return r;
-	}
-	/* And the rename itself must survive a crash. */
-	return fsync_parent(path);
+	struct iovec iov[] = {
+		{ .iov_base = text, .iov_len = strlen(text) },
+		{ .iov_base = (char *)"\n", .iov_len = 1 },
+	};
+	/* Atomic: a crash leaves the old ledger or the new one, never an empty
+	 * file under the real name. */
+	return write_file_atomic(path, iov, ELEMENTSOF(iov), 0600);
 }
 
 int64_t ledger_unrecorded_usec(const struct ledger *l, const char *boot_id_now, uint64_t jobs_cgroup_id_now,

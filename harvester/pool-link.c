@@ -14,6 +14,7 @@
 #include <sodium.h>
 
 #include "gpu/gpu.h"
+#include "harvester/fileio.h"
 #include "harvester/gpu-jobs.h"
 #include "harvester/log.h"
 #include "harvester/macro.h"
@@ -457,30 +458,6 @@ static int hex_to_hash(const char *hex, uint8_t out[LINK_HASH_BYTES])
 	return 0;
 }
 
-static int write_atomic(const char *dir, const char *path, const void *a, size_t alen, const void *b, size_t blen)
-{
-	char tmp[PATH_MAX];
-	int r = 0;
-
-	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
-		return -ENAMETOOLONG;
-	_cleanup_close_ int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0)
-		return negative_errno();
-	if (write(fd, a, alen) != (ssize_t)alen || write(fd, b, blen) != (ssize_t)blen || fsync(fd) < 0)
-		r = errno > 0 ? -errno : -EIO;
-	else if (rename(tmp, path) < 0)
-		r = negative_errno();
-	if (r < 0) {
-		unlink(tmp);
-		return r;
-	}
-	_cleanup_close_ int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (dfd < 0 || fsync(dfd) < 0)
-		return negative_errno();
-	return 0;
-}
-
 static Hlink__Status result_status(const struct job *j)
 {
 	if (j->state == JOB_DONE)
@@ -510,7 +487,11 @@ static int sign_and_write(struct pool_link *p, uint64_t job_id, Hlink__ResultBod
 		return r;
 	if ((r = result_path(p, job_id, path, sizeof(path))) < 0)
 		return r;
-	return write_atomic(p->results_dir, path, sig, sizeof(sig), body, body_len);
+	struct iovec iov[] = {
+		{ .iov_base = sig, .iov_len = sizeof(sig) },
+		{ .iov_base = body, .iov_len = body_len },
+	};
+	return write_file_atomic(path, iov, ELEMENTSOF(iov), 0600);
 }
 
 /* A GPU task's result: each OUT/INOUT buffer as the output of its name, or,
@@ -683,11 +664,8 @@ static void result_answered(struct pool_link *p, struct ptask *j, bool accepted,
 	char path[PATH_MAX];
 	if (result_path(p, pt_id(j), path, sizeof(path)) >= 0 && unlink(path) < 0 && errno != ENOENT)
 		log_warning_errno(negative_errno(), "Cannot delete %s", path);
-	else {
-		_cleanup_close_ int dfd = open(p->results_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		if (dfd >= 0)
-			(void)fsync(dfd);
-	}
+	else
+		(void)fsync_dir(p->results_dir);
 	json_object_set_new(pt_obj(j), "accepted", json_boolean(accepted));
 	pt_set_state(p, j, PT_ACKED);
 	p->results_sent++;

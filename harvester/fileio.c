@@ -1,0 +1,99 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* Writing files durably: see fileio.h. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "harvester/fileio.h"
+#include "harvester/macro.h"
+
+int write_full(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return negative_errno();
+		}
+		if (n == 0)
+			return -EIO; /* no error and no progress: do not spin */
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int fsync_dir(const char *dir)
+{
+	_cleanup_close_ int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return negative_errno();
+	return fsync(fd) < 0 ? negative_errno() : 0;
+}
+
+/* Write the buffers, fsync, and close FD (taking it), checking the close too:
+ * the data is on disk before the caller makes the file visible. */
+static int write_iov_sync_close(int *fd, const struct iovec *iov, size_t n_iov)
+{
+	int r = 0;
+
+	for (size_t i = 0; r >= 0 && i < n_iov; i++)
+		r = write_full(*fd, iov[i].iov_base, iov[i].iov_len);
+	if (r >= 0 && fsync(*fd) < 0)
+		r = negative_errno();
+	if (r >= 0 && close(TAKE_FD(*fd)) < 0)
+		r = negative_errno();
+	return r;
+}
+
+int write_file_sync(const char *path, const struct iovec *iov, size_t n_iov, mode_t mode)
+{
+	_cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
+	if (fd < 0)
+		return negative_errno();
+	return write_iov_sync_close(&fd, iov, n_iov);
+}
+
+int write_file_atomic(const char *path, const struct iovec *iov, size_t n_iov, mode_t mode)
+{
+	char tmp[PATH_MAX], dir[PATH_MAX];
+	const char *slash;
+	int r;
+
+	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
+		return -ENAMETOOLONG;
+	/* The folder to fsync, as dirname(3) gives it, without copying PATH to the heap. */
+	slash = strrchr(path, '/');
+	if (!slash)
+		strcpy(dir, ".");
+	else if (slash == path)
+		strcpy(dir, "/");
+	else
+		snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
+
+	/* A fixed temp name, not a unique one: a temp file left by a crash is
+	 * replaced on the next write instead of piling up, and each file has
+	 * one writer (the daemon's one thread). It is removed and created with
+	 * O_EXCL rather than truncated, so the data goes into a fresh inode
+	 * that nothing else links to, never through a link planted there. */
+	if (unlink(tmp) < 0 && errno != ENOENT)
+		return negative_errno(); /* e.g. -EISDIR: something that is not ours */
+	_cleanup_close_ int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+	if (fd < 0)
+		return negative_errno();
+	r = write_iov_sync_close(&fd, iov, n_iov);
+	if (r >= 0 && rename(tmp, path) < 0)
+		r = negative_errno();
+	if (r < 0) {
+		(void)unlink(tmp);
+		return r;
+	}
+	/* And the rename itself must survive a crash. */
+	return fsync_dir(dir);
+}
