@@ -166,8 +166,10 @@ $(BUILD)/tests/pool-worker: $(BUILD)/tests/pool/worker.o $(BUILD)/libharvester-n
 $(BUILD)/tests/bench-pool: $(BUILD)/tests/pool/bench-pool.o $(BUILD)/libharvest-pool.a $(BUILD)/libharvester-net.a
 	$(CC) $(LDFLAGS) $^ $(POOL_LIBS) -o $@
 
+# One task a request, then workers that hold 8 and report them together.
 bench-pool: $(BUILD)/tests/bench-pool
 	$(BUILD)/tests/bench-pool
+	$(BUILD)/tests/bench-pool --batch 8
 
 # libFuzzer targets for the decoder: make fuzz, then tests/host/fuzz-link.sh.
 fuzz: $(FUZZERS)

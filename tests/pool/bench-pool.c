@@ -20,11 +20,14 @@
  * One round trip = one result in and one new task out. A worker asks for
  * its first task with a Fetch, then sends each result with Result.fetch = 1
  * and gets its next task in the ack: one request a task, as harvesterd
- * does when it has finished one and wants another.
+ * does when it has finished one and wants another. With --batch N a worker
+ * holds N tasks, and reports the N results in one request (Result.more)
+ * that asks for N new ones, as a client holding several tiny tasks does;
+ * every result is still signed and verified on its own.
  *
  * Prints one line per worker count:
  *   workers W: N round-trips/s (...)
- * usage: bench-pool [--client] [SECONDS_PER_LEVEL] [LEVELS...]
+ * usage: bench-pool [--client | --batch N] [SECONDS_PER_LEVEL] [LEVELS...]
  *        bench-pool --store [ROUND_TRIPS] [ROUND_TRIPS_A_COMMIT]
  */
 #include <errno.h>
