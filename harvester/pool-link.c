@@ -52,7 +52,9 @@ struct pool_link {
 	char *results_dir;
 
 	enum request inflight;
-	uint64_t inflight_job;         /* REQ_RESULT: the job whose result is out */
+	uint64_t inflight_jobs[LINK_RESULTS_MAX];  /* REQ_RESULT: the jobs whose results are out */
+	size_t n_inflight_jobs;
+	bool results_one_by_one;       /* the pool found a batch too large: one a request */
 	bool stopping;
 
 	bool welcomed, connected;
@@ -68,6 +70,7 @@ struct pool_link {
 	unsigned refused_replies;      /* replies not signed by the pinned key, or replayed */
 	unsigned unsupported;          /* verified tasks of a kind this worker does not run */
 	unsigned results_sent, results_accepted;
+	unsigned result_requests;      /* requests that carried them (several a request) */
 };
 
 static uint64_t mono_usec(void)
@@ -359,28 +362,90 @@ static int read_all(const char *path, size_t max, uint8_t **ret, size_t *ret_len
 	return 0;
 }
 
-/* Send the result of job J, read back from its file. */
-static int send_result(struct pool_link *p, struct ptask *j)
+static int write_result_file(struct pool_link *p, struct ptask *j);
+
+/* Read the signed result of job J back from its file into *BUF (the
+ * signature, then the body); rewritten once from the job if it is lost or
+ * damaged on disk (the job's output is still there). */
+static int read_result(struct pool_link *p, struct ptask *j, uint8_t **buf, size_t *len)
 {
 	char path[PATH_MAX];
-	_cleanup_free_ uint8_t *buf = NULL;
-	size_t len = 0;
 	int r;
 
-	if ((r = result_path(p, pt_id(j), path, sizeof(path))) < 0 ||
-	    (r = read_all(path, LINK_MSG_MAX_BYTES, &buf, &len, NULL)) < 0)
+	for (int attempt = 0;; attempt++) {
+		if ((r = result_path(p, pt_id(j), path, sizeof(path))) < 0)
+			return r;
+		r = read_all(path, LINK_MSG_MAX_BYTES, buf, len, NULL);
+		if (r >= 0 && *len <= LINK_SIG_BYTES) {
+			free(*buf);
+			*buf = NULL;
+			r = -EBADMSG;
+		}
+		if (r >= 0 || attempt > 0 || (r != -ENOENT && r != -EBADMSG))
+			return r;
+		log_warning_errno(r, "Result of job %" PRIu64 " unreadable; writing it again", pt_id(j));
+		if ((r = write_result_file(p, j)) < 0)
+			return r;
+	}
+}
+
+/* Send the results waiting for an answer, as many as one request takes
+ * (LINK_RESULTS_MAX, and the message size), so tasks finished together
+ * cost the pool one request. Returns -EAGAIN when there are none. */
+static int send_results(struct pool_link *p)
+{
+	uint8_t *bufs[LINK_RESULTS_MAX] = {};
+	size_t lens[LINK_RESULTS_MAX], n = 0, total = 0;
+	size_t max = p->results_one_by_one ? 1 : LINK_RESULTS_MAX;
+	int r = -EAGAIN;
+
+	FOREACH_PTASK(p, t) {
+		if (!pt_is(&t, PT_RESULT))
+			continue;
+		if (n == max)
+			break;
+		uint8_t *buf = NULL;
+		size_t len = 0;
+		r = read_result(p, &t, &buf, &len);
+		if (r < 0) {
+			log_warning_errno(r, "Cannot send the result of job %" PRIu64, pt_id(&t));
+			continue;
+		}
+		/* Room for the envelope and the per-result framing. */
+		if (n > 0 && total + len + 64 * 1024 > LINK_MSG_MAX_BYTES) {
+			free(buf);
+			break;
+		}
+		bufs[n] = buf;
+		lens[n] = len;
+		p->inflight_jobs[n++] = pt_id(&t);
+		total += len;
+	}
+	if (n == 0)
 		return r;
-	if (len <= LINK_SIG_BYTES)
-		return -EBADMSG;
 
 	Hlink__Body b = HLINK__BODY__INIT;
 	Hlink__Result res = HLINK__RESULT__INIT;
-	res.signature = (ProtobufCBinaryData){ LINK_SIG_BYTES, buf };
-	res.body = (ProtobufCBinaryData){ len - LINK_SIG_BYTES, buf + LINK_SIG_BYTES };
+	Hlink__SignedResult more[LINK_RESULTS_MAX - 1], *mp[LINK_RESULTS_MAX - 1];
+	res.signature = (ProtobufCBinaryData){ LINK_SIG_BYTES, bufs[0] };
+	res.body = (ProtobufCBinaryData){ lens[0] - LINK_SIG_BYTES, bufs[0] + LINK_SIG_BYTES };
+	for (size_t i = 1; i < n; i++) {
+		hlink__signed_result__init(&more[i - 1]);
+		more[i - 1].signature = (ProtobufCBinaryData){ LINK_SIG_BYTES, bufs[i] };
+		more[i - 1].body = (ProtobufCBinaryData){ lens[i] - LINK_SIG_BYTES, bufs[i] + LINK_SIG_BYTES };
+		mp[i - 1] = &more[i - 1];
+	}
+	res.n_more = n - 1;
+	res.more = mp;
 	b.msg_case = HLINK__BODY__MSG_RESULT;
 	b.result = &res;
-	p->inflight_job = pt_id(j);
-	return submit(p, REQ_RESULT, &b);
+	p->n_inflight_jobs = n;
+	r = submit(p, REQ_RESULT, &b);
+	if (r >= 0)
+		p->result_requests++;
+	for (size_t i = 0; i < n; i++)
+		free(bufs[i]);
+	return r;
 }
 
 static bool fetch_allowed(struct pool_link *p)
@@ -388,8 +453,6 @@ static bool fetch_allowed(struct pool_link *p)
 	struct manager *m = p->m;
 	return policy_allows_harvest(m->policy.state) && !m->budget.exhausted;
 }
-
-static int write_result_file(struct pool_link *p, struct ptask *j);
 
 /* Pick the next request: hello first, then results awaiting an answer, then
  * lease renewals, then more work. */
@@ -407,21 +470,9 @@ static void step(struct pool_link *p)
 		send_hello(p);
 		return;
 	}
-	FOREACH_PTASK(p, t) {
-		if (!pt_is(&t, PT_RESULT))
-			continue;
-		int r = send_result(p, &t);
-		if (r >= 0 || p->inflight != REQ_NONE)
-			return;
-		if (r == -ENOENT || r == -EBADMSG) {
-			/* Lost or damaged on disk: the job's output is still there. */
-			log_warning_errno(r, "Result of job %" PRIu64 " unreadable; writing it again", pt_id(&t));
-			if (write_result_file(p, &t) >= 0 && send_result(p, &t) >= 0)
-				return;
-		}
-		log_warning_errno(r, "Cannot send the result of job %" PRIu64, pt_id(&t));
-		return;
-	}
+	int r = send_results(p);
+	if (r != -EAGAIN)
+		return;         /* sent, or results that cannot be sent yet: those first */
 	unsigned held = held_count(p, false);
 	if (held > 0) {
 		if (now >= p->next_renew_usec) {
@@ -908,10 +959,15 @@ static void on_reply(LinkClient *c, int error, LinkMsg *reply, void *userdata)
 		if (code == HLINK__ERROR_CODE__ERR_UNKNOWN_WORKER) {
 			set_connected(p);
 			p->welcomed = false;         /* a new pool database: hello again */
+		} else if (what == REQ_RESULT && code == HLINK__ERROR_CODE__ERR_TOO_LARGE && p->n_inflight_jobs > 1) {
+			/* The batch, not a result: one a request from now on. */
+			set_connected(p);
+			p->results_one_by_one = true;
 		} else if (what == REQ_RESULT && result_error_is_final(code)) {
 			/* Sending it again cannot change the answer: keep the job's
-			 * record of it, drop the file. */
-			struct ptask j = find_job(p, p->inflight_job);
+			 * record of it, drop the file. The others in the request
+			 * were not judged: they go again. */
+			struct ptask j = find_job(p, p->inflight_jobs[0]);
 			set_connected(p);
 			if (j.x || j.g)
 				result_answered(p, &j, false, b->error->message);
@@ -960,9 +1016,23 @@ static void on_reply(LinkClient *c, int error, LinkMsg *reply, void *userdata)
 	case REQ_RESULT: {
 		if (b->msg_case != HLINK__BODY__MSG_RESULT_ACK)
 			break;
-		struct ptask j = find_job(p, p->inflight_job);
+		const Hlink__ResultAck *a = b->result_ack;
+		struct ptask j = find_job(p, p->inflight_jobs[0]);
 		if ((j.x || j.g) && pt_is(&j, PT_RESULT))
-			result_answered(p, &j, b->result_ack->accepted, b->result_ack->reason);
+			result_answered(p, &j, a->accepted, a->reason);
+		/* One verdict per result in more; one missing (an older pool
+		 * answers only the first) or not judged for a passing reason
+		 * leaves that result waiting: it goes again. */
+		for (size_t i = 1; i < p->n_inflight_jobs && i - 1 < a->n_more; i++) {
+			const Hlink__ResultVerdict *v = a->more[i - 1];
+			j = find_job(p, p->inflight_jobs[i]);
+			if (!(j.x || j.g) || !pt_is(&j, PT_RESULT))
+				continue;
+			if (v->error == HLINK__ERROR_CODE__ERR_NONE)
+				result_answered(p, &j, v->accepted, v->reason);
+			else if (result_error_is_final(v->error))
+				result_answered(p, &j, false, v->reason);
+		}
 		break;
 	}
 	default:
@@ -1137,7 +1207,7 @@ json_t *pool_link_status_json(struct pool_link *p)
 			accepted += json_is_true(json_object_get(pt_obj(&t), "accepted"));
 		}
 	}
-	json_t *o = json_pack("{s:s, s:b, s:s?, s:s?, s:I, s:I, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:I, s:I,"
+	json_t *o = json_pack("{s:s, s:b, s:s?, s:s?, s:I, s:I, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:I, s:I,"
 			      " s:i, s:I}",
 			 "url", p->url, "connected", p->connected, "worker_id", p->worker_id,
 			 "last_error", p->last_error[0] ? p->last_error : NULL,
@@ -1148,6 +1218,7 @@ json_t *pool_link_status_json(struct pool_link *p)
 			 "done", (int)done, "failed", (int)failed, "refused", (int)p->refused,
 			 "refused_replies", (int)p->refused_replies, "unsupported", (int)p->unsupported,
 			 "results_pending", (int)pending, "results_acked", (int)acked, "results_accepted", (int)accepted,
+			 "result_requests", (int)p->result_requests,
 			 "cpu_contributed_usec", (json_int_t)cpu,
 			 "retry_in_usec", (json_int_t)(p->next_try_usec > now ? p->next_try_usec - now : 0),
 			 "gpu_tasks", (int)gpu, "device_contributed_usec", (json_int_t)device);

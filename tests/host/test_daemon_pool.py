@@ -207,30 +207,38 @@ def case_kill9(root, cg):
 def case_pooldown(root, cg):
     pool = Pool(root)
     pool.serve()
-    pool.submit("--id", "late", "--", "sh", "-c", "sleep 2; echo delivered late")
+    late = ["late", "late2", "late3"]
+    for i in late:
+        pool.submit("--id", i, "--", "sh", "-c", "sleep 2; echo delivered %s" % i)
     d = Daemon(root, "d", pool.url, pool.key, cg)
     d.start()
-    check(wait_for(lambda: running_pool_job(d), 15) is not None, "pooldown: the pool task runs")
+    check(wait_for(lambda: running_pool_job(d) is not None and d.pool()["tasks_held"] == 3, 15),
+          "pooldown: a pool task runs, the 3 are held")
     pool.stop(signal.SIGKILL)
-    p = wait_for(lambda: (lambda x: x if x["results_pending"] == 1 and not x["connected"] else None)(d.pool()), 20)
+    p = wait_for(lambda: (lambda x: x if x["results_pending"] == 3 and not x["connected"] else None)(d.pool()), 20)
     print("status.pool:", json.dumps(p))
-    check(p is not None, "pooldown: the finished result waits (results_pending 1, not connected)")
+    check(p is not None, "pooldown: the finished results wait (results_pending 3, not connected)")
     check(p is not None and p["last_error"], "pooldown: status says the last error: %s" % (p and p["last_error"]))
-    check(len(d.results_on_disk()) == 1, "pooldown: the result is on disk in STATE/results")
+    check(len(d.results_on_disk()) == 3, "pooldown: the results are on disk in STATE/results")
     rc = d.stop()
     check(rc == 0, "pooldown: SIGTERM with the pool away: clean exit")
-    check(len(d.results_on_disk()) == 1, "pooldown: still on disk after the daemon stopped")
+    check(len(d.results_on_disk()) == 3, "pooldown: still on disk after the daemon stopped")
     d.start()
-    check(d.pool()["results_pending"] == 1, "pooldown: the restarted daemon still holds it")
+    check(d.pool()["results_pending"] == 3, "pooldown: the restarted daemon still holds them")
     pool.serve()
     t0 = time.time()
-    ok = wait_for(lambda: pool.accepted() == {"late": 1}, 40)
+    ok = wait_for(lambda: pool.accepted() == {i: 1 for i in late}, 40)
     check(ok, "pooldown: delivered %.1f s after the pool came back" % (time.time() - t0))
-    check(wait_for(lambda: d.pool()["results_pending"] == 0 and d.results_on_disk() == [], 10),
-          "pooldown: acknowledged, then deleted from disk")
+    p = wait_for(lambda: (lambda x: x if x["results_pending"] == 0 and d.results_on_disk() == [] else None)(d.pool()),
+                 10)
+    check(p is not None, "pooldown: acknowledged, then deleted from disk")
+    # Finished together, reported together: one request for the three.
+    check(p is not None and p["results_acked"] == 3 and p["result_requests"] == 1,
+          "pooldown: 3 results in %s request(s)" % (p and p["result_requests"]))
     res = pool.json("results", "--outputs")
-    check(len(res) == 1 and base64.b64decode(res[0]["outputs"][0]["data_base64"]) == b"delivered late\n",
-          "pooldown: exactly one result, with the right output")
+    got = sorted(base64.b64decode(r["outputs"][0]["data_base64"]) for r in res)
+    check(got == sorted(b"delivered %s\n" % i.encode() for i in late),
+          "pooldown: exactly one result each, with the right output")
     d.stop()
     pool.stop()
 
