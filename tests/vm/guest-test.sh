@@ -134,7 +134,7 @@ if [ "$phase" = 1 ]; then
 		test "$(systemctl is-enabled harvesterd 2>&1)" = disabled -a "$(systemctl is-active harvesterd 2>&1)" = inactive
 	check install-creates-job-user "no user harvester" getent passwd harvester
 	missing=""
-	for f in /usr/sbin/harvesterd /usr/bin/harvestctl /lib/systemd/system/harvesterd.service \
+	for f in /usr/sbin/harvesterd /usr/bin/harvestctl /lib/systemd/system/harvesterd.service /lib/systemd/system/harvest.slice \
 		/usr/libexec/harvester/harvester-link /lib/systemd/system/harvester-link.service \
 		/usr/share/man/man8/harvester-link.8.gz \
 		/usr/lib/sysusers.d/harvester.conf /usr/share/man/man8/harvesterd.8.gz \
@@ -190,7 +190,11 @@ if [ "$phase" = 1 ]; then
 	check daemon-normal-priority "nice $(ps -o ni= -p "$pid") policy $(ps -o cls= -p "$pid")" \
 		test "$(ps -o ni= -p "$pid" | tr -d ' ')" = 0 -a "$(ps -o cls= -p "$pid" | tr -d ' ')" = TS
 	check daemon-in-supervisor-cgroup "$(cat /proc/"$pid"/cgroup)" \
-		grep -q '^0::/system.slice/harvesterd.service/supervisor$' /proc/"$pid"/cgroup
+		grep -q '^0::/harvest.slice/harvesterd.service/supervisor$' /proc/"$pid"/cgroup
+	# Idle-class at the top of the tree, where the owner's work competes
+	# with it, and the jobs idle against the daemon inside.
+	check harvest-slice-idle "harvest.slice cpu.idle '$(cat /sys/fs/cgroup/harvest.slice/cpu.idle 2>&1)', jobs/ cpu.idle '$(cat /sys/fs/cgroup/harvest.slice/harvesterd.service/jobs/cpu.idle 2>&1)'" \
+		test "$(cat /sys/fs/cgroup/harvest.slice/cpu.idle)" = 1 -a "$(cat /sys/fs/cgroup/harvest.slice/harvesterd.service/jobs/cpu.idle)" = 1
 
 	# HARVESTER_VM_QUICK=1 (a file "quick" on the data disk) skips items
 	# 1-3, the slow ones, to debug the rest of the suite faster.
@@ -488,9 +492,9 @@ if [ "$phase" = 2 ]; then
 	left=""
 	for p in $jpids; do [ -d /proc/$p ] && left="$left $p"; done
 	byuser=$(pgrep -u harvester | tr '\n' ' ')
-	unitprocs=$(cat /sys/fs/cgroup/system.slice/harvesterd.service/cgroup.procs \
-		/sys/fs/cgroup/system.slice/harvesterd.service/*/cgroup.procs \
-		/sys/fs/cgroup/system.slice/harvesterd.service/*/*/cgroup.procs 2>/dev/null | tr '\n' ' ')
+	unitprocs=$(cat /sys/fs/cgroup/harvest.slice/harvesterd.service/cgroup.procs \
+		/sys/fs/cgroup/harvest.slice/harvesterd.service/*/cgroup.procs \
+		/sys/fs/cgroup/harvest.slice/harvesterd.service/*/*/cgroup.procs 2>/dev/null | tr '\n' ' ')
 	check stop-leaves-no-job-process "job pids '$jpids' left '$left', user harvester '$byuser', unit cgroup '$unitprocs'" \
 		test -n "$jpids" -a -z "$left$byuser" -a -z "$(tr -d ' ' <<<"$unitprocs")"
 	check stop-stops-link "harvester-link is $(systemctl is-active harvester-link), /run/harvester-link $(ls -d /run/harvester-link 2>&1)" \
@@ -498,7 +502,7 @@ if [ "$phase" = 2 ]; then
 	note "purge"
 	pooled=$(dpkg-query -W -f='${db:Status-Status}' harvester-pool 2>/dev/null)
 	timeout 120 apt-get purge -y -q harvester $([ "$pooled" = installed ] && echo harvester-pool) >/tmp/apt.log 2>&1
-	left=$(ls -d /var/lib/harvester /etc/harvester /run/harvester /lib/systemd/system/harvesterd.service \
+	left=$(ls -d /var/lib/harvester /etc/harvester /run/harvester /lib/systemd/system/harvesterd.service /lib/systemd/system/harvest.slice \
 		/etc/systemd/system/multi-user.target.wants/harvesterd.service /run/harvester-link \
 		/lib/systemd/system/harvester-link.service /usr/libexec/harvester 2>/dev/null | tr '\n' ' ')
 	check purge-leaves-no-state "left: $left" test -z "$left"
