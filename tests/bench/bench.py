@@ -883,8 +883,8 @@ def write_outputs(results, elapsed):
             md.append("")
             md.append(f"Budget precision in the guest (cpu.max): {GUEST_NCPU} CPU-bound jobs, CPU=Burst=cap and a "
                       "fresh bucket for harvesterd, measured from 3 s of steady harvesting; BOINC with "
-                      "cpu_usage_limit=cap, run beside harvesterd at 1 % and 5 % (together at most a tenth of the "
-                      "machine; it saves make bench two minutes) and alone at 50 %. used/cap from the jobs' cgroup "
+                      "cpu_usage_limit=cap, each alone (harvesterd's slice is idle-class: beside BOINC it would "
+                      "yield to BOINC's tasks). used/cap from the jobs' cgroup "
                       "cpu.stat (BOINC: its cgroup less the client), 10-s windows back to back: median (min-max).")
             md.append("")
             md.append("| cap | harvesterd 10 s | harvesterd whole | BOINC 10 s | BOINC whole |")

@@ -250,10 +250,10 @@ figure g_daemon_cpu_usec "$(stj .daemon.cpu_usec)" "$(cut -d' ' -f1 /proc/uptime
 
 # --- budget precision: NCPU CPU-bound jobs under CPU=Burst=cap (a fresh,
 # empty bucket, as on the host), used/cap from the jobs' cgroup cpu.stat
-# sampled every 10 s for PREC_S s; BOINC at cpu_usage_limit=cap beside it
-# at 1 % and 5 % (together they use at most a tenth of the machine, so each
-# finds the CPU idle: that keeps make bench within its 30 minutes), alone
-# at 50 %. g_prec ARM CAP t0 u0 t1 u1 ... (s, usec)
+# sampled every 10 s for PREC_S s; then BOINC at cpu_usage_limit=cap, alone
+# (not beside: harvest.slice is idle-class, so BOINC's tasks, at normal
+# weight in a cgroup of their own, would take harvesterd's share in their
+# on-seconds). g_prec ARM CAP t0 u0 t1 u1 ... (s, usec)
 prec_windows() { # ARM:CAP:USAGE-COMMAND...
 	local i t spec arm cap cmd
 	declare -A line
@@ -299,14 +299,14 @@ for cap in 1 5 50; do
 	restart_fresh $cap
 	for _ in $(seq $NCPU); do harvestctl submit -- /usr/local/bin/burn >/dev/null; done
 	for _ in $(seq 50); do [ "$(stj .jobs.running)" = "$NCPU" ] && break; sleep 0.2; done
+	settle
+	prec_windows harvesterd:$cap:jobs_usage
 	if [ $BOINC = 1 ] && [ $cap != 50 ]; then
+		restart_fresh 10        # no jobs while BOINC runs
 		boinc_start $cap
-		settle
-		prec_windows harvesterd:$cap:jobs_usage boinc:$cap:boinc_usage
+		sleep 2
+		prec_windows boinc:$cap:boinc_usage
 		boinc_stop
-	else
-		settle
-		prec_windows harvesterd:$cap:jobs_usage
 	fi
 done
 # The idle daemon (no jobs), over BOINC's 50 % run (or as long alone): its
