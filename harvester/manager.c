@@ -19,6 +19,7 @@
 #include "harvester/ledger.h"
 #include "harvester/log.h"
 #include "harvester/macro.h"
+#include "harvester/fileio.h"
 #include "harvester/manager.h"
 #include "harvester/pool-link.h"
 
@@ -791,25 +792,24 @@ static void manager_load_pause(struct manager *m)
 
 static void manager_save_pause(struct manager *m, uint64_t for_usec)
 {
-	char path[PATH_MAX], tmp[PATH_MAX + 8];
+	char path[PATH_MAX], text[32];
+	int r;
+
 	pause_path(m, path, sizeof(path));
 	if (!m->paused_until_usec) {
-		unlink(path);
-		return;
-	}
-	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-	FILE *f = fopen(tmp, "we");
-	if (!f) {
-		log_warning_errno(negative_errno(), "Cannot save the pause to %s", path);
+		if (unlink(path) < 0 && errno != ENOENT)
+			log_warning_errno(negative_errno(), "Cannot remove %s", path);
+		else
+			(void)fsync_dir(m->state_dir);
 		return;
 	}
 	if (for_usec)
-		fprintf(f, "%" PRIu64 "\n", now_realtime_usec() + for_usec);
+		snprintf(text, sizeof(text), "%" PRIu64 "\n", now_realtime_usec() + for_usec);
 	else
-		fputs("resume\n", f);
-	if (fflush(f) != 0 || fsync(fileno(f)) < 0 || rename(tmp, path) < 0)
-		log_warning_errno(negative_errno(), "Cannot save the pause to %s", path);
-	fclose(f);
+		snprintf(text, sizeof(text), "resume\n");
+	r = write_file_atomic(path, &(struct iovec){ .iov_base = text, .iov_len = strlen(text) }, 1, 0600);
+	if (r < 0)
+		log_warning_errno(r, "Cannot save the pause to %s", path);
 }
 
 int manager_pause(struct manager *m, uint64_t for_usec)
