@@ -70,7 +70,7 @@ struct pool_link {
 	unsigned refused_replies;      /* replies not signed by the pinned key, or replayed */
 	unsigned unsupported;          /* verified tasks of a kind this worker does not run */
 	unsigned results_sent, results_accepted;
-	unsigned result_requests;      /* requests that carried them (several a request) */
+	unsigned result_requests;      /* requests the pool acknowledged them in (several a request) */
 };
 
 static uint64_t mono_usec(void)
@@ -441,8 +441,6 @@ static int send_results(struct pool_link *p)
 	b.result = &res;
 	p->n_inflight_jobs = n;
 	r = submit(p, REQ_RESULT, &b);
-	if (r >= 0)
-		p->result_requests++;
 	for (size_t i = 0; i < n; i++)
 		free(bufs[i]);
 	return r;
@@ -1018,6 +1016,7 @@ static void on_reply(LinkClient *c, int error, LinkMsg *reply, void *userdata)
 			break;
 		const Hlink__ResultAck *a = b->result_ack;
 		struct ptask j = find_job(p, p->inflight_jobs[0]);
+		p->result_requests++;
 		if ((j.x || j.g) && pt_is(&j, PT_RESULT))
 			result_answered(p, &j, a->accepted, a->reason);
 		/* One verdict per result in more; one missing (an older pool
