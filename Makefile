@@ -108,6 +108,13 @@ $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libharvester.a
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -lcmocka -lutil -o $@
 
+# NVML, part of NVIDIA's driver, cannot exist without the GPU: test-gpu-nvml
+# loads this stand-in for it (tests/unit/fake-nvml.c).
+$(BUILD)/tests/fake-nvml/libnvidia-ml.so.1: tests/unit/fake-nvml.c tests/unit/fake-nvml.h
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -fPIC -shared -Wl,-soname,libnvidia-ml.so.1 $< -o $@
+$(BUILD)/tests/test-gpu-nvml: | $(BUILD)/tests/fake-nvml/libnvidia-ml.so.1
+
 $(BUILD)/tests/host-%: $(BUILD)/tests/host/%.o $(BUILD)/libharvester.a
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -lutil -o $@

@@ -142,15 +142,70 @@ static void nv_load(void)
 
 #define MAX_PROCS 64
 
+/* HARVESTER_GPU_DEBUG=1 traces, on stderr, why NVML made the GPU busy. */
+static int busy(const char *why, unsigned pid, pid_t self, long self_nvml)
+{
+	static int trace = -1;
+
+	if (trace < 0)
+		trace = getenv("HARVESTER_GPU_DEBUG") != NULL;
+	if (trace)
+		fprintf(stderr, "gpu: NVML: busy: %s pid %u (this process: pid %d here, %ld to NVML)\n",
+			why, pid, (int) self, self_nvml);
+	return 1;
+}
+
+/* The SM-time samples of the last second. NVML wants a buffer as large as
+ * the driver's whole sample store (hundreds of entries on an H100, however
+ * few processes ran), and says INSUFFICIENT_SIZE with the size it wants
+ * to anything smaller: ask for the size, then for the samples. On
+ * GNV_SUCCESS *ret (malloc'd) holds *count samples. */
+#define MAX_SAMPLES 65536
+
+static gnv_return nvml_samples(gnv_device dev, gnv_process_utilization **ret, unsigned int *count)
+{
+	gnv_process_utilization *buf = NULL;
+	struct timeval tv;
+	unsigned long long since;
+	gnv_return r;
+
+	gettimeofday(&tv, NULL);
+	since = (unsigned long long) tv.tv_sec * USEC_PER_SEC + tv.tv_usec - USEC_PER_SEC;
+	*ret = NULL;
+	*count = 0;
+	r = nv.DeviceGetProcessUtilization(dev, NULL, count, since);
+	/* the store can grow between the two calls: one more try */
+	for (int tries = 0; r == GNV_ERROR_INSUFFICIENT_SIZE && tries < 2; tries++) {
+		unsigned int want = *count;
+
+		if (want == 0 || want > MAX_SAMPLES)
+			return GNV_ERROR_INSUFFICIENT_SIZE;
+		free(buf);
+		buf = calloc(want, sizeof(*buf));
+		if (!buf)
+			return GNV_ERROR_INSUFFICIENT_SIZE;
+		r = nv.DeviceGetProcessUtilization(dev, buf, count, since);
+		if (r == GNV_SUCCESS && *count > want)
+			*count = want;
+	}
+	if (r == GNV_SUCCESS && !buf)   /* a NULL buffer and nothing to say */
+		r = GNV_ERROR_NOT_FOUND;
+	if (r != GNV_SUCCESS) {
+		free(buf);
+		return r;
+	}
+	*ret = buf;
+	return r;
+}
+
 int gpu_nvml_others_busy(const char *pci_bus_id, bool self_present)
 {
 	gnv_process_info procs[MAX_PROCS];
-	gnv_process_utilization samples[MAX_PROCS];
-	unsigned int n = MAX_PROCS, ns = MAX_PROCS, others;
+	gnv_process_utilization *samples = NULL;
+	unsigned int n = MAX_PROCS, ns = 0;
+	long self_nvml = -1;         /* our pid as NVML gives it, once known */
 	pid_t self = getpid();
-	bool self_seen = false;
 	gnv_device dev;
-	struct timeval tv;
 	gnv_return r;
 
 	pthread_once(&nv_once, nv_load);
@@ -161,54 +216,58 @@ int gpu_nvml_others_busy(const char *pci_bus_id, bool self_present)
 
 	/* Someone else's CUDA program is foreground GPU work. NVML reports
 	 * pids of the host's namespace: inside a container none is ours by
-	 * number, so while we hold a context one entry is taken to be ours. */
+	 * number. While we hold a context we are one of the compute
+	 * processes, so a list of one is us alone, and that entry's pid is
+	 * ours to NVML (self_nvml) in the lists below too. */
 	r = nv.DeviceGetComputeRunningProcesses(dev, &n, procs);
 	if (r == GNV_ERROR_INSUFFICIENT_SIZE)
-		return 1;
+		return busy("more compute processes than fit in the list, first", 0, self, -1);
 	if (r != GNV_SUCCESS)
 		n = 0;
 	if (n > MAX_PROCS)
 		n = MAX_PROCS;
 	for (unsigned i = 0; i < n; i++)
-		self_seen |= (pid_t) procs[i].pid == self;
-	others = n - (self_seen || (self_present && n > 0) ? 1 : 0);
-	if (others > 0)
-		return 1;
+		if ((pid_t) procs[i].pid == self)
+			self_nvml = procs[i].pid;
+	if (self_nvml < 0 && self_present && n == 1)
+		self_nvml = procs[0].pid;
+	for (unsigned i = 0; i < n; i++)
+		if (procs[i].pid != self_nvml)
+			return busy("compute process", procs[i].pid, self, self_nvml);
 
 	/* Graphics clients are different: a desktop's display server and
 	 * compositor hold the GPU all the time. They count only while they
 	 * spend SM time (utilization samples of the last second); compute
 	 * processes (ours) were judged above. Where the device keeps no
 	 * samples, a graphics client's presence alone counts. */
-	gettimeofday(&tv, NULL);
-	r = nv.DeviceGetProcessUtilization(dev, samples, &ns,
-					   (unsigned long long) tv.tv_sec * USEC_PER_SEC + tv.tv_usec - USEC_PER_SEC);
+	r = nvml_samples(dev, &samples, &ns);
 	if (r == GNV_ERROR_NOT_FOUND)   /* no samples in that second: nothing ran */
 		return 0;
 	if (r == GNV_SUCCESS) {
-		if (ns > MAX_PROCS)
-			ns = MAX_PROCS;
-		for (unsigned i = 0; i < ns; i++) {
-			bool compute = (pid_t) samples[i].pid == self;
+		int ret = 0;
+
+		for (unsigned i = 0; i < ns && !ret; i++) {
+			bool compute = (pid_t) samples[i].pid == self || samples[i].pid == self_nvml;
 			for (unsigned j = 0; j < n; j++)
 				compute |= samples[i].pid == procs[j].pid;
 			if (!compute && samples[i].smUtil > 0)
-				return 1;
+				ret = busy("graphics client spending SM time,", samples[i].pid, self, self_nvml);
 		}
-		return 0;
+		free(samples);
+		return ret;
 	}
 	if (r == GNV_ERROR_INSUFFICIENT_SIZE)
-		return 1;
+		return busy("more utilization samples than fit in the list", 0, self, self_nvml);
 
 	ns = MAX_PROCS;
 	r = nv.DeviceGetGraphicsRunningProcesses(dev, &ns, procs);
 	if (r == GNV_ERROR_INSUFFICIENT_SIZE)
-		return 1;
+		return busy("more graphics processes than fit in the list", 0, self, self_nvml);
 	if (r != GNV_SUCCESS)
 		return 0;
 	for (unsigned i = 0; i < ns && i < MAX_PROCS; i++)
-		if ((pid_t) procs[i].pid != self)
-			return 1;
+		if ((pid_t) procs[i].pid != self && procs[i].pid != self_nvml)
+			return busy("graphics process (no utilization samples)", procs[i].pid, self, self_nvml);
 	return 0;
 }
 

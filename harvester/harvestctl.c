@@ -150,11 +150,12 @@ static void print_gpu_status(json_t *g)
 		json_array_foreach(json_object_get(dv, "backends"), k, be)
 			snprintf(backends + strlen(backends), sizeof(backends) - strlen(backends), "%s%s", k ? "+" : "",
 				 json_string_value(be));
-		printf("  %-12s %s (%s), low priority %s, busy detection %s; %lld queued, %lld chunks\n",
+		printf("  %-12s %s (%s), low priority %s, busy detection %s; %lld queued, %lld chunks%s\n",
 		       json_string_value(json_object_get(dv, "id")), json_string_value(json_object_get(dv, "name")),
 		       backends, json_is_true(json_object_get(dv, "low_priority")) ? "yes" : "no",
 		       busy && strcmp(busy, "none") ? busy : "none (runs only while the owner is idle)",
-		       (long long)geti(q, "queued"), (long long)geti(q, "chunks"));
+		       (long long)geti(q, "queued"), (long long)geti(q, "chunks"),
+		       json_is_true(json_object_get(q, "device_busy")) ? "; waiting: another process uses it" : "");
 	}
 	if (!n)
 		printf("  no device (OpenCL: %s; CUDA: %s)\n",

@@ -9,7 +9,10 @@
 #   a PTX task on the GPU and an OpenCL one on any OpenCL device.
 # usage: sh tests/gpu/run-on-gpu.sh [BUILD]     (default build/gpu)
 # With PREBUILT=1 it runs what BUILD already holds (a machine without the
-# build dependencies: build elsewhere, copy the tree with BUILD).
+# build dependencies: tests/gpu/bundle.sh builds it with its libraries in
+# BUILD/lib; copy the tree with BUILD). There it also finds the driver's
+# libraries where the loader's cache does not list them, and registers the
+# NVIDIA OpenCL driver with the ICD loader when no vendor file names it.
 set -u
 B=${1:-build/gpu}
 T0=$(date +%s)
@@ -21,6 +24,32 @@ if command -v nvidia-smi >/dev/null 2>&1; then
 	nvidia-smi --query-gpu=name,driver_version,memory.total,pci.bus_id --format=csv,noheader 2>&1 | sed 's/^/   GPU: /'
 else
 	say "no nvidia-smi: the CUDA checks below will skip (no driver)"
+fi
+
+# Where the driver's libraries are, on a machine set up for containers.
+find_lib() {
+	ldconfig -p 2>/dev/null | awk -v l="$1" '$1 == l { print $NF; exit }' | grep . && return
+	for d in /usr/local/nvidia/lib64 /usr/local/nvidia/lib /usr/lib/x86_64-linux-gnu /usr/lib64 /usr/local/cuda/compat; do
+		[ -e "$d/$1" ] && { echo "$d/$1"; return; }
+	done
+	return 1
+}
+if [ "${PREBUILT:-0}" = 1 ]; then
+	[ -d "$B/lib" ] && LD_LIBRARY_PATH="$(cd "$B/lib" && pwd)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+	for l in libcuda.so.1 libnvidia-ml.so.1; do
+		p=$(find_lib $l) || { say "$l: not found"; continue; }
+		say "$l: $p"
+		case ":${LD_LIBRARY_PATH:-}:" in *":${p%/*}:"*) ;; *) LD_LIBRARY_PATH="$LD_LIBRARY_PATH:${p%/*}" ;; esac
+	done
+	export LD_LIBRARY_PATH
+	if [ -z "${OCL_ICD_VENDORS:-}" ] && ! grep -qs nvidia /etc/OpenCL/vendors/*.icd &&
+	   p=$(find_lib libnvidia-opencl.so.1); then
+		OCL_ICD_VENDORS=$(mktemp -d)
+		cp /etc/OpenCL/vendors/*.icd "$OCL_ICD_VENDORS/" 2>/dev/null
+		echo "$p" >"$OCL_ICD_VENDORS/nvidia.icd"
+		export OCL_ICD_VENDORS
+		say "OpenCL: registered $p beside $(ls /etc/OpenCL/vendors 2>/dev/null | tr '\n' ' ')"
+	fi
 fi
 
 BINS="$B/tests/test-gpu-slice $B/tests/test-gpu-queue-mock $B/tests/test-gpu-drm $B/tests/test-gpu-cuda $B/tests/test-gpu-cuda-run $B/tests/test-gpu-queue $B/tests/bench/gpu-bench"

@@ -71,6 +71,19 @@ static uint64_t now_ns(void)
 	return (uint64_t) ts.tv_sec * 1000000000ULL + ts.tv_nsec;
 }
 
+/* A task that never finished: say whether the queue thought someone else
+ * was using the GPU (run with HARVESTER_GPU_DEBUG=1 for NVML's answer). */
+static void stuck(struct gpu_queue *q, unsigned dones)
+{
+	struct gpu_queue_stats st;
+
+	if (dones)
+		return;
+	gpu_queue_get_stats(q, &st);
+	printf("the task did not finish: %lu chunks run, device %s\n", (unsigned long) st.chunks,
+	       st.device_busy ? "busy with another process's work (by its busy check)" : "not reported busy");
+}
+
 static void run(uint64_t slice_ns, const uint32_t *in, uint32_t *out, struct ctx *c)
 {
 	struct gpu_buffer b[2] = { { (void *) in, (size_t) N * 4, GPU_BUFFER_IN }, { out, (size_t) N * 4, GPU_BUFFER_OUT } };
@@ -98,6 +111,7 @@ static void run(uint64_t slice_ns, const uint32_t *in, uint32_t *out, struct ctx
 		poll(&p, 1, 100);
 		gpu_queue_kick(q);
 	}
+	stuck(q, c->dones);
 	gpu_queue_free(q);
 	assert_int_equal(c->dones, 1);
 	assert_int_equal(c->error, 0);
@@ -179,6 +193,7 @@ static void test_bad_ptx(void **state)
 		poll(&p, 1, 100);
 		gpu_queue_kick(q);
 	}
+	stuck(q, c.dones);
 	gpu_queue_free(q);
 	assert_int_equal(c.dones, 1);
 	assert_true(c.error == -ENOEXEC || c.error == -EINVAL);

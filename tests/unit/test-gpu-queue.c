@@ -194,6 +194,18 @@ static void test_sliced_equals_unsliced(void **state)
 	assert_int_equal(cw.charges, 1);
 	gpu_queue_free(q);
 
+	/* sliced, once unmeasured: the first build of each chunk shape can
+	 * take the compiler longer than the whole run (PoCL with a cold
+	 * kernel cache), and the wall-time bounds below are about running */
+	struct ctx warm = { .allow = true, .owner_idle = true };
+	assert_int_equal(gpu_queue_new(devices[0], &sliced, &hooks, &warm, &q), 0);
+	t = task_1d(3, bs, args, rounds);
+	assert_int_equal(gpu_queue_submit(q, &t), 0);
+	drive(q, &warm, 1, 60ULL * 1000000000ULL);
+	assert_int_equal(warm.dones, 1);
+	gpu_queue_free(q);
+	memset(out_sliced, 0, N_1D * 4);
+
 	/* sliced */
 	assert_int_equal(gpu_queue_new(devices[0], &sliced, &hooks, &cs, &q), 0);
 	t = task_1d(2, bs, args, rounds);
@@ -227,17 +239,16 @@ static void test_sliced_equals_unsliced(void **state)
 	 * picks a work-group size of 1 and so runs that one several times
 	 * slower (test-gpu-queue-mock checks exact sums; make bench-gpu the
 	 * cost of slicing on a fair size). */
-	assert_true(cs.charged_ns <= wall_ns);
-	assert_true(cs.charged_ns * 20 >= wall_ns);
-
-	/* Chunks keep to the slice once sized (the first ones are growing):
-	 * the median at least, on a machine shared with other work. */
 	unsigned over = 0, n = 0;
 	for (unsigned i = 8; i + 1 < cs.charges && i < 4096; i++, n++)
 		over += list[i] > GPU_SLICE_DEFAULT_NS;
 	printf("sliced: %u chunks, %.1f ms device in %.1f ms wall (unsliced %.1f ms device), max chunk %.3f ms, "
 	       "%u of %u sized chunks over 2 ms\n", cs.charges, cs.charged_ns / 1e6, wall_ns / 1e6, cw.charged_ns / 1e6,
 	       cs.max_charge_ns / 1e6, over, n);
+	assert_true(cs.charged_ns <= wall_ns);
+	assert_true(cs.charged_ns * 20 >= wall_ns);
+	/* Chunks keep to the slice once sized (the first ones are growing):
+	 * the median at least, on a machine shared with other work. */
 	assert_true(over * 2 < n);
 	free(in);
 	free(out_sliced);
