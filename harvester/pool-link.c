@@ -969,8 +969,15 @@ static void on_reply(LinkClient *c, int error, LinkMsg *reply, void *userdata)
 			set_connected(p);
 			if (j.x || j.g)
 				result_answered(p, &j, false, b->error->message);
-		} else
+		} else {
 			set_failed(p, 0, "the pool answered %s: %s", link_error_name(code), b->error->message);
+			/* Busy says when it will take us: not sooner than that,
+			 * and not later than our own longest backoff. */
+			uint64_t wait = (uint64_t)b->error->retry_after_ms * USEC_PER_MSEC;
+			uint64_t later = now + (wait < BACKOFF_MAX_USEC ? wait : BACKOFF_MAX_USEC);
+			if (code == HLINK__ERROR_CODE__ERR_BUSY && later > p->next_try_usec)
+				p->next_try_usec = later;
+		}
 		goto next;
 	}
 	set_connected(p);

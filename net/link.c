@@ -1037,6 +1037,7 @@ const char *link_error_name(int code)
                 [HLINK__ERROR_CODE__ERR_LEASE_EXPIRED] = "lease-expired",
                 [HLINK__ERROR_CODE__ERR_INTERNAL] = "internal",
                 [HLINK__ERROR_CODE__ERR_UNEXPECTED] = "unexpected",
+                [HLINK__ERROR_CODE__ERR_BUSY] = "busy",
         };
         if (code < 0 || (size_t) code >= ELEMENTSOF(names) || !names[code])
                 return "unknown";

@@ -175,6 +175,8 @@ static int verb_serve(int argc, char **argv)
                 { "lease-sec", required_argument, NULL, 'L' },
                 { "contexts", required_argument, NULL, 'c' },
                 { "tls-cert", required_argument, NULL, 't' },
+                { "hello-rate", required_argument, NULL, 'H' },
+                { "hello-burst", required_argument, NULL, 'B' },
                 {}
         };
         const char *listen[MAX_LISTEN], *conf_listen[MAX_LISTEN];
@@ -201,6 +203,20 @@ static int verb_serve(int argc, char **argv)
                 case 't':
                         cfg.tls_cert_key_file = optarg;
                         break;
+                case 'H':
+                case 'B': {
+                        char *end;
+                        unsigned long v;
+                        errno = 0;
+                        v = strtoul(optarg, &end, 10);
+                        if (errno || end == optarg || *end || v < 1 || v > 1000000 || optarg[0] == '-') {
+                                fprintf(stderr, "harvest-pool serve: --%s %s: not a number of hellos%s in 1..1000000\n",
+                                        c == 'H' ? "hello-rate" : "hello-burst", optarg, c == 'H' ? " a second" : "");
+                                return 2;
+                        }
+                        *(c == 'H' ? &cfg.hello_rate : &cfg.hello_burst) = (unsigned) v;
+                        break;
+                }
                 default:
                         return 2;
                 }
@@ -230,8 +246,8 @@ static int verb_serve(int argc, char **argv)
                 return fail(r, "listen");
         }
         for (size_t i = 0; i < n_listen; i++)
-                printf("harvest-pool: serving %s (lease %us, %u contexts)\n", listen[i], cfg.lease_sec,
-                       cfg.contexts ? cfg.contexts : 64);
+                printf("harvest-pool: serving %s (lease %us, %u contexts, %u hellos a second)\n", listen[i],
+                       cfg.lease_sec, cfg.contexts ? cfg.contexts : 64, cfg.hello_rate ? cfg.hello_rate : POOL_HELLO_RATE);
         fflush(stdout);
         int sig = wait_for_signal();
         uint64_t req, err, commits;
@@ -1097,6 +1113,7 @@ static void usage(FILE *f)
               "  init                          create the database, signing key and config; print the key\n"
               "  key                           print the pool's public key\n"
               "  serve --listen URL [--lease-sec N] [--contexts N] [--tls-cert PEM]\n"
+              "        [--hello-rate N] [--hello-burst N]\n"
               "  relay --upstream URL --listen URL [--tls-cert PEM] [--tls-ca PEM]\n"
               "  submit [--id ID] [--replicas N] [--quorum Q] [--arch A] [--cores N] [--memory BYTES]\n"
               "         [--gpu opencl|cuda] [--deadline SEC] [--input NAME=FILE]... -- PROGRAM [ARG]...\n"

@@ -21,7 +21,7 @@
 #include "net/relay.h"
 #include "pool/server.h"
 
-#define N_CODES 11
+#define N_CODES 12
 
 enum { RECEIVING, COMMITTING, SENDING };
 
@@ -59,6 +59,14 @@ struct PoolServer {
         unsigned n_ctxs;
         uint32_t lease_sec;
         nng_aio *tick;
+
+        /* Hellos, a token bucket: each costs a signature check, a key
+         * exchange, a signed welcome and a durable write, and keys are
+         * free to make, so a flood of them is refused before any of that
+         * (ERR_BUSY) instead of crowding out the workers' requests. */
+        pthread_mutex_t hello_lock;
+        double hello_tokens, hello_rate, hello_burst;
+        uint64_t hello_last_usec;
 
         pthread_mutex_t id_lock;        /* the identity's sequence number */
         LinkIdentity id;
@@ -202,6 +210,13 @@ static void peers_expire(PoolServer *s, uint64_t now, uint64_t idle_usec)
         pthread_mutex_unlock(&s->peers_lock);
 }
 
+static uint64_t mono_usec(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / NSEC_PER_USEC;
+}
+
 static uint64_t now_usec(void)
 {
         struct timespec ts;
@@ -289,6 +304,20 @@ static int error_reply(PoolServer *s, const LinkSession *session, int code, cons
         if (code > 0 && code < N_CODES)
                 atomic_fetch_add(&s->codes[code], 1);
         return encode_reply(s, session, &b, reply_to, ret);
+}
+
+static int busy_reply(PoolServer *s, const char *message, uint32_t retry_ms, nng_msg **ret)
+{
+        Hlink__Body b = HLINK__BODY__INIT;
+        Hlink__Error e = HLINK__ERROR__INIT;
+        e.code = HLINK__ERROR_CODE__ERR_BUSY;
+        e.message = (char *) message;
+        e.retry_after_ms = retry_ms;
+        b.msg_case = HLINK__BODY__MSG_ERROR;
+        b.error = &e;
+        atomic_fetch_add(&s->errors, 1);
+        atomic_fetch_add(&s->codes[HLINK__ERROR_CODE__ERR_BUSY], 1);
+        return encode_reply(s, NULL, &b, NULL, ret);
 }
 
 static int errno_reply(PoolServer *s, const LinkSession *session, int err, const uint8_t *reply_to, nng_msg **ret)
@@ -512,6 +541,29 @@ static int do_hello(PoolServer *s, LinkMsg *m, uint64_t now, nng_msg **ret)
         return encode_reply(s, NULL, &b, nonce, ret);
 }
 
+/* Take a hello's token; 0 if there is none, and *RETRY_MS then says when
+ * to come back: when the bucket next has one, spread over a second more
+ * so that the refused do not all return at once. */
+static bool hello_token(PoolServer *s, uint32_t *retry_ms)
+{
+        uint64_t now = mono_usec();
+        bool ok;
+
+        pthread_mutex_lock(&s->hello_lock);
+        s->hello_tokens += (double) (now - s->hello_last_usec) / USEC_PER_SEC * s->hello_rate;
+        s->hello_last_usec = now;
+        if (s->hello_tokens > s->hello_burst)
+                s->hello_tokens = s->hello_burst;
+        ok = s->hello_tokens >= 1.0;
+        if (ok)
+                s->hello_tokens -= 1.0;
+        else
+                *retry_ms = (uint32_t) ((1.0 - s->hello_tokens) / s->hello_rate * 1000.0) + 1 +
+                            randombytes_uniform(1000);
+        pthread_mutex_unlock(&s->hello_lock);
+        return ok;
+}
+
 /* One request in, one reply out, always: a REQ peer is never left waiting,
  * whatever it sent. */
 static int handle(PoolServer *s, Ctx *c, const void *data, size_t len, nng_msg **ret)
@@ -530,6 +582,14 @@ static int handle(PoolServer *s, Ctx *c, const void *data, size_t len, nng_msg *
                 return errno_reply(s, NULL, r, NULL, ret);
 
         const uint8_t *key = m->env->sender.data, *nonce = m->env->nonce.data;
+        uint32_t retry_ms;
+        /* A signed request can only be a hello (its body is read once its
+         * signature checks, so every signed one counts). */
+        if (link_msg_signed(m) && !hello_token(s, &retry_ms)) {
+                /* (Not verified yet: nothing in it is authentic.) */
+                r = busy_reply(s, "too many hellos at once: say hello again later", retry_ms, ret);
+                goto out;
+        }
         if (link_msg_signed(m)) {
                 r = link_msg_open(m, NULL);
                 if (r < 0) {
@@ -715,6 +775,13 @@ int pool_server_new(PoolStore *store, const LinkIdentity *id, const PoolServerCo
         s->store = store;
         s->id = *id;
         s->lease_sec = cfg->lease_sec ? cfg->lease_sec : 300;
+        s->hello_rate = cfg->hello_rate ? cfg->hello_rate : POOL_HELLO_RATE;
+        s->hello_burst = cfg->hello_burst         ? cfg->hello_burst
+                         : s->hello_rate > POOL_HELLO_BURST ? s->hello_rate
+                                                            : POOL_HELLO_BURST;
+        s->hello_tokens = s->hello_burst;
+        s->hello_last_usec = mono_usec();
+        pthread_mutex_init(&s->hello_lock, NULL);
         s->n_ctxs = cfg->contexts ? cfg->contexts : 64;
         pthread_mutex_init(&s->id_lock, NULL);
         pthread_mutex_init(&s->qlock, NULL);
@@ -803,6 +870,7 @@ void pool_server_free(PoolServer *s)
         pthread_mutex_destroy(&s->id_lock);
         pthread_mutex_destroy(&s->qlock);
         pthread_mutex_destroy(&s->peers_lock);
+        pthread_mutex_destroy(&s->hello_lock);
         sodium_memzero(&s->id, sizeof(s->id));
         free(s);
 }

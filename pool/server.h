@@ -9,12 +9,17 @@
 #include "net/link.h"
 #include "pool/store.h"
 
+#define POOL_HELLO_RATE 500
+#define POOL_HELLO_BURST 2000
+
 typedef struct PoolServerConfig {
         const char *const *listen;      /* URLs: tcp://, ipc://, tls+tcp:// */
         size_t n_listen;
         unsigned contexts;              /* requests served at once; 0: 64 */
         uint32_t lease_sec;             /* 0: 300 */
         const char *tls_cert_key_file;  /* tls+tcp: our certificate and key (PEM, one file) */
+        unsigned hello_rate;            /* hellos a second, sustained; 0: POOL_HELLO_RATE */
+        unsigned hello_burst;           /* at once; 0: the larger of the rate and POOL_HELLO_BURST */
 } PoolServerConfig;
 
 typedef struct PoolServer PoolServer;

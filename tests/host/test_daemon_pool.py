@@ -28,8 +28,12 @@ as separate processes. The pool side is checked with the pool's own CLI
   forged     the pool's envelopes are signed by the pinned key but its tasks by
              another (a swapped pool.key): every task refused and counted
              before anything of it is written or run; the spool stays empty
+  hellorate  a pool that takes 1 hello a second (burst 1) and three daemons
+             started at once: the ones refused are told "busy", say so in
+             their log and status, wait as told and get in; every task done
+             once; the pool's errors.busy counter counts the refusals
 
-goodbye, paused, wrongkey and forged run from test_daemon_pool_trust.py (each file
+goodbye, paused, wrongkey, forged and hellorate run from test_daemon_pool_trust.py (each file
 stays under a minute under ASan); name cases on the command line to run any.
 """
 import base64
@@ -342,8 +346,30 @@ def case_forged(root, cg):
     pool.stop()
 
 
+def case_hellorate(root, cg):
+    pool = Pool(root)
+    pool.serve(["--hello-rate", "1", "--hello-burst", "1"])
+    ids = [pool.submit("--id", "hr%d" % i, "--", "sh", "-c", "echo %d" % i)[0] for i in range(3)]
+    ds = [Daemon(root, "d%d" % i, pool.url, pool.key, cg + "-%d" % i) for i in range(3)]
+    for d in ds:
+        d.start()
+    check(wait_for(lambda: all(d.pool()["connected"] and d.pool().get("worker_id") for d in ds), 20),
+          "hellorate: all three daemons welcomed in the end")
+    told = [d for d in ds if "answered busy" in d.log_text()]
+    check(len(told) >= 1, "hellorate: %d daemon(s) were told busy and logged it" % len(told))
+    check(wait_for(lambda: all_done(pool, ids), 30), "hellorate: every task done")
+    acc = pool.accepted()
+    check(all(acc.get(i) == 1 for i in ids), "hellorate: each accepted exactly once: %s" % acc)
+    time.sleep(1.5)     # the pool writes its counters once a second
+    busy = pool.json("status")["counters"].get("errors.busy", 0)
+    check(busy >= len(told), "hellorate: the pool counted %d busy refusals" % busy)
+    for d in ds:
+        d.stop()
+    pool.stop()
+
+
 POOL_CASES = ["basic", "kill9", "pooldown", "renew"]
-TRUST_CASES = ["goodbye", "paused", "wrongkey", "forged"]
+TRUST_CASES = ["goodbye", "paused", "wrongkey", "forged", "hellorate"]
 
 
 def main(default=POOL_CASES):
@@ -357,7 +383,8 @@ def main(default=POOL_CASES):
         if not os.access(p, os.X_OK):
             print("%s is not built (make BUILD=%s all)" % (p, BUILD))
             return 77
-    cases = [case_basic, case_kill9, case_pooldown, case_renew, case_goodbye, case_paused, case_wrongkey, case_forged]
+    cases = [case_basic, case_kill9, case_pooldown, case_renew, case_goodbye, case_paused, case_wrongkey, case_forged,
+             case_hellorate]
     return run_cases(cases, sys.argv[1:] or default, "dpool")
 
 

@@ -445,12 +445,108 @@ static void test_catch_up(void **state)
                (unsigned long long) t_first, (unsigned long long) t_next, (unsigned long long) ms1.full_loads);
 }
 
+/* A hello from a fresh key (keys are free to make): the reply's error code
+ * (0: welcome) and, if busy, its retry_after_ms. */
+static int hello_fresh(uint32_t *retry_ms)
+{
+        Hlink__Body b = HLINK__BODY__INIT;
+        Hlink__Hello h = HLINK__HELLO__INIT;
+        Hlink__Capabilities c = HLINK__CAPABILITIES__INIT;
+        LinkIdentity id = {};
+        uint8_t kx_pk[32], kx_sk[32];
+        void *buf;
+        size_t len;
+
+        crypto_sign_keypair(id.pk, id.sk);
+        c.arch = "x86_64";
+        c.cores = 1;
+        h.caps = &c;
+        h.agent = "flood";
+        assert_int_equal(link_kx_keypair(kx_pk, kx_sk), 0);
+        h.kx_public = (ProtobufCBinaryData) { 32, kx_pk };
+        b.msg_case = HLINK__BODY__MSG_HELLO;
+        b.hello = &h;
+        assert_int_equal(link_encode(&id, &b, NULL, now_usec(), NULL, &buf, &len), 0);
+        LinkMsg *m = exchange(buf, len, NULL);     /* signed by the pool either way */
+        free(buf);
+        int code = m->body->msg_case == HLINK__BODY__MSG_ERROR ? (int) m->body->error->code : 0;
+        if (code == HLINK__ERROR_CODE__ERR_BUSY) {
+                *retry_ms = m->body->error->retry_after_ms;
+                assert_non_null(strstr(m->body->error->message, "hello"));
+                assert_int_equal(m->env->reply_to.len, 0);      /* it was not read: no nonce to answer */
+        } else
+                assert_int_equal(m->body->msg_case, HLINK__BODY__MSG_WELCOME);
+        link_msg_free(m);
+        sodium_memzero(&id, sizeof(id));
+        return code;
+}
+
+/* Hellos past the rate are refused before they cost a signature check, a
+ * key exchange and a durable write: ERR_BUSY with when to come back; the
+ * workers with sessions are served meanwhile, and a hello after the wait
+ * is welcomed. */
+static void test_hello_rate(void **state)
+{
+        const char *listen[] = { url };
+        PoolServerConfig cfg = { .listen = listen, .n_listen = 1, .contexts = 4, .lease_sec = 60,
+                                 .hello_rate = 5, .hello_burst = 5 };
+        unsigned welcomed = 0, busy = 0;
+        uint32_t retry = 0, max_retry = 0;
+        struct timespec t0, t1;
+
+        pool_server_free(srv);
+        assert_int_equal(pool_server_new(store, &pool, &cfg, &srv), 0);
+        hello();                                        /* our worker: 1 of the 5 */
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        for (int i = 0; i < 20; i++) {
+                int code = hello_fresh(&retry);
+                if (code == 0)
+                        welcomed++;
+                else {
+                        assert_int_equal(code, HLINK__ERROR_CODE__ERR_BUSY);
+                        busy++;
+                        assert_true(retry >= 1);
+                        if (retry > max_retry)
+                                max_retry = retry;
+                }
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        double secs = (double) (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+        printf("hello rate 5/s, burst 5: %u of 20 fresh hellos in %.3f s welcomed, %u busy (retry after up to %u ms)\n",
+               welcomed, secs, busy, max_retry);
+        /* the burst less our own, and what the rate refilled meanwhile */
+        assert_true(welcomed >= 4);
+        assert_true(welcomed <= 4 + (unsigned) (secs * 5) + 1);
+        assert_true(busy >= 20 - 4 - (unsigned) (secs * 5) - 1);
+        /* at most one token's wait (200 ms) and the second of spread */
+        assert_true(max_retry <= 200 + 1000 + 1);
+
+        /* The worker with a session is not held up by the flood. */
+        Hlink__Body b = HLINK__BODY__INIT;
+        Hlink__Fetch f = HLINK__FETCH__INIT;
+        b.msg_case = HLINK__BODY__MSG_FETCH;
+        b.fetch = &f;
+        LinkMsg *m = call(&b, false, NULL, NULL);
+        assert_int_equal(m->body->msg_case, HLINK__BODY__MSG_WORK);
+        link_msg_free(m);
+
+        /* After the wait it asked for, a hello is welcomed. */
+        usleep((useconds_t) max_retry * 1000);
+        assert_int_equal(hello_fresh(&retry), 0);
+        assert_string_equal(link_error_name(HLINK__ERROR_CODE__ERR_BUSY), "busy");   /* the errors.busy counter */
+
+        pool_server_free(srv);
+        serve();
+        hello();
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_session),
                 cmocka_unit_test(test_catch_up),
                 cmocka_unit_test(test_batch),
+                cmocka_unit_test(test_hello_rate),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
 }
