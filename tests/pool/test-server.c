@@ -94,20 +94,29 @@ static int error_code(LinkMsg *m)
         return code;
 }
 
+/* A hello body in B, H and C, with a fresh key exchange pair. */
+static void hello_body(Hlink__Body *b, Hlink__Hello *h, Hlink__Capabilities *c, uint8_t kx_pk[32], uint8_t kx_sk[32])
+{
+        hlink__body__init(b);
+        hlink__hello__init(h);
+        hlink__capabilities__init(c);
+        c->arch = "x86_64";
+        c->cores = 2;
+        h->caps = c;
+        h->agent = "test";
+        assert_int_equal(link_kx_keypair(kx_pk, kx_sk), 0);
+        h->kx_public = (ProtobufCBinaryData) { 32, kx_pk };
+        b->msg_case = HLINK__BODY__MSG_HELLO;
+        b->hello = h;
+}
+
 static void hello(void)
 {
-        Hlink__Body b = HLINK__BODY__INIT;
-        Hlink__Hello h = HLINK__HELLO__INIT;
-        Hlink__Capabilities c = HLINK__CAPABILITIES__INIT;
+        Hlink__Body b;
+        Hlink__Hello h;
+        Hlink__Capabilities c;
         uint8_t kx_pk[32], kx_sk[32];
-        c.arch = "x86_64";
-        c.cores = 2;
-        h.caps = &c;
-        h.agent = "test";
-        assert_int_equal(link_kx_keypair(kx_pk, kx_sk), 0);
-        h.kx_public = (ProtobufCBinaryData) { 32, kx_pk };
-        b.msg_case = HLINK__BODY__MSG_HELLO;
-        b.hello = &h;
+        hello_body(&b, &h, &c, kx_pk, kx_sk);
         LinkMsg *m = call(&b, true, NULL, NULL);
         assert_int_equal(m->body->msg_case, HLINK__BODY__MSG_WELCOME);
         assert_true(link_msg_signed(m));                /* binds the session to the pool's key */
@@ -449,23 +458,16 @@ static void test_catch_up(void **state)
  * (0: welcome) and, if busy, its retry_after_ms. */
 static int hello_fresh(uint32_t *retry_ms)
 {
-        Hlink__Body b = HLINK__BODY__INIT;
-        Hlink__Hello h = HLINK__HELLO__INIT;
-        Hlink__Capabilities c = HLINK__CAPABILITIES__INIT;
+        Hlink__Body b;
+        Hlink__Hello h;
+        Hlink__Capabilities c;
         LinkIdentity id = {};
         uint8_t kx_pk[32], kx_sk[32];
         void *buf;
         size_t len;
 
         crypto_sign_keypair(id.pk, id.sk);
-        c.arch = "x86_64";
-        c.cores = 1;
-        h.caps = &c;
-        h.agent = "flood";
-        assert_int_equal(link_kx_keypair(kx_pk, kx_sk), 0);
-        h.kx_public = (ProtobufCBinaryData) { 32, kx_pk };
-        b.msg_case = HLINK__BODY__MSG_HELLO;
-        b.hello = &h;
+        hello_body(&b, &h, &c, kx_pk, kx_sk);
         assert_int_equal(link_encode(&id, &b, NULL, now_usec(), NULL, &buf, &len), 0);
         LinkMsg *m = exchange(buf, len, NULL);     /* signed by the pool either way */
         free(buf);
