@@ -437,6 +437,17 @@ static int send_results(struct pool_link *p)
 	}
 	res.n_more = n - 1;
 	res.more = mp;
+	/* Several: one batch signature too, so the pool checks one signature,
+	 * not n. Each keeps its own, for a pool older than batch signatures. */
+	uint8_t batch_sig[LINK_SIG_BYTES];
+	if (n > 1) {
+		ProtobufCBinaryData bodies[LINK_RESULTS_MAX];
+		bodies[0] = res.body;
+		for (size_t i = 1; i < n; i++)
+			bodies[i] = more[i - 1].body;
+		if (link_client_sign_batch(p->client, bodies, n, batch_sig) >= 0)
+			res.batch_signature = (ProtobufCBinaryData){ LINK_SIG_BYTES, batch_sig };
+	}
 	b.msg_case = HLINK__BODY__MSG_RESULT;
 	b.result = &res;
 	p->n_inflight_jobs = n;

@@ -525,6 +525,12 @@ int link_client_sign_result(LinkClient *c, Hlink__ResultBody *body, void **ret_b
         return link_result_sign(&c->id, body, ret_body, ret_body_len, ret_sig);
 }
 
+int link_client_sign_batch(LinkClient *c, const ProtobufCBinaryData *bodies, size_t n,
+                           uint8_t ret_sig[LINK_SIG_BYTES])
+{
+        return link_result_batch_sign(&c->id, bodies, n, ret_sig);
+}
+
 int link_client_send_result_fetch(LinkClient *c, Hlink__ResultBody *body, unsigned max, bool *ret_accepted,
                                   LinkTask **ret, unsigned *ret_forged)
 {

@@ -17,6 +17,7 @@
 #define ENV_DOMAIN    "hlink-env-v2"
 #define TASK_DOMAIN   "hlink-task-v1"
 #define RESULT_DOMAIN "hlink-result-v1"
+#define RESULTS_DOMAIN "hlink-results-v1"
 #define HASH_DOMAIN   "hlink-hash-v1"
 
 static pthread_once_t sodium_once = PTHREAD_ONCE_INIT;
@@ -482,17 +483,24 @@ static int check_body(const Hlink__Body *b)
                                 return r;
                 }
                 return 0;
-        case HLINK__BODY__MSG_RESULT:
-                if (b->result->body.len == 0 || b->result->signature.len != LINK_SIG_BYTES)
+        case HLINK__BODY__MSG_RESULT: {
+                /* Under a batch signature the results' own may be left out. */
+                size_t bl = b->result->batch_signature.len;
+                if (bl != 0 && bl != LINK_SIG_BYTES)
+                        return -EBADMSG;
+#define SIG_OK(len) ((len) == LINK_SIG_BYTES || (bl && (len) == 0))
+                if (b->result->body.len == 0 || !SIG_OK(b->result->signature.len))
                         return -EBADMSG;
                 if (b->result->n_more > LINK_RESULTS_MAX - 1 || b->result->fetch > LINK_TASKS_MAX)
                         return -EMSGSIZE;
                 for (size_t i = 0; i < b->result->n_more; i++) {
                         const Hlink__SignedResult *m = b->result->more[i];
-                        if (!m || m->body.len == 0 || m->signature.len != LINK_SIG_BYTES)
+                        if (!m || m->body.len == 0 || !SIG_OK(m->signature.len))
                                 return -EBADMSG;
                 }
+#undef SIG_OK
                 return 0;
+        }
         case HLINK__BODY__MSG_RESULT_ACK:
                 if ((r = check_id(b->result_ack->task_id)) < 0)
                         return r;
@@ -950,7 +958,20 @@ static void result_hash(const Hlink__ResultBody *b, uint8_t out[LINK_HASH_BYTES]
 int link_result_sign(const LinkIdentity *worker, Hlink__ResultBody *body,
                      void **ret_body, size_t *ret_body_len, uint8_t ret_sig[LINK_SIG_BYTES])
 {
-        uint8_t sig[LINK_SIG_BYTES];
+        _cleanup_free_ void *b = NULL;
+        size_t len;
+        int r = link_result_pack(body, &b, &len);
+        if (r >= 0)
+                r = sign_domain(worker->sk, RESULT_DOMAIN, b, len, ret_sig);
+        if (r < 0)
+                return r;
+        *ret_body_len = len;
+        *ret_body = TAKE_PTR(b);
+        return 0;
+}
+
+int link_result_pack(Hlink__ResultBody *body, void **ret_body, size_t *ret_body_len)
+{
         _cleanup_free_ uint8_t *hashes = NULL;
         int r = link_init();
         if (r < 0)
@@ -974,10 +995,8 @@ int link_result_sign(const LinkIdentity *worker, Hlink__ResultBody *body,
                 r = -EMSGSIZE;
         if (r >= 0 && !(b = malloc(len ? len : 1)))
                 r = -ENOMEM;
-        if (r >= 0) {
+        if (r >= 0)
                 hlink__result_body__pack(body, b);
-                r = sign_domain(worker->sk, RESULT_DOMAIN, b, len, sig);
-        }
         /* The hashes filled in above live in our buffer: take them back out
          * so the caller's structure never points at freed memory. */
         for (size_t i = 0; i < body->n_outputs; i++) {
@@ -987,7 +1006,6 @@ int link_result_sign(const LinkIdentity *worker, Hlink__ResultBody *body,
         }
         if (r < 0)
                 return r;
-        memcpy(ret_sig, sig, sizeof(sig));
         *ret_body_len = len;
         *ret_body = TAKE_PTR(b);
         return 0;
@@ -996,13 +1014,116 @@ int link_result_sign(const LinkIdentity *worker, Hlink__ResultBody *body,
 int link_result_verify(const Hlink__Result *result, const uint8_t worker_pk[LINK_KEY_BYTES],
                        Hlink__ResultBody **ret_body, uint8_t *ret_hash)
 {
-        uint8_t h[LINK_HASH_BYTES];
         if (!result)
                 return -EBADMSG;
         int r = verify_signed_bytes(worker_pk, RESULT_DOMAIN, &result->body, &result->signature);
         if (r < 0)
                 return r;
-        Hlink__ResultBody *b = hlink__result_body__unpack(NULL, result->body.len, result->body.data);
+        return link_result_parse(&result->body, ret_body, ret_hash);
+}
+
+/* The bytes a batch signature covers, after its domain: n, then each
+ * body's SHA-256. OUT holds 1 + LINK_RESULTS_MAX * LINK_HASH_BYTES. */
+static int batch_bytes(const ProtobufCBinaryData *const *bodies, size_t n, uint8_t *out, size_t *ret_len)
+{
+        if (n == 0 || n > LINK_RESULTS_MAX)
+                return -EMSGSIZE;
+        out[0] = (uint8_t) n;
+        for (size_t i = 0; i < n; i++) {
+                if (bodies[i]->len == 0 || bodies[i]->len > LINK_MSG_MAX_BYTES)
+                        return -EBADMSG;
+                crypto_hash_sha256(out + 1 + i * LINK_HASH_BYTES, bodies[i]->data, bodies[i]->len);
+        }
+        *ret_len = 1 + n * LINK_HASH_BYTES;
+        return 0;
+}
+
+int link_result_batch_sign(const LinkIdentity *worker, const ProtobufCBinaryData *bodies, size_t n,
+                           uint8_t ret_sig[LINK_SIG_BYTES])
+{
+        const ProtobufCBinaryData *bp[LINK_RESULTS_MAX];
+        uint8_t msg[1 + LINK_RESULTS_MAX * LINK_HASH_BYTES];
+        size_t len;
+        int r = link_init();
+
+        if (r < 0)
+                return r;
+        if (n == 0 || n > LINK_RESULTS_MAX)
+                return -EMSGSIZE;
+        for (size_t i = 0; i < n; i++)
+                bp[i] = &bodies[i];
+        r = batch_bytes(bp, n, msg, &len);
+        return r < 0 ? r : sign_domain(worker->sk, RESULTS_DOMAIN, msg, len, ret_sig);
+}
+
+int link_result_batch_verify(const Hlink__Result *result, const uint8_t worker_pk[LINK_KEY_BYTES],
+                             uint8_t *ret_proof, size_t *ret_proof_len)
+{
+        const ProtobufCBinaryData *bp[LINK_RESULTS_MAX];
+        size_t n = 0, len;
+        int r = link_init();
+
+        if (r < 0)
+                return r;
+        if (!result || result->batch_signature.len == 0)
+                return 0;
+        if (result->n_more > LINK_RESULTS_MAX - 1)
+                return -EMSGSIZE;
+        bp[n++] = &result->body;
+        for (size_t i = 0; i < result->n_more; i++)
+                bp[n++] = &result->more[i]->body;
+        r = batch_bytes(bp, n, ret_proof + LINK_SIG_BYTES, &len);
+        if (r < 0)
+                return r;
+        r = verify_domain(worker_pk, RESULTS_DOMAIN, ret_proof + LINK_SIG_BYTES, len, &result->batch_signature);
+        if (r < 0)
+                return r;
+        memcpy(ret_proof, result->batch_signature.data, LINK_SIG_BYTES);
+        *ret_proof_len = LINK_SIG_BYTES + len;
+        return 1;
+}
+
+int link_result_proof_check(const uint8_t worker_pk[LINK_KEY_BYTES], const void *body, size_t body_len,
+                            const void *proof, size_t proof_len)
+{
+        const uint8_t *p = proof;
+        uint8_t h[LINK_HASH_BYTES];
+        int r = link_init();
+
+        if (r < 0)
+                return r;
+        if (!body || body_len == 0 || !proof)
+                return -EKEYREJECTED;
+        if (proof_len == LINK_SIG_BYTES) {
+                ProtobufCBinaryData sig = { LINK_SIG_BYTES, (uint8_t *) p };
+                return verify_domain(worker_pk, RESULT_DOMAIN, body, body_len, &sig);
+        }
+        /* A batch proof: the signature, n and n hashes, one of them this body's. */
+        if (proof_len < LINK_SIG_BYTES + 1 + LINK_HASH_BYTES)
+                return -EKEYREJECTED;
+        size_t n = p[LINK_SIG_BYTES];
+        if (n == 0 || n > LINK_RESULTS_MAX || proof_len != LINK_SIG_BYTES + 1 + n * LINK_HASH_BYTES)
+                return -EKEYREJECTED;
+        crypto_hash_sha256(h, body, body_len);
+        bool found = false;
+        for (size_t i = 0; i < n; i++)
+                found |= sodium_memcmp(h, p + LINK_SIG_BYTES + 1 + i * LINK_HASH_BYTES, LINK_HASH_BYTES) == 0;
+        if (!found)
+                return -EKEYREJECTED;
+        ProtobufCBinaryData sig = { LINK_SIG_BYTES, (uint8_t *) p };
+        return verify_domain(worker_pk, RESULTS_DOMAIN, p + LINK_SIG_BYTES, proof_len - LINK_SIG_BYTES, &sig);
+}
+
+int link_result_parse(const ProtobufCBinaryData *body, Hlink__ResultBody **ret_body, uint8_t *ret_hash)
+{
+        uint8_t h[LINK_HASH_BYTES];
+        int r;
+
+        if (!body || body->len == 0)
+                return -EBADMSG;
+        if (body->len > LINK_MSG_MAX_BYTES)
+                return -EMSGSIZE;
+        Hlink__ResultBody *b = hlink__result_body__unpack(NULL, body->len, body->data);
         if (!b)
                 return -EBADMSG;
         r = check_result_body(b);

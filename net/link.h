@@ -164,6 +164,9 @@ int link_task_verify(const Hlink__Task *task, const uint8_t pool_pk[LINK_KEY_BYT
  * data when empty. The buffer is malloc'd. */
 int link_result_sign(const LinkIdentity *worker, Hlink__ResultBody *body,
                      void **ret_body, size_t *ret_body_len, uint8_t ret_sig[LINK_SIG_BYTES]);
+/* link_result_sign() without the signature: for results a batch signature
+ * will cover (link_result_batch_sign()). */
+int link_result_pack(Hlink__ResultBody *body, void **ret_body, size_t *ret_body_len);
 
 /* Pool side: check RESULT's signature against WORKER_PK, decode the body,
  * check its limits and that every output's sha256 matches its data.
@@ -171,6 +174,29 @@ int link_result_sign(const LinkIdentity *worker, Hlink__ResultBody *body,
  * SHA-256 over status, exit code and the outputs' names and hashes. */
 int link_result_verify(const Hlink__Result *result, const uint8_t worker_pk[LINK_KEY_BYTES],
                        Hlink__ResultBody **ret_body, uint8_t *ret_hash);
+
+/* Batch signatures (Result.batch_signature): one signature over every
+ * body of a Result, in order: "hlink-results-v1" || u8 n || SHA-256 of
+ * each body. One signature made and one checked for up to
+ * LINK_RESULTS_MAX results. */
+#define LINK_PROOF_MAX (LINK_SIG_BYTES + 1 + LINK_RESULTS_MAX * LINK_HASH_BYTES)
+int link_result_batch_sign(const LinkIdentity *worker, const ProtobufCBinaryData *bodies, size_t n,
+                           uint8_t ret_sig[LINK_SIG_BYTES]);
+/* Pool side: 0 if RESULT has no batch signature; 1 if its batch signature
+ * verifies against WORKER_PK: then RET_PROOF (LINK_PROOF_MAX bytes) gets
+ * what to keep with each of its results in place of the result's own
+ * signature (the batch signature, n, the bodies' hashes) and
+ * *RET_PROOF_LEN its length; -EKEYREJECTED if it does not verify. */
+int link_result_batch_verify(const Hlink__Result *result, const uint8_t worker_pk[LINK_KEY_BYTES],
+                             uint8_t *ret_proof, size_t *ret_proof_len);
+/* link_result_verify() less the signature check: for a body that a batch
+ * signature, verified, covers. */
+int link_result_parse(const ProtobufCBinaryData *body, Hlink__ResultBody **ret_body, uint8_t *ret_hash);
+/* Audit: whether PROOF, what the pool kept with a result (the result's own
+ * signature, or a batch proof from link_result_batch_verify()), shows that
+ * BODY came from WORKER_PK. 0, or -EKEYREJECTED. */
+int link_result_proof_check(const uint8_t worker_pk[LINK_KEY_BYTES], const void *body, size_t body_len,
+                            const void *proof, size_t proof_len);
 
 /* Check a string: valid UTF-8, at most MAX bytes (0: no limit). */
 bool link_utf8_ok(const char *s, size_t max);
@@ -277,6 +303,9 @@ int link_client_renew(LinkClient *c, const char *const *task_ids, size_t n, bool
  * link_result_sign() does, to put in a Result for link_client_submit(). */
 int link_client_sign_result(LinkClient *c, Hlink__ResultBody *body, void **ret_body, size_t *ret_body_len,
                             uint8_t ret_sig[LINK_SIG_BYTES]);
+/* And a batch signature over several results' bodies (Result.batch_signature). */
+int link_client_sign_batch(LinkClient *c, const ProtobufCBinaryData *bodies, size_t n,
+                           uint8_t ret_sig[LINK_SIG_BYTES]);
 
 /* Sign and send a result; *RET_ACCEPTED says whether the pool stored it
  * (false: it was not wanted any more, and may be forgotten). */

@@ -410,18 +410,29 @@ static int do_renew(PoolServer *s, const LinkSession *session, const uint8_t *ke
 
 /* One of Result.more into its verdict; *RET_BODY (free it after the reply
  * is encoded: the verdict points into it) when it could be read. */
-static void more_result(PoolServer *s, const uint8_t *key, const Hlink__SignedResult *sr, Hlink__ResultVerdict *v,
-                        Hlink__ResultBody **ret_body)
+/* A result's body checked: under the request's batch proof (PROOF, when
+ * it verified) or against its own signature. */
+static int check_result(const uint8_t *key, const ProtobufCBinaryData *body, const ProtobufCBinaryData *sig,
+                        const uint8_t *proof, Hlink__ResultBody **ret_body, uint8_t *hash)
 {
         Hlink__Result one = HLINK__RESULT__INIT;
+
+        if (proof)
+                return link_result_parse(body, ret_body, hash);
+        one.body = *body;
+        one.signature = *sig;
+        return link_result_verify(&one, key, ret_body, hash);
+}
+
+static void more_result(PoolServer *s, const uint8_t *key, const Hlink__SignedResult *sr, const uint8_t *proof,
+                        size_t proof_len, Hlink__ResultVerdict *v, Hlink__ResultBody **ret_body)
+{
         Hlink__ResultBody *rb = NULL;
         uint8_t hash[LINK_HASH_BYTES];
         const char *reason = "";
         bool accepted = false;
 
-        one.body = sr->body;
-        one.signature = sr->signature;
-        int r = link_result_verify(&one, key, &rb, hash);
+        int r = check_result(key, &sr->body, &sr->signature, proof, &rb, hash);
         if (r < 0) {
                 v->error = link_error_from_errno(r);
                 v->reason = (char *) (r == -EKEYREJECTED ? "signature does not verify" : "malformed result");
@@ -429,8 +440,9 @@ static void more_result(PoolServer *s, const uint8_t *key, const Hlink__SignedRe
         }
         *ret_body = rb;
         v->task_id = rb->task_id;
-        r = pool_store_add_result(s->store, key, rb, hash, sr->body.data, sr->body.len, sr->signature.data,
-                                  now_usec(), &accepted, &reason);
+        r = pool_store_add_result(s->store, key, rb, hash, sr->body.data, sr->body.len,
+                                  proof ? proof : sr->signature.data, proof ? proof_len : LINK_SIG_BYTES, now_usec(),
+                                  &accepted, &reason);
         if (r < 0) {
                 v->error = r == -ENOENT ? HLINK__ERROR_CODE__ERR_UNKNOWN_TASK : HLINK__ERROR_CODE__ERR_INTERNAL;
                 v->reason = (char *) (r == -ENOENT ? "no such task leased to this worker" : "storage failed");
@@ -454,12 +466,19 @@ static int do_result(PoolServer *s, const LinkSession *session, const uint8_t *k
         int n = 0;
 
         /* The worker's own signature over the result, kept with it: end to
-         * end, whatever carried it. */
-        int r = link_result_verify(res, key, &rb, hash);
+         * end, whatever carried it. One batch signature can cover them all
+         * (one check instead of one a result); its proof is kept with each. */
+        uint8_t proof_buf[LINK_PROOF_MAX];
+        size_t proof_len = LINK_SIG_BYTES;
+        int r = link_result_batch_verify(res, key, proof_buf, &proof_len);
         if (r < 0)
                 return errno_reply(s, session, r, nonce, ret);
-        r = pool_store_add_result(s->store, key, rb, hash, res->body.data, res->body.len, res->signature.data,
-                                  now_usec(), &accepted, &reason);
+        const uint8_t *proof = r > 0 ? proof_buf : NULL;
+        r = check_result(key, &res->body, &res->signature, proof, &rb, hash);
+        if (r < 0)
+                return errno_reply(s, session, r, nonce, ret);
+        r = pool_store_add_result(s->store, key, rb, hash, res->body.data, res->body.len,
+                                  proof ? proof : res->signature.data, proof_len, now_usec(), &accepted, &reason);
         if (r == -ENOENT) {
                 hlink__result_body__free_unpacked(rb, NULL);
                 return error_reply(s, session, HLINK__ERROR_CODE__ERR_UNKNOWN_TASK,
@@ -477,7 +496,7 @@ static int do_result(PoolServer *s, const LinkSession *session, const uint8_t *k
                 Hlink__ResultVerdict *v = &verdicts[i];
                 hlink__result_verdict__init(v);
                 vp[i] = v;
-                more_result(s, key, res->more[i], v, &more[i]);
+                more_result(s, key, res->more[i], proof, proof_len, v, &more[i]);
         }
         ack.n_more = res->n_more;
         ack.more = vp;

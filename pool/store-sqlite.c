@@ -1177,8 +1177,8 @@ static const char SQL_RESULT_INSERT_VERDICT[] =
 /* A result for a pending task, judged in memory; the database is only
  * written. */
 static int add_result_mem(PoolStore *s, Sched *m, SchedTask *t, const uint8_t *key, const Hlink__ResultBody *b,
-                          const uint8_t *hash, const void *raw, size_t raw_len, const uint8_t *signature,
-                          uint64_t now, bool *ret_accepted, const char **ret_reason)
+                          const uint8_t *hash, const void *raw, size_t raw_len, const void *signature,
+                          size_t signature_len, uint64_t now, bool *ret_accepted, const char **ret_reason)
 {
         _cleanup_stmt_ sqlite3_stmt *ins = NULL, *acc = NULL;
         uint8_t best[LINK_HASH_BYTES];
@@ -1211,7 +1211,7 @@ static int add_result_mem(PoolStore *s, Sched *m, SchedTask *t, const uint8_t *k
                 sqlite3_bind_blob(ins, 6, hash, LINK_HASH_BYTES, SQLITE_STATIC);
                 sqlite3_bind_int64(ins, 7, (sqlite3_int64) b->cpu_usec);
                 sqlite3_bind_blob(ins, 8, raw, (int) raw_len, SQLITE_STATIC);
-                sqlite3_bind_blob(ins, 9, signature, LINK_SIG_BYTES, SQLITE_STATIC);
+                sqlite3_bind_blob(ins, 9, signature, (int) signature_len, SQLITE_STATIC);
                 sqlite3_bind_text(ins, 10, alone ? "agree" : "pending", -1, SQLITE_STATIC);
                 sqlite3_bind_int(ins, 11, alone);
                 r = step_done(ins);
@@ -1253,7 +1253,7 @@ static int add_result_mem(PoolStore *s, Sched *m, SchedTask *t, const uint8_t *k
 
 int pool_store_add_result(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], const Hlink__ResultBody *b,
                           const uint8_t hash[LINK_HASH_BYTES], const void *raw, size_t raw_len,
-                          const uint8_t signature[LINK_SIG_BYTES], uint64_t now, bool *ret_accepted,
+                          const void *signature, size_t signature_len, uint64_t now, bool *ret_accepted,
                           const char **ret_reason)
 {
         _cleanup_stmt_ sqlite3_stmt *l = NULL, *ins = NULL;
@@ -1266,7 +1266,8 @@ int pool_store_add_result(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], const
         Sched *m = mem_get(s, now);
         SchedTask *task = m ? sched_find(m, b->task_id) : NULL;
         if (task) {
-                r = add_result_mem(s, m, task, key, b, hash, raw, raw_len, signature, now, &accepted, &reason);
+                r = add_result_mem(s, m, task, key, b, hash, raw, raw_len, signature, signature_len, now, &accepted,
+                                   &reason);
                 goto out;
         }
         /* Not pending (done, given up, cancelled, unknown) or no memory:
@@ -1309,7 +1310,7 @@ int pool_store_add_result(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], const
         sqlite3_bind_blob(ins, 6, hash, LINK_HASH_BYTES, SQLITE_STATIC);
         sqlite3_bind_int64(ins, 7, (sqlite3_int64) b->cpu_usec);
         sqlite3_bind_blob(ins, 8, raw, (int) raw_len, SQLITE_STATIC);
-        sqlite3_bind_blob(ins, 9, signature, LINK_SIG_BYTES, SQLITE_STATIC);
+        sqlite3_bind_blob(ins, 9, signature, (int) signature_len, SQLITE_STATIC);
         /* After the decision, a late replica is still judged against it. */
         if (!strcmp(state, "done")) {
                 _cleanup_stmt_ sqlite3_stmt *h = NULL;

@@ -144,7 +144,7 @@ int pool_store_renew(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], const char
  * lost ack). -ENOENT: unknown task or never leased to this worker. */
 int pool_store_add_result(PoolStore *s, const uint8_t key[LINK_KEY_BYTES], const Hlink__ResultBody *body,
                           const uint8_t hash[LINK_HASH_BYTES], const void *raw, size_t raw_len,
-                          const uint8_t signature[LINK_SIG_BYTES], uint64_t now_usec,
+                          const void *signature, size_t signature_len, uint64_t now_usec,
                           bool *ret_accepted, const char **ret_reason);
 
 /* Goodbye: the worker's live leases go back to the pool at once. Returns how

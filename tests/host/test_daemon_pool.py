@@ -43,6 +43,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -243,6 +244,15 @@ def case_pooldown(root, cg):
     got = sorted(base64.b64decode(r["outputs"][0]["data_base64"]) for r in res)
     check(got == sorted(b"delivered %s\n" % i.encode() for i in late),
           "pooldown: exactly one result each, with the right output")
+    # The three came under one batch signature: each is kept with its proof
+    # (the signature, the count and the three bodies' hashes).
+    db = sqlite3.connect("file:%s/pool.db?mode=ro" % pool.dir, uri=True)
+    kept = db.execute("SELECT body, signature FROM results").fetchall()
+    db.close()
+    check(len(kept) == 3 and all(len(sig) == 64 + 1 + 3 * 32 and sig[64] == 3 and
+                                 hashlib.sha256(body).digest() in [sig[65 + 32 * k:97 + 32 * k] for k in range(3)]
+                                 for body, sig in kept),
+          "pooldown: the results are kept with the batch signature's proof")
     d.stop()
     pool.stop()
 

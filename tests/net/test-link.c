@@ -325,6 +325,99 @@ static void test_result(void **state)
         free(body);
 }
 
+/* One batch signature over several results: it verifies in order and for
+ * this worker only, breaks with any body changed, and the proof the pool
+ * keeps shows each body came from the worker and no other body did. The
+ * decoder takes empty per-result signatures only under a batch signature. */
+static void test_result_batch(void **state)
+{
+        Hlink__ResultBody rb = HLINK__RESULT_BODY__INIT;
+        Hlink__Result res = HLINK__RESULT__INIT;
+        Hlink__SignedResult more[2] = { HLINK__SIGNED_RESULT__INIT, HLINK__SIGNED_RESULT__INIT }, *mp[2];
+        ProtobufCBinaryData bodies[3];
+        uint8_t sig[64], proof[LINK_PROOF_MAX], own[64];
+        size_t proof_len = 0;
+        char id[8];
+
+        rb.status = HLINK__STATUS__STATUS_OK;
+        for (int i = 0; i < 3; i++) {
+                void *b;
+                size_t len;
+                snprintf(id, sizeof(id), "b%d", i);
+                rb.task_id = id;
+                assert_int_equal(link_result_pack(&rb, &b, &len), 0);
+                bodies[i] = (ProtobufCBinaryData) { len, b };
+        }
+        assert_int_equal(link_result_batch_sign(&worker, bodies, 3, sig), 0);
+        res.body = bodies[0];
+        for (int i = 0; i < 2; i++) {
+                more[i].body = bodies[i + 1];
+                mp[i] = &more[i];
+        }
+        res.more = mp;
+        res.n_more = 2;
+
+        /* none: nothing to say */
+        assert_int_equal(link_result_batch_verify(&res, worker.pk, proof, &proof_len), 0);
+        res.batch_signature = (ProtobufCBinaryData) { 64, sig };
+        assert_int_equal(link_result_batch_verify(&res, worker.pk, proof, &proof_len), 1);
+        assert_int_equal(proof_len, 64 + 1 + 3 * 32);
+        assert_int_equal(link_result_batch_verify(&res, pool.pk, proof, &proof_len), -EKEYREJECTED);
+        for (int i = 0; i < 3; i++) {
+                assert_int_equal(link_result_proof_check(worker.pk, bodies[i].data, bodies[i].len, proof, proof_len), 0);
+                assert_int_equal(link_result_proof_check(pool.pk, bodies[i].data, bodies[i].len, proof, proof_len),
+                                 -EKEYREJECTED);
+        }
+        /* a body the batch did not hold; a proof cut short or with a hash changed */
+        assert_int_equal(link_result_proof_check(worker.pk, "other", 5, proof, proof_len), -EKEYREJECTED);
+        assert_int_equal(link_result_proof_check(worker.pk, bodies[0].data, bodies[0].len, proof, proof_len - 32),
+                         -EKEYREJECTED);
+        proof[64 + 1 + 32 + 5] ^= 1;
+        assert_int_equal(link_result_proof_check(worker.pk, bodies[0].data, bodies[0].len, proof, proof_len),
+                         -EKEYREJECTED);
+
+        /* the order is signed too, and every byte of every body */
+        res.more[0]->body = bodies[2];
+        res.more[1]->body = bodies[1];
+        assert_int_equal(link_result_batch_verify(&res, worker.pk, proof, &proof_len), -EKEYREJECTED);
+        res.more[0]->body = bodies[1];
+        res.more[1]->body = bodies[2];
+        ((uint8_t *) bodies[2].data)[bodies[2].len - 1] ^= 1;
+        assert_int_equal(link_result_batch_verify(&res, worker.pk, proof, &proof_len), -EKEYREJECTED);
+        ((uint8_t *) bodies[2].data)[bodies[2].len - 1] ^= 1;
+        res.n_more = 1;                 /* one left out */
+        assert_int_equal(link_result_batch_verify(&res, worker.pk, proof, &proof_len), -EKEYREJECTED);
+        res.n_more = 2;
+
+        /* A result's own signature is a proof as well, of its one body. */
+        void *b1;
+        size_t l1;
+        rb.task_id = "own";
+        assert_int_equal(link_result_sign(&worker, &rb, &b1, &l1, own), 0);
+        assert_int_equal(link_result_proof_check(worker.pk, b1, l1, own, 64), 0);
+        assert_int_equal(link_result_proof_check(worker.pk, bodies[0].data, bodies[0].len, own, 64), -EKEYREJECTED);
+        free(b1);
+
+        /* The decoder: empty own signatures pass under a batch signature
+         * only, and a batch signature is 64 bytes or nothing. */
+        Hlink__Body body = HLINK__BODY__INIT;
+        body.msg_case = HLINK__BODY__MSG_RESULT;
+        body.result = &res;
+        assert_int_equal(decode_err(&body), 0);
+        res.batch_signature = (ProtobufCBinaryData) { 0, NULL };
+        assert_int_equal(decode_err(&body), -EBADMSG);
+        res.batch_signature = (ProtobufCBinaryData) { 63, sig };
+        assert_int_equal(decode_err(&body), -EBADMSG);
+        res.batch_signature = (ProtobufCBinaryData) { 64, sig };
+        res.signature = (ProtobufCBinaryData) { 64, own };     /* both: fine */
+        assert_int_equal(decode_err(&body), 0);
+        res.signature = (ProtobufCBinaryData) { 10, own };     /* a broken own one: not */
+        assert_int_equal(decode_err(&body), -EBADMSG);
+
+        for (int i = 0; i < 3; i++)
+                free(bodies[i].data);
+}
+
 static void test_limits(void **state)
 {
         Hlink__Body b;
@@ -1020,6 +1113,7 @@ int main(void)
                 cmocka_unit_test(test_roundtrip_hello),
                 cmocka_unit_test(test_roundtrip_task),
                 cmocka_unit_test(test_result),
+                cmocka_unit_test(test_result_batch),
                 cmocka_unit_test(test_limits),
                 cmocka_unit_test(test_gpu_spec_limits),
                 cmocka_unit_test(test_envelope_fields),

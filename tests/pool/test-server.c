@@ -21,6 +21,7 @@
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/req.h>
 #include <sodium.h>
+#include <sqlite3.h>
 
 #include "pool/server.h"
 #include "pool/store.h"
@@ -393,6 +394,85 @@ static void test_batch(void **state)
                 free(bodies[i].data);
 }
 
+/* One batch signature for every result of a request, their own left
+ * empty: all judged, and each stored with the batch proof, which shows its
+ * body is the worker's. A batch signature that does not verify refuses the
+ * request whole, before anything of it is stored. */
+static void test_batch_signature(void **state)
+{
+        char ids[3][LINK_ID_MAX + 1], path[PATH_MAX + 16];
+        uint8_t own[64], batch_sig[64];
+        ProtobufCBinaryData bodies[3];
+        Hlink__Result res = HLINK__RESULT__INIT;
+        Hlink__SignedResult more[2], *mp[2];
+        Hlink__Body b = HLINK__BODY__INIT;
+        LinkIdentity other = {};
+        sqlite3 *db;
+        sqlite3_stmt *q;
+
+        hello();
+        for (int i = 0; i < 3; i++) {
+                snprintf(ids[i], sizeof(ids[i]), "bs%d", i);
+                submit(ids[i]);
+        }
+        LinkMsg *w = fetch(3);
+        assert_int_equal(w->body->work->n_tasks, 3);
+        for (int i = 0; i < 3; i++)
+                task_id(w->body->work->tasks[i], ids[i]);
+        link_msg_free(w);
+        for (int i = 0; i < 3; i++)
+                sign_result(ids[i], &bodies[i], own);   /* (their own signatures go unused) */
+        res.body = bodies[0];
+        for (int i = 0; i < 2; i++) {
+                hlink__signed_result__init(&more[i]);
+                more[i].body = bodies[i + 1];
+                mp[i] = &more[i];
+        }
+        res.more = mp;
+        res.n_more = 2;
+        b.msg_case = HLINK__BODY__MSG_RESULT;
+        b.result = &res;
+
+        /* signed by another key: refused whole */
+        crypto_sign_keypair(other.pk, other.sk);
+        assert_int_equal(link_result_batch_sign(&other, bodies, 3, batch_sig), 0);
+        res.batch_signature = (ProtobufCBinaryData) { 64, batch_sig };
+        assert_int_equal(error_code(call(&b, false, NULL, NULL)), HLINK__ERROR_CODE__ERR_BAD_SIGNATURE);
+
+        assert_int_equal(link_result_batch_sign(&worker, bodies, 3, batch_sig), 0);
+        LinkMsg *ack = call(&b, false, NULL, NULL);
+        assert_int_equal(ack->body->msg_case, HLINK__BODY__MSG_RESULT_ACK);
+        assert_true(ack->body->result_ack->accepted);
+        assert_int_equal(ack->body->result_ack->n_more, 2);
+        for (int i = 0; i < 2; i++) {
+                assert_true(ack->body->result_ack->more[i]->accepted);
+                assert_string_equal(ack->body->result_ack->more[i]->task_id, ids[i + 1]);
+        }
+        link_msg_free(ack);
+
+        /* What the pool kept proves each result is the worker's. */
+        snprintf(path, sizeof(path), "%s/pool.db", dir);
+        assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+        assert_int_equal(sqlite3_prepare_v2(db, "SELECT body, signature FROM results WHERE task_id LIKE 'bs%'", -1, &q,
+                                            NULL), SQLITE_OK);
+        int rows = 0;
+        while (sqlite3_step(q) == SQLITE_ROW) {
+                rows++;
+                assert_int_equal(sqlite3_column_bytes(q, 1), 64 + 1 + 3 * 32);
+                assert_int_equal(link_result_proof_check(worker.pk, sqlite3_column_blob(q, 0), sqlite3_column_bytes(q, 0),
+                                                         sqlite3_column_blob(q, 1), sqlite3_column_bytes(q, 1)), 0);
+                assert_int_equal(link_result_proof_check(other.pk, sqlite3_column_blob(q, 0), sqlite3_column_bytes(q, 0),
+                                                         sqlite3_column_blob(q, 1), sqlite3_column_bytes(q, 1)),
+                                 -EKEYREJECTED);
+        }
+        assert_int_equal(rows, 3);
+        sqlite3_finalize(q);
+        sqlite3_close(db);
+        for (int i = 0; i < 3; i++)
+                free(bodies[i].data);
+        sodium_memzero(&other, sizeof(other));
+}
+
 /* The CLI submits and cancels while the pool serves many pending tasks:
  * the server reads only the rows it added, it does not rebuild its memory
  * from the whole database (which costs in proportion to the pending
@@ -548,6 +628,7 @@ int main(void)
                 cmocka_unit_test(test_session),
                 cmocka_unit_test(test_catch_up),
                 cmocka_unit_test(test_batch),
+                cmocka_unit_test(test_batch_signature),
                 cmocka_unit_test(test_hello_rate),
         };
         return cmocka_run_group_tests(tests, setup, teardown);

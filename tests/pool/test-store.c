@@ -80,7 +80,7 @@ static int result(const uint8_t *key, const char *task, uint8_t hash_byte, uint6
         b.task_id = (char *) task;
         b.status = HLINK__STATUS__STATUS_OK;
         b.cpu_usec = 100;
-        return pool_store_add_result(s, key, &b, hash, "body", 4, sig, now, accepted, NULL);
+        return pool_store_add_result(s, key, &b, hash, "body", 4, sig, LINK_SIG_BYTES, now, accepted, NULL);
 }
 
 static json_t *task_json(const char *id)
