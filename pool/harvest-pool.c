@@ -1107,6 +1107,69 @@ static int verb_cancel(int argc, char **argv)
         return rc;
 }
 
+/* --- verify: the proof kept with every result ---------------------------------- */
+
+typedef struct Verify {
+        size_t results, proven, batch;
+        json_t *bad;
+} Verify;
+
+static int verify_one(const char *task_id, const uint8_t worker[LINK_KEY_BYTES], const void *body, size_t body_len,
+                      const void *proof, size_t proof_len, void *userdata)
+{
+        Verify *v = userdata;
+        char key[64];
+
+        v->results++;
+        if (link_result_proof_check(worker, body, body_len, proof, proof_len) >= 0) {
+                v->proven++;
+                v->batch += proof_len != LINK_SIG_BYTES;
+                return 0;
+        }
+        link_key_to_base64(worker, key, sizeof(key));
+        json_array_append_new(v->bad, json_pack("{s:s, s:s}", "task", task_id ? task_id : "", "worker", key));
+        if (!arg_json)
+                printf("NOT PROVEN  %s  from %s\n", task_id ? task_id : "?", key);
+        return 0;
+}
+
+/* Check that every stored result is its worker's: its signed body against
+ * the signature or batch proof kept with it, and the worker's key. */
+static int verb_verify(int argc, char **argv)
+{
+        Verify v = { .bad = json_array() };
+        PoolStore *store = NULL;
+        int r;
+
+        if (argc > 1) {
+                fprintf(stderr, "harvest-pool verify: takes no arguments\n");
+                json_decref(v.bad);
+                return 2;
+        }
+        r = open_store(&store);
+        if (r < 0) {
+                json_decref(v.bad);
+                return fail(r, "pool.db");
+        }
+        r = pool_store_each_result(store, verify_one, &v);
+        pool_store_close(store);
+        if (r < 0) {
+                json_decref(v.bad);
+                return fail(r, "pool.db: results");
+        }
+        if (arg_json) {
+                json_t *o = json_pack("{s:I, s:I, s:I, s:o}", "results", (json_int_t) v.results, "proven",
+                                      (json_int_t) v.proven, "batch_proofs", (json_int_t) v.batch, "not_proven", v.bad);
+                print_json(o);
+                json_decref(o);
+        } else {
+                printf("%zu result(s): %zu proven to come from their workers (%zu under a batch signature), %zu not\n",
+                       v.results, v.proven, v.batch, v.results - v.proven);
+                json_decref(v.bad);
+        }
+        return v.proven == v.results ? 0 : 1;
+}
+
 static void usage(FILE *f)
 {
         fputs("usage: harvest-pool [--state-dir DIR] [--json] VERB ...\n"
@@ -1122,7 +1185,8 @@ static void usage(FILE *f)
               "  submit --batch FILE           JSON lines or a JSON array of tasks\n"
               "  tasks | workers | status      list\n"
               "  results [--task ID] [--outputs]\n"
-              "  cancel ID...\n", f);
+              "  cancel ID...\n"
+              "  verify                        check every result's signature against its worker's key\n", f);
 }
 
 int main(int argc, char **argv)
@@ -1194,6 +1258,8 @@ int main(int argc, char **argv)
                 return verb_list(verb, vargc, vargv);
         if (!strcmp(verb, "cancel"))
                 return verb_cancel(vargc, vargv);
+        if (!strcmp(verb, "verify"))
+                return verb_verify(vargc, vargv);
         fprintf(stderr, "harvest-pool: unknown verb '%s'\n", verb);
         usage(stderr);
         return 2;

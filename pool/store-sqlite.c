@@ -1552,6 +1552,30 @@ static json_t *result_row(sqlite3_stmt *st, void *ud)
         return o;
 }
 
+int pool_store_each_result(PoolStore *s, PoolResultFn fn, void *userdata)
+{
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        int r, rc = SQLITE_DONE;
+
+        pthread_mutex_lock(&s->lock);
+        r = prep(s, "SELECT task_id, worker, body, signature FROM results ORDER BY rowid", &st);
+        while (r >= 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+                static const uint8_t none[LINK_KEY_BYTES];
+                const void *worker = sqlite3_column_blob(st, 1);
+                if (sqlite3_column_bytes(st, 1) != LINK_KEY_BYTES)
+                        worker = none;     /* proves nothing: no key */
+                r = fn((const char *) sqlite3_column_text(st, 0), worker, sqlite3_column_blob(st, 2),
+                       (size_t) sqlite3_column_bytes(st, 2), sqlite3_column_blob(st, 3),
+                       (size_t) sqlite3_column_bytes(st, 3), userdata);
+        }
+        if (r >= 0 && rc != SQLITE_DONE)
+                r = sql_err(s->db, rc);
+        finalizep(&st);
+        st = NULL;
+        pthread_mutex_unlock(&s->lock);
+        return r;
+}
+
 int pool_store_results_json(PoolStore *s, const char *task_id, bool with_data, json_t **ret)
 {
         return list(s,

@@ -159,3 +159,10 @@ int pool_store_tasks_json(PoolStore *s, uint64_t now_usec, json_t **ret);
 int pool_store_results_json(PoolStore *s, const char *task_id, bool with_data, json_t **ret);
 int pool_store_workers_json(PoolStore *s, uint64_t now_usec, json_t **ret);
 int pool_store_status_json(PoolStore *s, uint64_t now_usec, json_t **ret);
+
+/* Every stored result as it came, in order: the worker's key, the signed
+ * body and what was kept to prove it (its own signature or a batch proof).
+ * FN returns < 0 to stop (that value is returned). */
+typedef int (*PoolResultFn)(const char *task_id, const uint8_t worker[LINK_KEY_BYTES], const void *body,
+                            size_t body_len, const void *proof, size_t proof_len, void *userdata);
+int pool_store_each_result(PoolStore *s, PoolResultFn fn, void *userdata);

@@ -8,6 +8,7 @@ as separate processes. The pool side is checked with the pool's own CLI
   basic      6 tasks (one with an input file) through the daemon's job runner:
              every task done, exactly one accepted result each, outputs as
              computed and their sha256 right, signed by the daemon's own key
+             (harvest-pool verify proves each)
              (STATE/link-identity.key, 0600); status shows the pool connected,
              6 done, nothing pending, CPU contributed; STATE/results empty
   kill9      kill -9 of harvesterd while a pool task runs, restart: the task
@@ -15,7 +16,9 @@ as separate processes. The pool side is checked with the pool's own CLI
   pooldown   the pool stops while a task runs: the finished result stays in
              STATE/results and in status (results_pending 1, not connected,
              last error), also across a SIGTERM/restart of the daemon; the pool
-             comes back and gets it exactly once
+             comes back and gets it exactly once, the 3 in one request
+             under one batch signature, kept with its proof; verify proves
+             them and finds one whose body was changed in the database
   renew      a task that runs past its 2 s lease stays leased to the daemon
              (renewed), is never handed out twice, and is accepted once
   goodbye    SIGTERM while a task runs: goodbye, the pool takes the lease back
@@ -147,6 +150,9 @@ def case_basic(root, cg):
     check(all(r["outputs"][0]["sha256"] == hashlib.sha256(got[t]).hexdigest() for t, r in res.items()),
           "basic: each output's sha256 is the hash of its data")
     check(all(r["worker"] == d.worker_key() for r in res.values()), "basic: results signed by the daemon's own key")
+    v = pool.json("verify")
+    check(v["results"] == 6 and v["proven"] == 6 and v["not_proven"] == [],
+          "basic: harvest-pool verify proves all 6 (%d under a batch signature)" % v["batch_proofs"])
     st = os.stat(os.path.join(d.state, "link-identity.key"))
     check(st.st_mode & 0o777 == 0o600, "basic: worker identity is mode 0600")
     p = wait_for(lambda: (lambda x: x if x["results_pending"] == 0 and x["done"] == 6 else None)(d.pool()), 10)
@@ -253,6 +259,17 @@ def case_pooldown(root, cg):
                                  hashlib.sha256(body).digest() in [sig[65 + 32 * k:97 + 32 * k] for k in range(3)]
                                  for body, sig in kept),
           "pooldown: the results are kept with the batch signature's proof")
+    v = pool.json("verify")
+    check(v["results"] == 3 and v["proven"] == 3 and v["batch_proofs"] == 3 and v["not_proven"] == [],
+          "pooldown: harvest-pool verify proves all 3 from the batch proofs: %s" % v)
+    # A body changed in the database after the fact: no longer proven.
+    db = sqlite3.connect("%s/pool.db" % pool.dir)
+    db.execute("UPDATE results SET body = CAST(body || x'00' AS BLOB) WHERE task_id = 'late2'")
+    db.commit()
+    db.close()
+    out = pool.cli("verify", check_rc=False)
+    check(out.returncode == 1 and "NOT PROVEN  late2" in out.stdout and "2 proven" in out.stdout,
+          "pooldown: verify finds the changed result and exits 1: %r" % out.stdout)
     d.stop()
     pool.stop()
 
