@@ -438,15 +438,23 @@ static int send_results(struct pool_link *p)
 	res.n_more = n - 1;
 	res.more = mp;
 	/* Several: one batch signature too, so the pool checks one signature,
-	 * not n. Each keeps its own, for a pool older than batch signatures. */
+	 * not n. Each keeps its own, for a pool older than batch signatures;
+	 * one whose own no longer verifies (the file changed) gets no batch
+	 * signature, and the pool judges each alone. */
 	uint8_t batch_sig[LINK_SIG_BYTES];
 	if (n > 1) {
-		ProtobufCBinaryData bodies[LINK_RESULTS_MAX];
+		ProtobufCBinaryData bodies[LINK_RESULTS_MAX], sigs[LINK_RESULTS_MAX];
 		bodies[0] = res.body;
-		for (size_t i = 1; i < n; i++)
+		sigs[0] = res.signature;
+		for (size_t i = 1; i < n; i++) {
 			bodies[i] = more[i - 1].body;
-		if (link_client_sign_batch(p->client, bodies, n, batch_sig) >= 0)
+			sigs[i] = more[i - 1].signature;
+		}
+		if (link_client_sign_batch(p->client, bodies, sigs, n, batch_sig) >= 0)
 			res.batch_signature = (ProtobufCBinaryData){ LINK_SIG_BYTES, batch_sig };
+		else
+			log_warning("Pool %s: a result on disk no longer matches its signature; sent without a batch "
+				    "signature", p->url);
 	}
 	b.msg_case = HLINK__BODY__MSG_RESULT;
 	b.result = &res;

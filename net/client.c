@@ -525,9 +525,15 @@ int link_client_sign_result(LinkClient *c, Hlink__ResultBody *body, void **ret_b
         return link_result_sign(&c->id, body, ret_body, ret_body_len, ret_sig);
 }
 
-int link_client_sign_batch(LinkClient *c, const ProtobufCBinaryData *bodies, size_t n,
-                           uint8_t ret_sig[LINK_SIG_BYTES])
+int link_client_sign_batch(LinkClient *c, const ProtobufCBinaryData *bodies, const ProtobufCBinaryData *sigs,
+                           size_t n, uint8_t ret_sig[LINK_SIG_BYTES])
 {
+        /* Only what already carries our own signature: a batch signature
+         * made now over bytes read back from disk must not vouch for any
+         * that changed since they were signed. */
+        for (size_t i = 0; i < n; i++)
+                if (link_result_proof_check(c->id.pk, bodies[i].data, bodies[i].len, sigs[i].data, sigs[i].len) < 0)
+                        return -EKEYREJECTED;
         return link_result_batch_sign(&c->id, bodies, n, ret_sig);
 }
 

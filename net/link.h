@@ -303,9 +303,11 @@ int link_client_renew(LinkClient *c, const char *const *task_ids, size_t n, bool
  * link_result_sign() does, to put in a Result for link_client_submit(). */
 int link_client_sign_result(LinkClient *c, Hlink__ResultBody *body, void **ret_body, size_t *ret_body_len,
                             uint8_t ret_sig[LINK_SIG_BYTES]);
-/* And a batch signature over several results' bodies (Result.batch_signature). */
-int link_client_sign_batch(LinkClient *c, const ProtobufCBinaryData *bodies, size_t n,
-                           uint8_t ret_sig[LINK_SIG_BYTES]);
+/* And a batch signature over several results' bodies (Result.batch_signature),
+ * each of which must carry a valid signature of ours in SIGS (else
+ * -EKEYREJECTED: a body changed since it was signed). */
+int link_client_sign_batch(LinkClient *c, const ProtobufCBinaryData *bodies, const ProtobufCBinaryData *sigs,
+                           size_t n, uint8_t ret_sig[LINK_SIG_BYTES]);
 
 /* Sign and send a result; *RET_ACCEPTED says whether the pool stored it
  * (false: it was not wanted any more, and may be forgotten). */

@@ -408,8 +408,6 @@ static int do_renew(PoolServer *s, const LinkSession *session, const uint8_t *ke
         return encode_reply(s, session, &b, nonce, ret);
 }
 
-/* One of Result.more into its verdict; *RET_BODY (free it after the reply
- * is encoded: the verdict points into it) when it could be read. */
 /* A result's body checked: under the request's batch proof (PROOF, when
  * it verified) or against its own signature. */
 static int check_result(const uint8_t *key, const ProtobufCBinaryData *body, const ProtobufCBinaryData *sig,
@@ -424,6 +422,8 @@ static int check_result(const uint8_t *key, const ProtobufCBinaryData *body, con
         return link_result_verify(&one, key, ret_body, hash);
 }
 
+/* One of Result.more into its verdict; *RET_BODY (free it after the reply
+ * is encoded: the verdict points into it) when it could be read. */
 static void more_result(PoolServer *s, const uint8_t *key, const Hlink__SignedResult *sr, const uint8_t *proof,
                         size_t proof_len, Hlink__ResultVerdict *v, Hlink__ResultBody **ret_body)
 {

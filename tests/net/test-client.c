@@ -256,6 +256,44 @@ static void test_checks(void **state)
         }
 }
 
+/* A batch signature only over results that still carry our own valid
+ * signature: harvesterd reads them back from disk to send them. */
+static void test_sign_batch(void **state)
+{
+        Hlink__ResultBody rb = HLINK__RESULT_BODY__INIT;
+        Hlink__Result res = HLINK__RESULT__INIT;
+        Hlink__SignedResult more = HLINK__SIGNED_RESULT__INIT, *mp[] = { &more };
+        ProtobufCBinaryData bodies[2], sigs[2];
+        uint8_t own[2][64], batch[64], proof[LINK_PROOF_MAX];
+        size_t proof_len;
+        LinkIdentity me;
+
+        assert_int_equal(link_identity_worker(dir, &me), 0);    /* the client's own key */
+        rb.status = HLINK__STATUS__STATUS_OK;
+        for (int i = 0; i < 2; i++) {
+                void *b;
+                size_t len;
+                rb.task_id = i ? "t1" : "t0";
+                assert_int_equal(link_client_sign_result(cl, &rb, &b, &len, own[i]), 0);
+                bodies[i] = (ProtobufCBinaryData) { len, b };
+                sigs[i] = (ProtobufCBinaryData) { 64, own[i] };
+        }
+        assert_int_equal(link_client_sign_batch(cl, bodies, sigs, 2, batch), 0);
+        res.body = bodies[0];
+        more.body = bodies[1];
+        res.more = mp;
+        res.n_more = 1;
+        res.batch_signature = (ProtobufCBinaryData) { 64, batch };
+        assert_int_equal(link_result_batch_verify(&res, me.pk, proof, &proof_len), 1);
+
+        /* one changed since it was signed: no batch signature */
+        ((uint8_t *) bodies[1].data)[bodies[1].len - 1] ^= 1;
+        assert_int_equal(link_client_sign_batch(cl, bodies, sigs, 2, batch), -EKEYREJECTED);
+        for (int i = 0; i < 2; i++)
+                free(bodies[i].data);
+        sodium_memzero(&me, sizeof(me));
+}
+
 static void test_blocking(void **state)
 {
         LinkTask *t = NULL;
@@ -336,6 +374,7 @@ int main(void)
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_event_loop),
                 cmocka_unit_test(test_checks),
+                cmocka_unit_test(test_sign_batch),
                 cmocka_unit_test(test_blocking),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
