@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "cgroup/cgroup.h"
+#include "harvester/fileio.h"
 #include "harvester/macro.h"
 
 /* rmdir of a cgroup whose last task is still exiting fails with EBUSY for a
@@ -54,47 +55,17 @@ static int path_join(const char *a, const char *b, char **ret) {
 	return 0;
 }
 
-/* Read a whole file (cgroup files report size 0, so read to EOF). */
-static int read_full(const char *file, char **ret) {
-	_cleanup_close_ int fd = -1;
-	_cleanup_free_ char *buf = NULL;
-	size_t len = 0, cap = 0;
+/* Read a whole file (cgroup and proc files report size 0: read_file()
+ * reads to EOF). */
+static int read_full(const char *file, char **ret)
+{
+	void *buf;
+	size_t len;
+	int r = read_file(file, 16 * 1024 * 1024, 0, &buf, &len, NULL);
 
-	fd = open(file, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return negative_errno();
-	for (;;) {
-		ssize_t n;
-
-		if (cap - len < 4096) {
-			char *nbuf;
-
-			cap = cap ? cap * 2 : 4096;
-			if (cap > 16 * 1024 * 1024)
-				return -EFBIG;
-			nbuf = realloc(buf, cap + 1);
-			if (!nbuf)
-				return -ENOMEM;
-			buf = nbuf;
-		}
-		n = read(fd, buf + len, cap - len);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return negative_errno();
-		}
-		if (n == 0)
-			break;
-		len += (size_t) n;
-	}
-	if (!buf) {
-		buf = strdup("");
-		if (!buf)
-			return -ENOMEM;
-	}
-	buf[len] = '\0';
-	*ret = TAKE_PTR(buf);
-	return 0;
+	if (r >= 0)
+		*ret = buf;
+	return r;
 }
 
 /* mountinfo escapes blanks and backslashes in paths as \ooo. */

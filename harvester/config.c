@@ -7,6 +7,7 @@
  * unknown sections).
  */
 #include "harvester/config.h"
+#include "harvester/fileio.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -849,21 +850,13 @@ static char *reader(char *str, int num, void *stream)
 	return str;
 }
 
-static int open_regular(const char *path, FILE **ret)
+static int open_config(const char *path, FILE **ret)
 {
-	_cleanup_close_ int fd = -1;
-	struct stat st;
+	_cleanup_close_ int fd = open_regular(path, 0);
 	FILE *f;
 
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
 	if (fd < 0)
-		return negative_errno();
-	if (fstat(fd, &st) < 0)
-		return negative_errno();
-	if (S_ISDIR(st.st_mode))
-		return -EISDIR;
-	if (!S_ISREG(st.st_mode))
-		return -EBADFD;
+		return fd;
 	f = fdopen(fd, "re");
 	if (!f)
 		return negative_errno();
@@ -877,7 +870,7 @@ static int parse_file(struct parser *p, const char *path, bool missing_ok)
 	_cleanup_fclose_ FILE *f = NULL;
 	int r;
 
-	r = open_regular(path, &f);
+	r = open_config(path, &f);
 	if (r == -ENOENT && missing_ok)
 		return 0;
 	if (r < 0)

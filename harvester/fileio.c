@@ -4,11 +4,82 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "harvester/fileio.h"
 #include "harvester/macro.h"
+
+int open_regular(const char *path, int flags)
+{
+	/* (O_NONBLOCK: a FIFO planted at PATH must not hang the open; a
+	 * regular file's reads ignore it.) */
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | (flags & O_NOFOLLOW));
+	struct stat st;
+
+	if (fd < 0)
+		return negative_errno();
+	if (fstat(fd, &st) < 0)
+		return negative_errno();
+	if (S_ISDIR(st.st_mode))
+		return -EISDIR;
+	if (!S_ISREG(st.st_mode))
+		return -EINVAL;
+	return TAKE_FD(fd);
+}
+
+int read_file(const char *path, size_t max, int flags, void **ret, size_t *ret_len, bool *ret_truncated)
+{
+	_cleanup_close_ int fd = open_regular(path, flags);
+	_cleanup_free_ char *buf = NULL;
+	size_t len = 0, size;
+	struct stat st;
+
+	if (fd < 0)
+		return fd;
+	if (fstat(fd, &st) < 0)
+		return negative_errno();
+	/* Sized from the file (at least a page: proc and cgroup files say 0),
+	 * grown if it grows while read: up to one byte past MAX (to tell
+	 * "more"), and one for the NUL. */
+	size = (uint64_t)st.st_size < max ? (size_t)st.st_size + 1 : max + 1;
+	if (size < 4096)
+		size = 4096 < max + 1 ? 4096 : max + 1;
+	for (;;) {
+		if (!buf || len == size) {
+			if (buf && size == max + 1)
+				break;
+			if (buf)
+				size = size > (max + 1) / 2 ? max + 1 : size * 2;
+			char *grown = realloc(buf, size + 1);
+			if (!grown)
+				return -ENOMEM;
+			buf = grown;
+		}
+		ssize_t n = read(fd, buf + len, size - len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return negative_errno();
+		}
+		if (n == 0)
+			break;
+		len += (size_t)n;
+	}
+	bool more = len > max;
+	if (more && !ret_truncated)
+		return -EFBIG;
+	if (more)
+		len = max;
+	if (ret_truncated)
+		*ret_truncated = more;
+	buf[len] = 0;
+	*ret_len = len;
+	*ret = TAKE_PTR(buf);
+	return 0;
+}
 
 int write_full(int fd, const void *buf, size_t len)
 {

@@ -1,15 +1,29 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
- * Writing files durably: every byte (short writes and EINTR retried), fsync
+ * Reading a file whole, with a limit; writing files durably: every byte (short writes and EINTR retried), fsync
  * before anything depends on the data, and for a file that replaces another
  * the temp-file-and-rename dance, so that a crash leaves the old file or the
  * new one, never half of either. No printing; 0 or -errno.
  */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+
+/* Open PATH for reading if it is a regular file: the descriptor, or
+ * -errno; -EISDIR for a folder, -EINVAL for anything else that is not a
+ * regular file (opened without waiting, so a FIFO cannot hang it).
+ * O_NOFOLLOW in FLAGS refuses a symlink (-ELOOP). */
+int open_regular(const char *path, int flags);
+
+/* Read the regular file PATH whole into *RET (malloc'd, NUL-terminated one
+ * byte past *RET_LEN, so text can be used as a string). O_NOFOLLOW in
+ * FLAGS refuses a symlink (-ELOOP); a folder is -EISDIR, anything else
+ * but a regular file -EINVAL. More than MAX bytes: with RET_TRUNCATED, the first MAX and
+ * *RET_TRUNCATED set; without, -EFBIG. 0 or -errno. */
+int read_file(const char *path, size_t max, int flags, void **ret, size_t *ret_len, bool *ret_truncated);
 
 /* Write all LEN bytes of BUF to FD, writing again after a short write or
  * EINTR. 0, or -errno; -EIO where write() wrote nothing. */

@@ -152,41 +152,6 @@ static int write_file_buf(const char *path, const void *data, size_t len, mode_t
 	return write_file_atomic(path, &iov, 1, mode);
 }
 
-static int read_file(const char *path, size_t max, void **ret, size_t *ret_len)
-{
-	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-	struct stat st;
-	size_t len = 0;
-
-	if (fd < 0)
-		return negative_errno();
-	if (fstat(fd, &st) < 0)
-		return negative_errno();
-	if (!S_ISREG(st.st_mode))
-		return -EINVAL;
-	if ((uint64_t)st.st_size > max)
-		return -EFBIG;
-	/* One byte more, so text can be NUL-terminated. */
-	char *buf = malloc((size_t)st.st_size + 1);
-	if (!buf)
-		return -ENOMEM;
-	while (len < (size_t)st.st_size) {
-		ssize_t n = read(fd, buf + len, (size_t)st.st_size - len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			int r = n < 0 ? negative_errno() : -EIO;   /* shrank under us */
-			free(buf);
-			return r;
-		}
-		len += (size_t)n;
-	}
-	buf[len] = 0;
-	*ret = buf;
-	*ret_len = len;
-	return 0;
-}
-
 static json_t *sizes_json(const size_t *v, unsigned n)
 {
 	json_t *a = json_array();
@@ -1013,7 +978,7 @@ static int job_read_inputs(struct gpu_jobs *g, struct gpu_job *j)
 	int r;
 
 	if ((r = job_path(g, j->id, source_file(j), path, sizeof(path))) < 0 ||
-	    (r = read_file(path, GPU_SOURCE_MAX_BYTES, &text, &len)) < 0)
+	    (r = read_file(path, GPU_SOURCE_MAX_BYTES, 0, &text, &len, NULL)) < 0)
 		return r;
 	free(j->source);
 	j->source = text;
@@ -1023,7 +988,7 @@ static int job_read_inputs(struct gpu_jobs *g, struct gpu_job *j)
 			continue;
 		arg_file(j, i, false, name, sizeof(name));
 		if ((r = job_path(g, j->id, name, path, sizeof(path))) < 0 ||
-		    (r = read_file(path, GPU_JOB_MAX_BYTES, &a->host, &len)) < 0)
+		    (r = read_file(path, GPU_JOB_MAX_BYTES, 0, &a->host, &len, NULL)) < 0)
 			return r;
 		if (len != a->bytes)
 			return -EBADMSG;
@@ -1603,7 +1568,7 @@ json_t *gpu_jobs_control_submit(struct gpu_jobs *g, uid_t uid, json_t *req)
 		 * so inputs are not bound by the control socket's request size. */
 		if (in_path[0] != '/')
 			return error_reply("\"input_path\" must be an absolute path");
-		r = read_file(in_path, GPU_JOB_MAX_BYTES, &input, &s.input_bytes);
+		r = read_file(in_path, GPU_JOB_MAX_BYTES, 0, &input, &s.input_bytes, NULL);
 		if (r < 0)
 			return error_reply("cannot read the input %s: %s", in_path,
 					   r == -EFBIG ? "larger than 256 MiB" : strerror(-r));

@@ -38,40 +38,10 @@ static int get_u64(json_t *o, const char *key, uint64_t *ret)
 	return 0;
 }
 
-static int read_all(const char *path, char *buf, size_t size, size_t *ret_len)
-{
-	_cleanup_close_ int fd = -1;
-	size_t len = 0;
-	struct stat st;
-
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-	if (fd < 0)
-		return negative_errno();
-	if (fstat(fd, &st) < 0)
-		return negative_errno();
-	if (S_ISDIR(st.st_mode))
-		return -EISDIR;
-	for (;;) {
-		ssize_t n = read(fd, buf + len, size - len);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return negative_errno();
-		}
-		if (n == 0)
-			break;
-		len += (size_t)n;
-		if (len == size)
-			return -EBADMSG; /* too big to be a ledger */
-	}
-	*ret_len = len;
-	return 0;
-}
-
 int ledger_load(const char *path, struct ledger *ret)
 {
 	json_auto_t *root = NULL;
-	char buf[LEDGER_MAX_BYTES];
+	_cleanup_free_ void *buf = NULL;
 	struct ledger l = {};
 	json_error_t err;
 	const char *boot;
@@ -79,7 +49,9 @@ int ledger_load(const char *path, struct ledger *ret)
 	size_t len;
 	int r;
 
-	r = read_all(path, buf, sizeof(buf), &len);
+	r = read_file(path, LEDGER_MAX_BYTES - 1, 0, &buf, &len, NULL);
+	if (r == -EFBIG)
+		return -EBADMSG; /* too big to be a ledger */
 	if (r < 0)
 		return r;
 	/* A truncated file is invalid JSON, so a torn write cannot pass. */

@@ -334,34 +334,6 @@ static void send_renew(struct pool_link *p)
 	submit(p, REQ_RENEW, &b);
 }
 
-static int read_all(const char *path, size_t max, uint8_t **ret, size_t *ret_len, bool *ret_truncated)
-{
-	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	_cleanup_free_ uint8_t *buf = malloc(max + 1);
-	size_t len = 0;
-
-	if (fd < 0)
-		return negative_errno();
-	if (!buf)
-		return -ENOMEM;
-	while (len < max + 1) {
-		ssize_t n = read(fd, buf + len, max + 1 - len);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return negative_errno();
-		}
-		if (n == 0)
-			break;
-		len += (size_t)n;
-	}
-	if (ret_truncated)
-		*ret_truncated = len > max;
-	*ret_len = len > max ? max : len;
-	*ret = TAKE_PTR(buf);
-	return 0;
-}
-
 static int write_result_file(struct pool_link *p, struct ptask *j);
 
 /* Read the signed result of job J back from its file into *BUF (the
@@ -375,7 +347,11 @@ static int read_result(struct pool_link *p, struct ptask *j, uint8_t **buf, size
 	for (int attempt = 0;; attempt++) {
 		if ((r = result_path(p, pt_id(j), path, sizeof(path))) < 0)
 			return r;
-		r = read_all(path, LINK_MSG_MAX_BYTES, buf, len, NULL);
+		void *b = NULL;
+		r = read_file(path, LINK_MSG_MAX_BYTES, O_NOFOLLOW, &b, len, NULL);
+		*buf = b;
+		if (r == -EFBIG)
+			r = -EBADMSG;   /* not one we wrote: damaged */
 		if (r >= 0 && *len <= LINK_SIG_BYTES) {
 			free(*buf);
 			*buf = NULL;
@@ -601,8 +577,9 @@ static int write_gpu_result_file(struct pool_link *p, struct gpu_job *j)
 			truncated = true;
 			break;
 		}
+		void *b = NULL;
 		if ((r = gpu_jobs_output_path(p->m->gpu, j, i, path, sizeof(path))) >= 0 &&
-		    (r = read_all(path, LINK_FILE_MAX_BYTES, &data[n], &len, &cut)) == -ENOENT) {
+		    (r = read_file(path, LINK_FILE_MAX_BYTES, O_NOFOLLOW, &b, &len, &cut)) == -ENOENT) {
 			/* Lost (a disk cleaned behind our back): the task failed,
 			 * which the pool must hear, not a retry at every start. */
 			snprintf(missing, sizeof(missing), "the output buffer %s is missing on the worker", a->name);
@@ -610,6 +587,7 @@ static int write_gpu_result_file(struct pool_link *p, struct gpu_job *j)
 			break;
 		}
 		if (r >= 0) {
+			data[n] = b;
 			hlink__file__init(&files[n]);
 			files[n].name = a->name;
 			files[n].data = (ProtobufCBinaryData){ len, data[n] };
@@ -665,7 +643,9 @@ static int write_exec_result_file(struct pool_link *p, struct job *j)
 		return r;
 	if ((r = jobs_output_path(p->m->jobs, j, "stdout", out_path, sizeof(out_path))) < 0)
 		return r;
-	r = read_all(out_path, LINK_FILE_MAX_BYTES, &data, &len, &truncated);
+	void *b = NULL;
+	r = read_file(out_path, LINK_FILE_MAX_BYTES, O_NOFOLLOW, &b, &len, &truncated);
+	data = b;
 	if (r == -ENOENT) {
 		len = 0;                /* never started: no output */
 		r = 0;

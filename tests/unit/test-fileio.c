@@ -301,6 +301,67 @@ static void on_alarm(int sig)
  * interrupts the blocked writer: write() comes back short, or with EINTR
  * where it had written nothing. write_full goes on until all of it is
  * through, in order. */
+/* read_file: the whole file, NUL-terminated; the limit as an error or a
+ * cut; a symlink refused on request; a folder and a FIFO refused at once
+ * (an open of a FIFO must not wait for a writer); a file larger than the
+ * first buffer read whole. */
+static void test_read_file(void **state)
+{
+	char link[160], fifo[160], big[200];
+	void *buf = NULL;
+	size_t len = 0;
+	bool cut = true;
+
+	put(path, "harvest");
+	assert_int_equal(read_file(path, 100, 0, &buf, &len, NULL), 0);
+	assert_int_equal(len, 7);
+	assert_string_equal(buf, "harvest");
+	free(buf);
+	assert_int_equal(read_file(path, 7, 0, &buf, &len, &cut), 0);   /* exactly the limit */
+	assert_int_equal(len, 7);
+	assert_false(cut);
+	free(buf);
+	assert_int_equal(read_file(path, 6, 0, &buf, &len, NULL), -EFBIG);
+	assert_int_equal(read_file(path, 4, 0, &buf, &len, &cut), 0);
+	assert_int_equal(len, 4);
+	assert_true(cut);
+	assert_string_equal(buf, "harv");
+	free(buf);
+	put(path, "");
+	assert_int_equal(read_file(path, 4, 0, &buf, &len, NULL), 0);
+	assert_int_equal(len, 0);
+	assert_string_equal(buf, "");
+	free(buf);
+
+	snprintf(link, sizeof(link), "%s/link", dir);
+	assert_int_equal(symlink(path, link), 0);
+	assert_int_equal(read_file(link, 100, O_NOFOLLOW, &buf, &len, NULL), -ELOOP);
+	assert_int_equal(read_file(link, 100, 0, &buf, &len, NULL), 0);
+	free(buf);
+	assert_int_equal(read_file(dir, 100, 0, &buf, &len, NULL), -EISDIR);
+	snprintf(fifo, sizeof(fifo), "%s/fifo", dir);
+	assert_int_equal(mkfifo(fifo, 0600), 0);
+	assert_int_equal(read_file(fifo, 100, 0, &buf, &len, NULL), -EINVAL);
+	assert_int_equal(read_file("/nonexistent/file", 100, 0, &buf, &len, NULL), -ENOENT);
+
+	/* 100,000 bytes: more than any first guess, less than the limit */
+	snprintf(big, sizeof(big), "%s/big", dir);
+	FILE *f = fopen(big, "we");
+	assert_non_null(f);
+	for (int i = 0; i < 100000; i++)
+		fputc('a' + i % 26, f);
+	assert_int_equal(fclose(f), 0);
+	assert_int_equal(read_file(big, 1 << 20, 0, &buf, &len, NULL), 0);
+	assert_int_equal(len, 100000);
+	assert_int_equal(((char *)buf)[99999], 'a' + 99999 % 26);
+	assert_int_equal(((char *)buf)[100000], 0);
+	free(buf);
+	assert_int_equal(read_file(big, 65536, 0, &buf, &len, &cut), 0);
+	assert_int_equal(len, 65536);
+	assert_true(cut);
+	free(buf);
+}
+
 static void test_write_full_pipe(void **state)
 {
 	const size_t total = 4 * 1024 * 1024;
@@ -378,6 +439,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_sync_in_place, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_fsync_dir, setup, teardown),
 		cmocka_unit_test(test_write_full_pipe),
+		cmocka_unit_test_setup_teardown(test_read_file, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
