@@ -60,21 +60,56 @@ static int load_key(LinkIdentity *ret)
         return link_identity_load(p, false, ret);
 }
 
-/* pool.conf: "[Pool]" then Key=Value lines. Only the keys serve reads. */
-static void read_config(uint32_t *lease_sec, const char **listen, size_t *n_listen)
+/* A whole number in 1..MAX, or -EINVAL. */
+static int parse_count(const char *s, unsigned long max, unsigned long *ret)
 {
+        char *end;
+        errno = 0;
+        unsigned long v = strtoul(s, &end, 10);
+        if (errno || end == s || *end || s[0] == '-' || v < 1 || v > max)
+                return -EINVAL;
+        *ret = v;
+        return 0;
+}
+
+/* pool.conf: "[Pool]" then Key=Value lines. Only the keys serve reads;
+ * a bad value is an error naming the file, line and key (-EINVAL). */
+static int read_config(uint32_t *lease_sec, unsigned *hello_rate, unsigned *hello_burst, const char **listen,
+                       size_t *n_listen)
+{
+        static const struct { const char *key; unsigned long max; } counts[] = {
+                { "LeaseSec=", 30 * 24 * 3600 }, { "HelloRate=", 1000000 }, { "HelloBurst=", 1000000 },
+        };
         char p[4096], line[1024];
+        unsigned n = 0;
         state_path(p, sizeof(p), "pool.conf");
         _cleanup_fclose_ FILE *f = fopen(p, "re");
         if (!f)
-                return;
+                return 0;
         while (fgets(line, sizeof(line), f)) {
+                n++;
                 line[strcspn(line, "\r\n")] = 0;
-                if (!strncmp(line, "LeaseSec=", 9))
-                        *lease_sec = (uint32_t) strtoul(line + 9, NULL, 10);
-                else if (!strncmp(line, "Listen=", 7) && *n_listen < MAX_LISTEN && line[7])
+                if (!strncmp(line, "Listen=", 7) && *n_listen < MAX_LISTEN && line[7]) {
                         listen[(*n_listen)++] = strdup(line + 7);
+                        continue;
+                }
+                for (size_t i = 0; i < ELEMENTSOF(counts); i++) {
+                        size_t kl = strlen(counts[i].key);
+                        unsigned long v;
+                        if (strncmp(line, counts[i].key, kl))
+                                continue;
+                        if (parse_count(line + kl, counts[i].max, &v) < 0) {
+                                fprintf(stderr, "harvest-pool: %s:%u: %s: not a whole number in 1..%lu\n", p, n,
+                                        line, counts[i].max);
+                                return -EINVAL;
+                        }
+                        if (i == 0)
+                                *lease_sec = (uint32_t) v;
+                        else
+                                *(i == 1 ? hello_rate : hello_burst) = (unsigned) v;
+                }
         }
+        return 0;
 }
 
 static void print_json(json_t *j)
@@ -113,7 +148,10 @@ static int verb_init(int argc, char **argv)
                 fputs("# harvest-pool configuration; see harvest-pool(8).\n"
                       "[Pool]\n"
                       "# Listen=tls+tcp://0.0.0.0:7450\n"
-                      "LeaseSec=300\n", f);
+                      "LeaseSec=300\n"
+                      "# Hellos taken a second, and at once (see --hello-rate):\n"
+                      "# HelloRate=500\n"
+                      "# HelloBurst=2000\n", f);
                 fclose(f);
         }
         link_key_to_base64(id.pk, b64, sizeof(b64));
@@ -182,6 +220,7 @@ static int verb_serve(int argc, char **argv)
         const char *listen[MAX_LISTEN], *conf_listen[MAX_LISTEN];
         size_t n_listen = 0, n_conf = 0;
         uint32_t lease_sec = 300, arg_lease = 0;
+        unsigned arg_rate = 0, arg_burst = 0;
         PoolServerConfig cfg = {};
         PoolStore *store = NULL;
         PoolServer *srv = NULL;
@@ -194,33 +233,41 @@ static int verb_serve(int argc, char **argv)
                         if (n_listen < MAX_LISTEN)
                                 listen[n_listen++] = optarg;
                         break;
-                case 'L':
-                        arg_lease = (uint32_t) strtoul(optarg, NULL, 10);
-                        break;
-                case 'c':
-                        cfg.contexts = (unsigned) strtoul(optarg, NULL, 10);
-                        break;
                 case 't':
                         cfg.tls_cert_key_file = optarg;
                         break;
+                case 'L':
+                case 'c':
                 case 'H':
                 case 'B': {
-                        char *end;
+                        static const struct { int c; const char *name; unsigned long max; } lim[] = {
+                                { 'L', "lease-sec", 30 * 24 * 3600 }, { 'c', "contexts", 65536 },
+                                { 'H', "hello-rate", 1000000 }, { 'B', "hello-burst", 1000000 },
+                        };
+                        size_t k = 0;
                         unsigned long v;
-                        errno = 0;
-                        v = strtoul(optarg, &end, 10);
-                        if (errno || end == optarg || *end || v < 1 || v > 1000000 || optarg[0] == '-') {
-                                fprintf(stderr, "harvest-pool serve: --%s %s: not a number of hellos%s in 1..1000000\n",
-                                        c == 'H' ? "hello-rate" : "hello-burst", optarg, c == 'H' ? " a second" : "");
+                        while (lim[k].c != c)
+                                k++;
+                        if (parse_count(optarg, lim[k].max, &v) < 0) {
+                                fprintf(stderr, "harvest-pool serve: --%s %s: not a whole number in 1..%lu\n",
+                                        lim[k].name, optarg, lim[k].max);
                                 return 2;
                         }
-                        *(c == 'H' ? &cfg.hello_rate : &cfg.hello_burst) = (unsigned) v;
+                        if (c == 'L')
+                                arg_lease = (uint32_t) v;
+                        else
+                                *(c == 'c' ? &cfg.contexts : c == 'H' ? &arg_rate : &arg_burst) = (unsigned) v;
                         break;
                 }
                 default:
                         return 2;
                 }
-        read_config(&lease_sec, conf_listen, &n_conf);
+        if (read_config(&lease_sec, &cfg.hello_rate, &cfg.hello_burst, conf_listen, &n_conf) < 0)
+                return 2;
+        if (arg_rate)
+                cfg.hello_rate = arg_rate;
+        if (arg_burst)
+                cfg.hello_burst = arg_burst;
         if (n_listen == 0)
                 for (size_t i = 0; i < n_conf; i++)
                         listen[n_listen++] = conf_listen[i];

@@ -31,7 +31,8 @@ as separate processes. The pool side is checked with the pool's own CLI
   forged     the pool's envelopes are signed by the pinned key but its tasks by
              another (a swapped pool.key): every task refused and counted
              before anything of it is written or run; the spool stays empty
-  hellorate  a pool that takes 1 hello a second (burst 1) and three daemons
+  hellorate  a pool that takes 1 hello a second (--hello-rate; HelloBurst=1
+             in pool.conf, where a bad value is refused first) and three daemons
              started at once: the ones refused are told "busy", say so in
              their log and status, wait as told and get in; every task done
              once; the pool's errors.busy counter counts the refusals
@@ -375,7 +376,18 @@ def case_forged(root, cg):
 
 def case_hellorate(root, cg):
     pool = Pool(root)
-    pool.serve(["--hello-rate", "1", "--hello-burst", "1"])
+    conf = os.path.join(pool.dir, "pool.conf")
+    with open(conf, "a") as f:
+        f.write("HelloBurst=many\n")
+    bad = subprocess.run([POOL, "serve", "--state-dir", pool.dir, "--listen", pool.url], capture_output=True, text=True,
+                         timeout=10)
+    check(bad.returncode == 2 and "pool.conf:" in bad.stderr and "HelloBurst=many" in bad.stderr,
+          "hellorate: a bad HelloBurst= in pool.conf is refused, naming the file and line: %r" % bad.stderr.strip())
+    with open(conf) as f:
+        text = f.read().replace("HelloBurst=many", "HelloBurst=1")
+    with open(conf, "w") as f:
+        f.write(text)
+    pool.serve(["--hello-rate", "1"])     # and HelloBurst=1 from pool.conf
     ids = [pool.submit("--id", "hr%d" % i, "--", "sh", "-c", "echo %d" % i)[0] for i in range(3)]
     ds = [Daemon(root, "d%d" % i, pool.url, pool.key, cg + "-%d" % i) for i in range(3)]
     for d in ds:
