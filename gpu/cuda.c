@@ -118,10 +118,13 @@ static int cu_errno(gcu_result r)
 
 /* --- NVML --------------------------------------------------------------------- */
 
+static bool nv_trace;
+
 static void nv_load(void)
 {
 	void *lib = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
 
+	nv_trace = getenv("HARVESTER_GPU_DEBUG") != NULL;
 	if (!lib)
 		return;
 #define LOAD(field, sym, type) \
@@ -145,11 +148,7 @@ static void nv_load(void)
 /* HARVESTER_GPU_DEBUG=1 traces, on stderr, why NVML made the GPU busy. */
 static int busy(const char *why, unsigned pid, pid_t self, long self_nvml)
 {
-	static int trace = -1;
-
-	if (trace < 0)
-		trace = getenv("HARVESTER_GPU_DEBUG") != NULL;
-	if (trace)
+	if (nv_trace)
 		fprintf(stderr, "gpu: NVML: busy: %s pid %u (this process: pid %d here, %ld to NVML)\n",
 			why, pid, (int) self, self_nvml);
 	return 1;

@@ -852,7 +852,7 @@ static char *reader(char *str, int num, void *stream)
 
 static int open_config(const char *path, FILE **ret)
 {
-	_cleanup_close_ int fd = open_regular(path, 0);
+	_cleanup_close_ int fd = open_regular(path, 0, NULL);
 	FILE *f;
 
 	if (fd < 0)

@@ -12,7 +12,7 @@
 #include "harvester/fileio.h"
 #include "harvester/macro.h"
 
-int open_regular(const char *path, int flags)
+int open_regular(const char *path, int flags, struct stat *ret_st)
 {
 	/* (O_NONBLOCK: a FIFO planted at PATH must not hang the open; a
 	 * regular file's reads ignore it.) */
@@ -27,20 +27,20 @@ int open_regular(const char *path, int flags)
 		return -EISDIR;
 	if (!S_ISREG(st.st_mode))
 		return -EINVAL;
+	if (ret_st)
+		*ret_st = st;
 	return TAKE_FD(fd);
 }
 
 int read_file(const char *path, size_t max, int flags, void **ret, size_t *ret_len, bool *ret_truncated)
 {
-	_cleanup_close_ int fd = open_regular(path, flags);
+	struct stat st;
+	_cleanup_close_ int fd = open_regular(path, flags, &st);
 	_cleanup_free_ char *buf = NULL;
 	size_t len = 0, size;
-	struct stat st;
 
 	if (fd < 0)
 		return fd;
-	if (fstat(fd, &st) < 0)
-		return negative_errno();
 	/* Sized from the file (at least a page: proc and cgroup files say 0),
 	 * grown if it grows while read: up to one byte past MAX (to tell
 	 * "more"), and one for the NUL. */

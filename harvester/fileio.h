@@ -9,14 +9,16 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 
 /* Open PATH for reading if it is a regular file: the descriptor, or
  * -errno; -EISDIR for a folder, -EINVAL for anything else that is not a
  * regular file (opened without waiting, so a FIFO cannot hang it).
- * O_NOFOLLOW in FLAGS refuses a symlink (-ELOOP). */
-int open_regular(const char *path, int flags);
+ * O_NOFOLLOW in FLAGS refuses a symlink (-ELOOP). RET_ST (optional) gets
+ * the file's stat. */
+int open_regular(const char *path, int flags, struct stat *ret_st);
 
 /* Read the regular file PATH whole into *RET (malloc'd, NUL-terminated one
  * byte past *RET_LEN, so text can be used as a string). O_NOFOLLOW in

@@ -77,8 +77,9 @@ static int parse_count(const char *s, unsigned long max, unsigned long *ret)
 static int read_config(uint32_t *lease_sec, unsigned *hello_rate, unsigned *hello_burst, const char **listen,
                        size_t *n_listen)
 {
-        static const struct { const char *key; unsigned long max; } counts[] = {
-                { "LeaseSec=", 30 * 24 * 3600 }, { "HelloRate=", 1000000 }, { "HelloBurst=", 1000000 },
+        const struct { const char *key; unsigned long max; unsigned *to; } counts[] = {
+                { "LeaseSec=", 30 * 24 * 3600, lease_sec }, { "HelloRate=", 1000000, hello_rate },
+                { "HelloBurst=", 1000000, hello_burst },
         };
         char p[4096], line[1024];
         unsigned n = 0;
@@ -103,10 +104,7 @@ static int read_config(uint32_t *lease_sec, unsigned *hello_rate, unsigned *hell
                                         line, counts[i].max);
                                 return -EINVAL;
                         }
-                        if (i == 0)
-                                *lease_sec = (uint32_t) v;
-                        else
-                                *(i == 1 ? hello_rate : hello_burst) = (unsigned) v;
+                        *counts[i].to = (unsigned) v;
                 }
         }
         return 0;
@@ -240,9 +238,9 @@ static int verb_serve(int argc, char **argv)
                 case 'c':
                 case 'H':
                 case 'B': {
-                        static const struct { int c; const char *name; unsigned long max; } lim[] = {
-                                { 'L', "lease-sec", 30 * 24 * 3600 }, { 'c', "contexts", 65536 },
-                                { 'H', "hello-rate", 1000000 }, { 'B', "hello-burst", 1000000 },
+                        const struct { int c; const char *name; unsigned long max; unsigned *to; } lim[] = {
+                                { 'L', "lease-sec", 30 * 24 * 3600, &arg_lease }, { 'c', "contexts", 65536, &cfg.contexts },
+                                { 'H', "hello-rate", 1000000, &arg_rate }, { 'B', "hello-burst", 1000000, &arg_burst },
                         };
                         size_t k = 0;
                         unsigned long v;
@@ -253,10 +251,7 @@ static int verb_serve(int argc, char **argv)
                                         lim[k].name, optarg, lim[k].max);
                                 return 2;
                         }
-                        if (c == 'L')
-                                arg_lease = (uint32_t) v;
-                        else
-                                *(c == 'c' ? &cfg.contexts : c == 'H' ? &arg_rate : &arg_burst) = (unsigned) v;
+                        *lim[k].to = (unsigned) v;
                         break;
                 }
                 default:

@@ -441,8 +441,7 @@ static void more_result(PoolServer *s, const uint8_t *key, const Hlink__SignedRe
         *ret_body = rb;
         v->task_id = rb->task_id;
         r = pool_store_add_result(s->store, key, rb, hash, sr->body.data, sr->body.len,
-                                  proof ? proof : sr->signature.data, proof ? proof_len : LINK_SIG_BYTES, now_usec(),
-                                  &accepted, &reason);
+                                  proof ? proof : sr->signature.data, proof_len, now_usec(), &accepted, &reason);
         if (r < 0) {
                 v->error = r == -ENOENT ? HLINK__ERROR_CODE__ERR_UNKNOWN_TASK : HLINK__ERROR_CODE__ERR_INTERNAL;
                 v->reason = (char *) (r == -ENOENT ? "no such task leased to this worker" : "storage failed");
@@ -469,7 +468,7 @@ static int do_result(PoolServer *s, const LinkSession *session, const uint8_t *k
          * end, whatever carried it. One batch signature can cover them all
          * (one check instead of one a result); its proof is kept with each. */
         uint8_t proof_buf[LINK_PROOF_MAX];
-        size_t proof_len = LINK_SIG_BYTES;
+        size_t proof_len = LINK_SIG_BYTES;     /* a result's own signature, unless a batch proof */
         int r = link_result_batch_verify(res, key, proof_buf, &proof_len);
         if (r < 0)
                 return errno_reply(s, session, r, nonce, ret);
