@@ -71,7 +71,7 @@ all: $(PROGS) pool
 
 pool: $(BUILD)/harvest-pool
 
-tests: $(UNIT_BINS) $(HOST_BINS) $(PROGS) $(NET_TESTS) $(POOL_TESTS) $(BUILD)/tests/pool-worker pool
+tests: $(UNIT_BINS) $(HOST_BINS) $(PROGS) $(NET_TESTS) $(POOL_TESTS) $(BUILD)/tests/pool-worker pool $(FAKES)
 
 # --- BPF: vmlinux.h -> .bpf.o -> .skel.h ------------------------------------
 $(BUILD)/vmlinux.h:
@@ -108,12 +108,16 @@ $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libharvester.a
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -lcmocka -lutil -o $@
 
-# NVML, part of NVIDIA's driver, cannot exist without the GPU: test-gpu-nvml
-# loads this stand-in for it (tests/unit/fake-nvml.c).
+# NVIDIA's driver (CUDA, NVML) cannot exist without the GPU: where there is
+# none, the tests load these stand-ins for it (tests/unit/fake-nvml.c,
+# tests/unit/fake-cuda.c), and harvesterd does in the pool GPU test.
+FAKES := $(BUILD)/tests/fake-nvml/libnvidia-ml.so.1 $(BUILD)/tests/fake-cuda/libcuda.so.1
 $(BUILD)/tests/fake-nvml/libnvidia-ml.so.1: tests/unit/fake-nvml.c tests/unit/fake-nvml.h
+$(BUILD)/tests/fake-cuda/libcuda.so.1: tests/unit/fake-cuda.c tests/unit/fake-cuda.h
+$(FAKES):
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -fPIC -shared -Wl,-soname,libnvidia-ml.so.1 $< -o $@
-$(BUILD)/tests/test-gpu-nvml: | $(BUILD)/tests/fake-nvml/libnvidia-ml.so.1
+	$(CC) $(CFLAGS) -fPIC -shared -Wl,-soname,$(@F) $< -o $@
+$(BUILD)/tests/test-gpu-nvml $(BUILD)/tests/test-gpu-cuda-run: | $(FAKES)
 
 $(BUILD)/tests/host-%: $(BUILD)/tests/host/%.o $(BUILD)/libharvester.a
 	@mkdir -p $(@D)

@@ -22,6 +22,8 @@ say() { printf '%s\n' "== $*"; }
 say "machine: $(uname -srm), $(nproc) CPUs"
 if command -v nvidia-smi >/dev/null 2>&1; then
 	nvidia-smi --query-gpu=name,driver_version,memory.total,pci.bus_id --format=csv,noheader 2>&1 | sed 's/^/   GPU: /'
+	# the driver is here: a CUDA test must not fall back to the stand-in
+	export HARVESTER_REQUIRE_CUDA=1
 else
 	say "no nvidia-smi: the CUDA checks below will skip (no driver)"
 fi

@@ -1,23 +1,35 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
- * The CUDA backend on a real NVIDIA GPU: a PTX kernel sliced by the queue
+ * The CUDA backend through the queue: a PTX kernel sliced by the queue
  * gives the bytes of the unsliced run, every chunk's device time (CUDA
- * events) is charged, the stream is at the lowest priority, NVML answers.
- * Skips, saying why, where there is no driver or no GPU (tests/gpu/
- * run-on-gpu.sh runs it where there is).
+ * events) is charged, the stream is at the lowest priority, NVML answers,
+ * PTX that does not assemble fails its task with the JIT's words.
+ * On a machine with an NVIDIA GPU it runs against the real driver (tests/
+ * gpu/run-on-gpu.sh runs it there, with HARVESTER_REQUIRE_CUDA=1 so that a
+ * driver that does not load fails instead). Where there is no libcuda.so.1
+ * it re-executes itself against the stand-in driver and NVML (fake-cuda.c,
+ * fake-nvml.c), smaller, and checks what only the stand-in can see: every
+ * call made with the context current, nothing left allocated after a
+ * task, one launch a chunk. Skips, saying why, where a driver is present
+ * but finds no device.
  */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <dlfcn.h>
 #include <errno.h>
+#include <libgen.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
+#include "fake-cuda.h"
 #include "gpu/gpu.h"
 #include "tests/gpu/kernels.h"
 
@@ -29,14 +41,17 @@ const char *__asan_default_options(void)
 }
 
 static struct gpu_device *dev;
+static fake_cuda_stats_fn *stand_in;   /* the stand-in's counters, or NULL: a real driver */
 
 /* Big enough that an H100 needs tens of ms for it all (so 2 ms slices
- * mean many chunks), not a multiple of the block or of any chunk. */
-#define N (64u * 1024 * 1024 + 3)
+ * mean many chunks), not a multiple of the block or of any chunk. The
+ * stand-in runs the kernel on this CPU: smaller, for about 100 ms. */
+static uint32_t N = 64u * 1024 * 1024 + 3, ROUNDS = 16384;
 #define BLOCK 256u
-#define ROUNDS 16384u
 
 struct ctx {
+	struct gpu_queue *q;
+	char log[512];             /* the backend's words on a failed task */
 	bool allow;
 	unsigned charges, dones;
 	uint64_t charged_ns, max_ns, *list;
@@ -59,8 +74,11 @@ static void charge(void *u, uint64_t id, uint64_t ns)
 static void done(void *u, uint64_t id, int error)
 {
 	struct ctx *c = u;
+	const char *log = c->q ? gpu_queue_done_log(c->q) : NULL;
+
 	c->dones++;
 	c->error = error;
+	snprintf(c->log, sizeof(c->log), "%s", log ? log : "");
 }
 static const struct gpu_queue_hooks hooks = { .may_dispatch = may, .owner_idle = idle, .charge = charge, .done = done };
 
@@ -104,6 +122,7 @@ static void run(uint64_t slice_ns, const uint32_t *in, uint32_t *out, struct ctx
 	memcpy(a[2].value, &n, 4);
 	memcpy(a[3].value, &rounds, 4);
 	assert_int_equal(gpu_queue_new(dev, &cfg, &hooks, c, &q), 0);
+	c->q = q;
 	assert_int_equal(gpu_queue_submit(q, &t), 0);
 	gpu_queue_kick(q);
 	while (c->dones == 0 && now_ns() < end) {
@@ -144,6 +163,20 @@ static void test_sliced_equals_unsliced(void **state)
 	assert_true(cs.charges > 1);
 	assert_true(cs.charged_ns * 2 >= cw.charged_ns);
 	assert_true(over * 10 <= cs.charges);    /* a real GPU is steady: 90 % within the slice */
+	if (stand_in) {
+		struct fake_cuda_stats f;
+
+		stand_in(&f);
+		printf("stand-in: %u launches, stream priority %d of [%d, %d]; live: %u modules, %u allocations, "
+		       "%u events, %u streams; refused: %u without a context, %u bad handles\n",
+		       f.launches, f.stream_priority, f.least, f.greatest, f.modules, f.allocations, f.events,
+		       f.streams, f.no_context, f.bad_handle);
+		assert_int_equal(f.launches, cw.charges + cs.charges);   /* one launch a chunk */
+		assert_int_equal(f.stream_priority, f.least);            /* the lowest priority */
+		assert_int_equal(f.modules + f.allocations + f.events, 0);
+		assert_int_equal(f.streams, 1);
+		assert_int_equal(f.no_context + f.bad_handle, 0);
+	}
 	free(in);
 	free(whole);
 	free(sliced);
@@ -184,6 +217,7 @@ static void test_bad_ptx(void **state)
 	uint64_t end = now_ns() + 20ULL * 1000000000ULL;
 
 	assert_int_equal(gpu_queue_new(dev, NULL, &hooks, &c, &q), 0);
+	c.q = q;
 	assert_int_equal(gpu_queue_submit(q, &t), 0);
 	t.local[0] = 0;
 	assert_int_equal(gpu_queue_submit(q, &t), -EINVAL);   /* CUDA needs a block size */
@@ -196,10 +230,45 @@ static void test_bad_ptx(void **state)
 	stuck(q, c.dones);
 	gpu_queue_free(q);
 	assert_int_equal(c.dones, 1);
+	printf("bad PTX: %s; the JIT's log: %s\n", strerror(-c.error), c.log);
 	assert_true(c.error == -ENOEXEC || c.error == -EINVAL);
+	if (stand_in) {
+		struct fake_cuda_stats f;
+
+		/* the line that did not assemble, in the task's log */
+		assert_non_null(strstr(c.log, "line 4"));
+		assert_non_null(strstr(c.log, "'this'"));
+		stand_in(&f);
+		assert_int_equal(f.modules + f.allocations + f.events, 0);
+	}
 }
 
-int main(void)
+/* No libcuda.so.1 here: run again against the stand-ins built beside this
+ * test, unless HARVESTER_REQUIRE_CUDA says a real driver must be used. */
+static int stand_in_exec(char **argv)
+{
+	char exe[PATH_MAX], lib[PATH_MAX + 32], nvml[PATH_MAX + 16], *dir;
+	ssize_t len;
+
+	if (getenv("HARVESTER_LIBCUDA") || getenv("HARVESTER_REQUIRE_CUDA"))
+		return -1;
+	len = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	if (len < 0)
+		return -1;
+	exe[len] = 0;
+	dir = dirname(exe);
+	snprintf(lib, sizeof(lib), "%s/fake-cuda/libcuda.so.1", dir);
+	snprintf(nvml, sizeof(nvml), "%s/fake-nvml", dir);
+	if (access(lib, R_OK) < 0)
+		return -1;
+	setenv("HARVESTER_LIBCUDA", lib, 1);
+	setenv("LD_LIBRARY_PATH", nvml, 1);
+	execv("/proc/self/exe", argv);
+	perror("execv");
+	return -1;
+}
+
+int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_sliced_equals_unsliced),
@@ -207,15 +276,36 @@ int main(void)
 		cmocka_unit_test(test_bad_ptx),
 	};
 	struct gpu_device **devs = NULL;
+	const char *lib = getenv("HARVESTER_LIBCUDA");
+	void *h;
 	int n, r;
 
 	n = gpu_cuda_devices(&devs);
+	if (n == -ENOENT && stand_in_exec(argv) < 0 && getenv("HARVESTER_REQUIRE_CUDA")) {
+		printf("HARVESTER_REQUIRE_CUDA is set, and the CUDA backend is absent: %s\n", gpu_cuda_absent_reason(n));
+		return 1;
+	}
 	if (n <= 0) {
 		printf("skip: CUDA backend absent: %s\n", gpu_cuda_absent_reason(n < 0 ? n : -ENODEV));
 		return 77;
 	}
+	h = lib ? dlopen(lib, RTLD_NOW | RTLD_NOLOAD) : NULL;
+	stand_in = h ? (fake_cuda_stats_fn *) dlsym(h, "fake_cuda_stats") : NULL;
+	if (stand_in) {
+		N = 256u * 1024 + 3;
+		ROUNDS = 128;
+		printf("against the stand-in driver %s (no libcuda.so.1 here), not a GPU\n", lib);
+	}
 	dev = devs[0];
 	r = cmocka_run_group_tests(tests, NULL, NULL);
 	gpu_devices_free(devs, n);
+	if (stand_in) {
+		struct fake_cuda_stats f;
+
+		stand_in(&f);
+		printf("stand-in after the devices were freed: %u context references, %u streams\n", f.ctx_refs, f.streams);
+		if (f.ctx_refs || f.streams)
+			r = 1;
+	}
 	return r;
 }
