@@ -28,13 +28,17 @@ device); worker "cpu" has the default (no), so it has no device it will use.
     --json` a device_usec total equal to the results' sum; `harvestctl
     status` prints the pool's GPU task count and device time
   - CUDA: where a worker has a CUDA device, a PTX task gives the reference
-    bytes and one that does not assemble fails saying so; elsewhere a CUDA
-    task that reaches a worker comes back failed with "no CUDA device", and
-    the real run is reported skipped with the reason
+    bytes and one that does not assemble fails saying so. Where no
+    libcuda.so.1 loads, the "gpu" worker runs with the stand-in driver and
+    NVML (tests/unit/fake-cuda.c, fake-nvml.c: HARVESTER_LIBCUDA and
+    LD_LIBRARY_PATH), so the daemon's whole CUDA path runs here too; then,
+    with that worker stopped, a CUDA task that reaches the "cpu" worker
+    comes back failed with "no CUDA device"
 Exits 0 on pass, 77 to skip (not root, no writable cgroup2, nothing built,
 no OpenCL and no CUDA device); a part that cannot run here says "skip:".
 """
 import base64
+import ctypes
 import json
 import os
 import re
@@ -47,7 +51,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import cgroup2_mount, check, failures, remove_cgroup_tree, wait_for  # noqa: E402
-from test_daemon_pool import HARVESTCTL, HARVESTERD, POOL, Daemon, Pool, spawned  # noqa: E402
+from test_daemon_pool import BUILD, HARVESTCTL, HARVESTERD, POOL, Daemon, Pool, spawned  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KERNEL = """
@@ -88,6 +92,25 @@ def scramble_ptx():
     body = text.split("gpu_test_scramble_ptx[] =", 1)[1].split(";\n", 1)[0]
     lits = re.findall(r'"((?:[^"\\]|\\.)*)"', body)
     return "".join(bytes(s, "ascii").decode("unicode_escape") for s in lits)
+
+
+def stand_in_prefix():
+    """Where no CUDA driver loads: the command prefix that gives harvesterd
+    the stand-in driver and NVML built beside the tests, else ()."""
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        return ()
+    except OSError:
+        pass
+    lib = os.path.abspath(os.path.join(BUILD, "tests", "fake-cuda", "libcuda.so.1"))
+    nvml = os.path.abspath(os.path.join(BUILD, "tests", "fake-nvml"))
+    if not os.path.exists(lib) or os.environ.get("HARVESTER_REQUIRE_CUDA"):
+        return ()
+    return ("env", "HARVESTER_LIBCUDA=" + lib, "LD_LIBRARY_PATH=" + nvml)
+
+
+def is_stand_in(dev):
+    return "stand-in" in dev["name"]
 
 
 class GpuDaemon(Daemon):
@@ -134,7 +157,8 @@ def run(root, cg):
     pool.serve()
     gd = GpuDaemon(root, "gpu", pool.url, pool.key, cg + "-g", True)
     cd = GpuDaemon(root, "cpu", pool.url, pool.key, cg + "-c", False)
-    gd.start()
+    prefix = stand_in_prefix()
+    gd.start(prefix=prefix)
     cd.start()
     g = gd.gpu()
     cl = [x for x in g["devices"] if x["backend"] == "opencl"]
@@ -144,7 +168,10 @@ def run(root, cg):
             g["opencl_absent"], g["cuda_absent"]))
         return 77
     cpu_devs = cd.gpu()["devices"]
-    real_gpu = any(not x["cpu_device"] for x in g["devices"])
+    real_gpu = any(not x["cpu_device"] and not is_stand_in(x) for x in g["devices"])
+    if prefix:
+        check(any(is_stand_in(x) and x["backend"] == "cuda" and x["busy_detection"] == "nvml" for x in g["devices"]),
+              "the gpu worker lists the stand-in CUDA device, busy detection by NVML: %s" % g["devices"])
     print("gpu worker: %s; cpu worker: devices %s (%s)" % (
         ", ".join("%s %s" % (x["id"], x["name"]) for x in g["devices"]),
         [x["id"] for x in cpu_devs], cd.gpu()["opencl_absent"]))
@@ -173,9 +200,12 @@ def run(root, cg):
         print("skip: the OpenCL part: no OpenCL device here (%s): install pocl-opencl-icd" % g["opencl_absent"])
     cuda_part(pool, root, gd, cd, cuda_dev)
 
-    for d in (gd, cd):
-        rc = d.stop()
-        check(rc == 0, "%s worker: clean exit (%s)" % (os.path.basename(d.tmp), rc))
+    rc = gd.stop()
+    check(rc == 0, "gpu worker: clean exit (%s)" % rc)
+    if prefix:
+        no_cuda_part(pool, root, cd)
+    rc = cd.stop()
+    check(rc == 0, "cpu worker: clean exit (%s)" % rc)
     charged = [d for d in (gd, cd) if d.dev_us > 0]
     check(charged, "some worker's GPU bucket was charged")
     for d in charged:
@@ -320,8 +350,9 @@ def listings(pool, gd):
           "harvestctl status prints the pool's GPU tasks (%d)" % p["gpu_tasks"])
 
 
-def cuda_part(pool, root, gd, cd, cuda_dev):
-    gk = gd.worker_key()
+def cuda_task(pool, root, tid, any_worker):
+    """Submit scramble() as PTX; wait for its result; the result and the
+    reference output."""
     ptx = os.path.join(root, "scramble.ptx")
     with open(ptx, "w") as f:
         f.write(scramble_ptx())
@@ -330,17 +361,27 @@ def cuda_part(pool, root, gd, cd, cuda_dev):
     inp = os.path.join(root, "cuda-in.bin")
     with open(inp, "wb") as f:
         f.write(struct.pack("<%dI" % n, *ws))
-    cuda_args = ["--kind", "cuda", "--source", ptx, "--kernel", "scramble", "--global", str(n), "--local", "256",
-                 "--arg", "in:in=" + inp, "--arg", "out:out=%d" % (4 * n), "--arg", "u32:%d" % n, "--arg", "u32:5"]
+    # --gpu none: any worker may take it, to see a refusal come back.
+    pool.submit("--id", tid, *(("--gpu", "none") if any_worker else ()), "--kind", "cuda", "--source", ptx,
+                "--kernel", "scramble", "--global", str(n), "--local", "256", "--arg", "in:in=" + inp,
+                "--arg", "out:out=%d" % (4 * n), "--arg", "u32:%d" % n, "--arg", "u32:5")
+    check(wait_for(lambda: pool.tasks().get(tid, {}).get("state") == "done", 30), "the CUDA task %s has its result" % tid)
+    return results_by_task(pool).get(tid, {}), reference(ws, 5), inp
+
+
+def no_cuda_part(pool, root, cd):
+    """A CUDA task that reaches a worker without CUDA fails, saying so."""
+    r, _, _ = cuda_task(pool, root, "cuda-nodev", True)
+    why = (output(r, "reason") or b"").decode(errors="replace") if r else ""
+    check(r.get("worker") == cd.worker_key() and r.get("status") == "failed" and "no CUDA device" in why,
+          "no CUDA device: the task fails saying so: " + why)
+
+
+def cuda_part(pool, root, gd, cd, cuda_dev):
+    gk = gd.worker_key()
+    r, want, inp = cuda_task(pool, root, "cuda", not cuda_dev)
     if cuda_dev:
-        pool.submit("--id", "cuda", *cuda_args)
-    else:
-        # No worker offers CUDA: let any take it, to see the refusal come back.
-        pool.submit("--id", "cuda", "--gpu", "none", *cuda_args)
-    check(wait_for(lambda: pool.tasks().get("cuda", {}).get("state") == "done", 30), "the CUDA task has its result")
-    r = results_by_task(pool).get("cuda", {})
-    if cuda_dev:
-        check(r.get("status") == "ok" and output(r, "out") == reference(ws, 5),
+        check(r.get("status") == "ok" and output(r, "out") == want,
               "CUDA task: output equals the reference (status %s, worker %s)" % (
                   r.get("status"), "gpu" if r.get("worker") == gk else "cpu"))
         check(r.get("device_usec", 0) > 0, "CUDA task: device time %s us in the result" % r.get("device_usec"))
@@ -362,7 +403,7 @@ def cuda_part(pool, root, gd, cd, cuda_dev):
     else:
         why = (output(r, "reason") or b"").decode(errors="replace") if r else ""
         check(r.get("status") == "failed" and "no CUDA device" in why, "no CUDA device: the task fails saying so: " + why)
-        print("skip: the CUDA run itself: no CUDA device on this machine (%s)" % gd.gpu()["cuda_absent"])
+        print("skip: the CUDA run itself: no CUDA device here, and no stand-in (%s)" % gd.gpu()["cuda_absent"])
 
 
 def main():
