@@ -32,6 +32,18 @@ typedef struct CUevent_st *gcu_event;
 #define GCU_ERROR_INVALID_PTX 218
 #define GCU_ERROR_UNSUPPORTED_PTX_VERSION 222
 #define GCU_ERROR_NOT_FOUND 500
+/* A kernel's fault. "This leaves the process in an inconsistent state and
+ * any further CUDA work will return the same error. To continue using
+ * CUDA, the process must be terminated and relaunched." (cuda.h) */
+#define GCU_ERROR_ILLEGAL_ADDRESS 700
+#define GCU_ERROR_LAUNCH_TIMEOUT 702
+#define GCU_ERROR_ASSERT 710
+#define GCU_ERROR_HARDWARE_STACK_ERROR 714
+#define GCU_ERROR_ILLEGAL_INSTRUCTION 715
+#define GCU_ERROR_MISALIGNED_ADDRESS 716
+#define GCU_ERROR_INVALID_ADDRESS_SPACE 717
+#define GCU_ERROR_INVALID_PC 718
+#define GCU_ERROR_LAUNCH_FAILED 719
 #define GCU_ERROR_STUB_LIBRARY 34           /* the toolkit's stub libcuda: no driver */
 #define GCU_ERROR_SYSTEM_DRIVER_MISMATCH 803
 #define GCU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT 16

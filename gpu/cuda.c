@@ -288,27 +288,62 @@ struct cuda_task {
 	char log[1024];
 };
 
+/* A kernel's fault, after which the driver refuses every call in this
+ * process: remember the driver's words on the device (the queue then runs
+ * none of its tasks) and say -EFAULT. */
+static bool cu_sticky(gcu_result r)
+{
+	switch (r) {
+	case GCU_ERROR_ILLEGAL_ADDRESS:
+	case GCU_ERROR_LAUNCH_TIMEOUT:
+	case GCU_ERROR_ASSERT:
+	case GCU_ERROR_HARDWARE_STACK_ERROR:
+	case GCU_ERROR_ILLEGAL_INSTRUCTION:
+	case GCU_ERROR_MISALIGNED_ADDRESS:
+	case GCU_ERROR_INVALID_ADDRESS_SPACE:
+	case GCU_ERROR_INVALID_PC:
+	case GCU_ERROR_LAUNCH_FAILED:
+		return true;
+	default:
+		return false;
+	}
+}
+
+static int cu_dev(struct cuda_device *d, gcu_result r)
+{
+	const char *words = NULL;
+
+	if (!cu_sticky(r))
+		return cu_errno(r);
+	if (!d->base.info.fault[0]) {
+		if (cu.GetErrorString(r, &words) != GCU_SUCCESS || !words)
+			words = "a kernel faulted";
+		snprintf(d->base.info.fault, sizeof(d->base.info.fault), "%s (CUDA error %u)", words, r);
+	}
+	return -EFAULT;
+}
+
 static int cuda_open(struct cuda_device *d)
 {
 	int least = 0, greatest = 0, r;
 
 	if (d->stream)
-		return cu_errno(cu.CtxSetCurrent(d->ctx));
+		return cu_dev(d, cu.CtxSetCurrent(d->ctx));
 	if (!d->ctx) {
-		r = cu_errno(cu.DevicePrimaryCtxRetain(&d->ctx, d->dev));
+		r = cu_dev(d, cu.DevicePrimaryCtxRetain(&d->ctx, d->dev));
 		if (r < 0)
 			return r;
 		d->base.context_open = true;
 	}
-	r = cu_errno(cu.CtxSetCurrent(d->ctx));
+	r = cu_dev(d, cu.CtxSetCurrent(d->ctx));
 	if (r < 0)
 		return r;
 	/* "least" is the numerically greatest value: the lowest priority. A
 	 * foreground job's streams (default priority) are scheduled first. */
-	r = cu_errno(cu.CtxGetStreamPriorityRange(&least, &greatest));
+	r = cu_dev(d, cu.CtxGetStreamPriorityRange(&least, &greatest));
 	if (r < 0)
 		return r;
-	r = cu_errno(cu.StreamCreateWithPriority(&d->stream, GCU_STREAM_NON_BLOCKING, least));
+	r = cu_dev(d, cu.StreamCreateWithPriority(&d->stream, GCU_STREAM_NON_BLOCKING, least));
 	if (r < 0)
 		return r;
 	d->base.info.low_priority = least != greatest;
@@ -342,6 +377,8 @@ static int cuda_prepare(struct gpu_device *dev, const struct gpu_task *task, voi
 	void *vals[2];
 	int r;
 
+	if (d->base.info.fault[0])
+		return -EFAULT;
 	r = cuda_open(d);
 	if (r < 0)
 		return r;
@@ -353,7 +390,7 @@ static int cuda_prepare(struct gpu_device *dev, const struct gpu_task *task, voi
 		return -ENOMEM;
 	vals[0] = t->log;
 	vals[1] = (void *) (uintptr_t) sizeof(t->log);
-	r = cu_errno(cu.ModuleLoadDataEx(&t->module, task->source, ELEMENTSOF(opts), opts, vals));
+	r = cu_dev(d, cu.ModuleLoadDataEx(&t->module, task->source, ELEMENTSOF(opts), opts, vals));
 	if (r < 0) {
 		/* The JIT's words on the PTX, for the submitter. */
 		t->log[sizeof(t->log) - 1] = 0;
@@ -361,13 +398,13 @@ static int cuda_prepare(struct gpu_device *dev, const struct gpu_task *task, voi
 			*ret_log = strdup(t->log);
 		goto fail;
 	}
-	r = cu_errno(cu.ModuleGetFunction(&t->function, t->module, task->kernel));
+	r = cu_dev(d, cu.ModuleGetFunction(&t->function, t->module, task->kernel));
 	if (r < 0)
 		goto fail;
-	r = cu_errno(cu.EventCreate(&t->start, GCU_EVENT_DEFAULT));
+	r = cu_dev(d, cu.EventCreate(&t->start, GCU_EVENT_DEFAULT));
 	if (r < 0)
 		goto fail;
-	r = cu_errno(cu.EventCreate(&t->end, GCU_EVENT_DEFAULT));
+	r = cu_dev(d, cu.EventCreate(&t->end, GCU_EVENT_DEFAULT));
 	if (r < 0)
 		goto fail;
 	t->mems = calloc(task->n_buffers ? task->n_buffers : 1, sizeof(*t->mems));
@@ -378,11 +415,11 @@ static int cuda_prepare(struct gpu_device *dev, const struct gpu_task *task, voi
 	t->n_mems = task->n_buffers;
 	for (unsigned i = 0; i < task->n_buffers; i++) {
 		const struct gpu_buffer *b = &task->buffers[i];
-		r = cu_errno(cu.MemAlloc(&t->mems[i], b->size_bytes ? b->size_bytes : 1));
+		r = cu_dev(d, cu.MemAlloc(&t->mems[i], b->size_bytes ? b->size_bytes : 1));
 		if (r < 0)
 			goto fail;
 		if ((b->dir & GPU_BUFFER_IN) && b->size_bytes) {
-			r = cu_errno(cu.MemcpyHtoD(t->mems[i], b->host, b->size_bytes));
+			r = cu_dev(d, cu.MemcpyHtoD(t->mems[i], b->host, b->size_bytes));
 			if (r < 0)
 				goto fail;
 		}
@@ -404,7 +441,7 @@ static int cuda_run_chunk(struct gpu_device *dev, void *state, const struct gpu_
 	float ms = 0;
 	int r;
 
-	r = cu_errno(cu.CtxSetCurrent(d->ctx));
+	r = cu_dev(d, cu.CtxSetCurrent(d->ctx));
 	if (r < 0)
 		return r;
 	for (unsigned i = 0; i < task->work_dim; i++) {
@@ -419,16 +456,16 @@ static int cuda_run_chunk(struct gpu_device *dev, void *state, const struct gpu_
 	for (unsigned i = 0; i < 3; i++)
 		params[task->n_args + i] = &boff[i];
 
-	r = cu_errno(cu.EventRecord(t->start, d->stream));
+	r = cu_dev(d, cu.EventRecord(t->start, d->stream));
 	if (r >= 0)
-		r = cu_errno(cu.LaunchKernel(t->function, grid[0], grid[1], grid[2], block[0], block[1], block[2],
+		r = cu_dev(d, cu.LaunchKernel(t->function, grid[0], grid[1], grid[2], block[0], block[1], block[2],
 					     task->shared_bytes, d->stream, params, NULL));
 	if (r >= 0)
-		r = cu_errno(cu.EventRecord(t->end, d->stream));
+		r = cu_dev(d, cu.EventRecord(t->end, d->stream));
 	if (r >= 0)
-		r = cu_errno(cu.EventSynchronize(t->end));
+		r = cu_dev(d, cu.EventSynchronize(t->end));
 	if (r >= 0)
-		r = cu_errno(cu.EventElapsedTime(&ms, t->start, t->end));
+		r = cu_dev(d, cu.EventElapsedTime(&ms, t->start, t->end));
 	if (r < 0)
 		return r;
 	*ret_device_ns = ms > 0 ? (uint64_t) ((double) ms * 1e6) : 0;
@@ -439,12 +476,12 @@ static int cuda_finish(struct gpu_device *dev, void *state, const struct gpu_tas
 {
 	struct cuda_device *d = (struct cuda_device *) dev;
 	struct cuda_task *t = state;
-	int r = cu_errno(cu.CtxSetCurrent(d->ctx));
+	int r = cu_dev(d, cu.CtxSetCurrent(d->ctx));
 
 	for (unsigned i = 0; r >= 0 && i < task->n_buffers; i++) {
 		const struct gpu_buffer *b = &task->buffers[i];
 		if ((b->dir & GPU_BUFFER_OUT) && b->size_bytes)
-			r = cu_errno(cu.MemcpyDtoH(b->host, t->mems[i], b->size_bytes));
+			r = cu_dev(d, cu.MemcpyDtoH(b->host, t->mems[i], b->size_bytes));
 	}
 	return r;
 }

@@ -66,6 +66,11 @@ struct gpu_device_info {
 	bool low_priority;        /* queue/stream at the lowest priority the device offers */
 	bool cpu_device;          /* an OpenCL CPU device (PoCL): its work runs on the host's CPUs */
 	enum gpu_busy_source busy_source;
+	/* A kernel faulted (CUDA: an illegal address, a trap, a timeout): the
+	 * driver's words. The driver keeps the process's CUDA unusable from
+	 * then on, so the queue runs none of this device's tasks until
+	 * harvesterd restarts; they stay queued. "" while all is well. */
+	char fault[96];
 };
 
 struct gpu_device;

@@ -35,6 +35,7 @@ struct gpu_dev {
 	struct gpu_device *cu;       /* ...through this handle: PTX tasks run on it, in d's queue */
 	struct gpu_queue *q;
 	sd_event_source *src;
+	bool fault_logged;
 };
 
 struct gpu_jobs {
@@ -541,7 +542,17 @@ static void condense_log(const char *log, char *buf, size_t size)
 		snprintf(buf + n, size - n, " [%zu more bytes of log]", strlen(p));
 }
 
-static void set_failure_reason(struct gpu_job *j, int error, const char *log)
+/* The driver's words on a kernel's fault, through either backend, or NULL. */
+static const char *dev_fault(const struct gpu_dev *dv)
+{
+	const char *f = gpu_device_get_info(dv->d)->fault;
+
+	if (!f[0] && dv->cu)
+		f = gpu_device_get_info(dv->cu)->fault;
+	return f[0] ? f : NULL;
+}
+
+static void set_failure_reason(struct gpu_job *j, int error, const char *log, const char *fault)
 {
 	const char *lang = j->backend == GPU_BACKEND_CUDA ? "the PTX" : "the OpenCL C source";
 	char words[JOB_REASON_MAX - 128];
@@ -552,6 +563,8 @@ static void set_failure_reason(struct gpu_job *j, int error, const char *log)
 			       words);
 	} else if (error == -ENOENT)
 		job_set_reason(&j->reason, "no kernel named '%s' in %s", j->kernel, lang);
+	else if (error == -EFAULT && fault)
+		job_set_reason(&j->reason, "the kernel faulted on %s: %s", j->device_id, fault);
 	else
 		job_set_reason(&j->reason, "the %s run failed on %s: %s", j->backend == GPU_BACKEND_CUDA ? "CUDA" : "OpenCL",
 			       j->device_id, strerror(-error));
@@ -578,7 +591,13 @@ static void hook_done(void *u, uint64_t task_id, int error)
 		job_set_reason(&j->reason, "cancelled");
 	} else {
 		j->state = JOB_FAILED;
-		set_failure_reason(j, error, gpu_queue_done_log(dv->q));
+		set_failure_reason(j, error, gpu_queue_done_log(dv->q), dev_fault(dv));
+	}
+	if (error == -EFAULT && dev_fault(dv) && !dv->fault_logged) {
+		dv->fault_logged = true;
+		log_error("GPU %s: a kernel faulted: %s. The CUDA driver refuses all further work in this process, "
+			  "so the device's other tasks wait, queued, until harvesterd restarts (it does, with exit status %d, "
+			  "once no job is running)", j->device_id, dev_fault(dv), HARVESTERD_EXIT_RESTART);
 	}
 	j->finished_usec = now_realtime_usec();
 	if (!j->started_usec)
@@ -1407,16 +1426,24 @@ static json_t *backends_json(const struct gpu_dev *dv)
 	return a;
 }
 
+bool gpu_jobs_faulted(const struct gpu_jobs *g)
+{
+	for (unsigned i = 0; g && i < g->n_devs; i++)
+		if (dev_fault(&g->devs[i]))
+			return true;
+	return false;
+}
+
 static json_t *device_json(const struct gpu_dev *dv)
 {
 	const struct gpu_device_info *in = gpu_device_get_info(dv->d);
-	return json_pack("{s:s, s:s, s:s, s:s, s:s, s:o, s:s, s:I, s:i, s:b, s:s, s:b}",
+	return json_pack("{s:s, s:s, s:s, s:s, s:s, s:o, s:s, s:I, s:i, s:b, s:s, s:b, s:s?}",
 			 "id", in->id, "name", in->name, "vendor", in->vendor, "version", in->version,
 			 "backend", in->backend == GPU_BACKEND_OPENCL ? "opencl" : "cuda",
 			 "backends", backends_json(dv), "pci_bus_id", in->pci_bus_id,
 			 "global_mem_bytes", (json_int_t)in->global_mem_bytes, "compute_units", (int)in->compute_units,
 			 "low_priority", in->low_priority, "busy_detection", busy_detection_name(in->busy_source),
-			 "cpu_device", in->cpu_device);
+			 "cpu_device", in->cpu_device, "fault", dev_fault(dv));
 }
 
 json_t *gpu_jobs_status_json(struct gpu_jobs *g)

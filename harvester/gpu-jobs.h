@@ -39,6 +39,10 @@
 #include "gpu/gpu.h"
 #include "harvester/jobs.h"
 
+/* harvesterd's exit status when it stops to be started again (EX_TEMPFAIL):
+ * harvesterd.service has RestartForceExitStatus= for it. */
+#define HARVESTERD_EXIT_RESTART 75
+
 #define GPU_JOB_MAX_BYTES (256ULL << 20)   /* per buffer */
 #define GPU_JOB_MAX_SCALARS 8
 #define GPU_JOB_MAX_ARGS 32
@@ -144,6 +148,10 @@ void gpu_jobs_evaluate(struct gpu_jobs *g);
  * was last written (save it now); 1: device time was spent or the GPU went
  * idle since then (save it on the usual schedule); 0: the ledger is current. */
 int gpu_jobs_tick(struct gpu_jobs *g);
+/* A kernel faulted on some device: the CUDA driver refuses all further
+ * work in this process, and only a restart of harvesterd gives the device
+ * back (the device's tasks wait, queued, until then). */
+bool gpu_jobs_faulted(const struct gpu_jobs *g);
 /* Put the GPU bucket into l before the manager saves it. */
 void gpu_jobs_fill_ledger(struct gpu_jobs *g, struct ledger *l);
 /* New [Budget] GPU= or Window= (SIGHUP). */

@@ -156,6 +156,9 @@ static void print_gpu_status(json_t *g)
 		       busy && strcmp(busy, "none") ? busy : "none (runs only while the owner is idle)",
 		       (long long)geti(q, "queued"), (long long)geti(q, "chunks"),
 		       json_is_true(json_object_get(q, "device_busy")) ? "; waiting: another process uses it" : "");
+		if (json_string_value(json_object_get(dv, "fault")))
+			printf("  %-12s FAULTED: %s; its tasks wait for a restart of harvesterd\n", "",
+			       json_string_value(json_object_get(dv, "fault")));
 	}
 	if (!n)
 		printf("  no device (OpenCL: %s; CUDA: %s)\n",

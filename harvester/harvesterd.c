@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "harvester/config.h"
+#include "harvester/gpu-jobs.h"
 #include "harvester/log.h"
 #include "harvester/manager.h"
 #include "harvester/pool-link.h"
@@ -115,5 +116,5 @@ int main(int argc, char *argv[])
 	}
 	r = manager_run(m);
 	manager_free(m);
-	return r < 0 ? 1 : 0;
+	return r == HARVESTERD_EXIT_RESTART ? r : r < 0 ? 1 : 0;
 }

@@ -731,6 +731,12 @@ static int on_tick(sd_event_source *s, uint64_t usec, void *userdata)
 	if (cg_cpu_usage_usec(m->cg_jobs, &usage) >= 0)
 		budget_update(&m->budget, now, usage);
 	read_host(m);
+	if (gpu_jobs_faulted(m->gpu) && jobs_count(m->jobs, JOB_RUNNING) == 0) {
+		log_notice("Exiting for a restart (status %d): a GPU kernel faulted, and only a new process can use "
+			   "that device again; no job is running, so none loses its progress", HARVESTERD_EXIT_RESTART);
+		sd_notify(0, "STOPPING=1");
+		return sd_event_exit(m->event, HARVESTERD_EXIT_RESTART);
+	}
 	int gpu_save = gpu_jobs_tick(m->gpu);
 	manager_evaluate(m, "tick");
 	/* Save while jobs spend (at most LEDGER_SAVE_USEC of spending can be

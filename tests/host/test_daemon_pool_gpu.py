@@ -34,6 +34,11 @@ device); worker "cpu" has the default (no), so it has no device it will use.
     LD_LIBRARY_PATH), so the daemon's whole CUDA path runs here too; then,
     with that worker stopped, a CUDA task that reaches the "cpu" worker
     comes back failed with "no CUDA device"
+  - a CUDA fault (stand-in only: a PTX task that reads past its buffer):
+    its result is failed with the driver's words, `harvestctl status`
+    shows the device FAULTED, and with no job running the worker exits
+    with status 75 for a restart; started again, it runs a CUDA task with
+    the reference bytes
 Exits 0 on pass, 77 to skip (not root, no writable cgroup2, nothing built,
 no OpenCL and no CUDA device); a part that cannot run here says "skip:".
 """
@@ -200,6 +205,8 @@ def run(root, cg):
         print("skip: the OpenCL part: no OpenCL device here (%s): install pocl-opencl-icd" % g["opencl_absent"])
     cuda_part(pool, root, gd, cd, cuda_dev)
 
+    if prefix:
+        fault_part(pool, root, gd, prefix)
     rc = gd.stop()
     check(rc == 0, "gpu worker: clean exit (%s)" % rc)
     if prefix:
@@ -369,6 +376,51 @@ def cuda_task(pool, root, tid, any_worker):
     return results_by_task(pool).get(tid, {}), reference(ws, 5), inp
 
 
+def failing_cuda_task(pool, tid, ptx, inp, n, out_bytes, label):
+    """Submit scramble() (PTX at ptx) for n threads over the input file inp
+    into out_bytes, expecting it to fail: the reason its result gives."""
+    pool.submit("--id", tid, "--kind", "cuda", "--source", ptx, "--kernel", "scramble", "--global", str(n),
+                "--local", "256", "--arg", "in:in=" + inp, "--arg", "out:out=%d" % out_bytes, "--arg", "u32:%d" % n,
+                "--arg", "u32:1")
+    check(wait_for(lambda: pool.tasks().get(tid, {}).get("state") == "done", 30), "the %s task has its result" % label)
+    r = results_by_task(pool).get(tid, {})
+    why = (output(r, "reason") or b"").decode(errors="replace") if r else ""
+    print("%s's reason: %s" % (label, why))
+    return r, why
+
+
+def fault_part(pool, root, gd, prefix):
+    """A kernel that reads past its buffer faults the (stand-in) driver."""
+    ptx = os.path.join(root, "scramble.ptx")
+    small = os.path.join(root, "small.bin")
+    with open(small, "wb") as f:
+        f.write(struct.pack("<1024I", *words(1024, 3)))
+    # A job runs through the fault: the daemon waits for it before its restart.
+    job = int(gd.ctl("submit", "--", "sleep", "4").strip())
+    check(wait_for(lambda: gd.jobs()[job]["state"] == "running", 10), "a local job runs on the gpu worker")
+    r, why = failing_cuda_task(pool, "cuda-fault", ptx, small, 8192, 4096, "faulting PTX")
+    check(r.get("status") == "failed" and "faulted" in why and "illegal memory access" in why,
+          "a kernel that faults fails with the driver's words")
+    dev = [x for x in gd.gpu()["devices"] if x["backend"] == "cuda"]
+    text = gd.ctl("status")
+    print("\n".join(l for l in text.splitlines() if "FAULTED" in l))
+    check(dev and "illegal memory access" in (dev[0].get("fault") or "") and "FAULTED" in text,
+          "status shows the device faulted: %s" % (dev[0].get("fault") if dev else None))
+    check("a kernel faulted" in gd.log_text(), "the journal says why the device stopped")
+
+    # With no job running, the daemon stops for a restart (systemd's
+    # RestartForceExitStatus=75 starts it again; here the test does).
+    check(gd.proc.poll() is None and gd.jobs()[job]["state"] == "running", "it waits while the job runs")
+    check(wait_for(lambda: gd.proc.poll() is not None, 15), "the gpu worker stops for a restart")
+    check(gd.proc.poll() == 75 and "Exiting for a restart" in gd.log_text(),
+          "it exits with status 75, saying why (%s)" % gd.proc.poll())
+    gd.start(prefix=prefix)
+    r, want, _ = cuda_task(pool, root, "cuda-after", False)
+    check(r.get("status") == "ok" and output(r, "out") == want,
+          "after the restart CUDA works again: reference bytes (status %s)" % r.get("status"))
+    check(not [x for x in gd.gpu()["devices"] if x.get("fault")], "after the restart no device is faulted")
+
+
 def no_cuda_part(pool, root, cd):
     """A CUDA task that reaches a worker without CUDA fails, saying so."""
     r, _, _ = cuda_task(pool, root, "cuda-nodev", True)
@@ -388,14 +440,7 @@ def cuda_part(pool, root, gd, cd, cuda_dev):
         bad = os.path.join(root, "bad.ptx")
         with open(bad, "w") as f:
             f.write(scramble_ptx().replace("ld.param.u64", "ld.param.nonsense", 1))
-        pool.submit("--id", "cuda-broken", "--kind", "cuda", "--source", bad, "--kernel", "scramble", "--global", "256",
-                    "--local", "256", "--arg", "in:in=" + inp, "--arg", "out:out=1024", "--arg", "u32:256",
-                    "--arg", "u32:1")
-        check(wait_for(lambda: pool.tasks().get("cuda-broken", {}).get("state") == "done", 30),
-              "the broken PTX task has its result")
-        r = results_by_task(pool).get("cuda-broken", {})
-        why = (output(r, "reason") or b"").decode(errors="replace") if r else ""
-        print("broken PTX's reason: %s" % why)
+        r, why = failing_cuda_task(pool, "cuda-broken", bad, inp, 256, 1024, "broken PTX")
         check(r.get("status") == "failed" and "did not build" in why, "PTX that does not assemble fails saying so")
         for d in (gd, cd):
             if d.worker_key() == results_by_task(pool)["cuda"]["worker"] and d.dev_us == 0:
