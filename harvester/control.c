@@ -19,6 +19,7 @@ struct conn {
 	struct manager *m;
 	int fd;
 	uid_t uid;
+	int in_fd;                  /* a descriptor sent with the request (SCM_RIGHTS), or -1 */
 	sd_event_source *source, *timeout;
 	size_t len;
 	char buf[CONTROL_MAX_REQUEST + 1];
@@ -30,6 +31,8 @@ static void conn_free(struct conn *c)
 	sd_event_source_disable_unref(c->timeout);
 	if (c->fd >= 0)
 		close(c->fd);
+	if (c->in_fd >= 0)
+		close(c->in_fd);
 	free(c);
 }
 
@@ -52,7 +55,7 @@ static json_t *ok_with(const char *key, json_t *v)
 	return o;
 }
 
-static json_t *handle(struct manager *m, uid_t uid, json_t *req)
+static json_t *handle(struct manager *m, uid_t uid, json_t *req, int in_fd)
 {
 	const char *verb = json_string_value(json_object_get(req, "verb"));
 	bool privileged = uid == 0;
@@ -106,7 +109,7 @@ static json_t *handle(struct manager *m, uid_t uid, json_t *req)
 	}
 
 	if (strcmp(verb, "submit-gpu") == 0)
-		return gpu_jobs_control_submit(m->gpu, uid, req);
+		return gpu_jobs_control_submit(m->gpu, uid, req, in_fd);
 
 	/* submit */
 	json_t *argv = json_object_get(req, "argv");
@@ -146,7 +149,7 @@ static void conn_answer(struct conn *c)
 	if (!req || !json_is_object(req))
 		reply = error_reply("bad request at byte %d: %s", err.position, req ? "not an object" : err.text);
 	else
-		reply = handle(c->m, c->uid, req);
+		reply = handle(c->m, c->uid, req, c->in_fd);
 	json_decref(req);
 
 	char *s = json_dumps(reply, JSON_COMPACT);
@@ -181,7 +184,27 @@ static int on_conn(sd_event_source *s, int fd, uint32_t revents, void *userdata)
 			conn_free(c);
 			return 0;
 		}
-		ssize_t n = recv(fd, c->buf + c->len, CONTROL_MAX_REQUEST - c->len, MSG_DONTWAIT);
+		union {
+			struct cmsghdr h;
+			char buf[CMSG_SPACE(sizeof(int) * 4)];
+		} control;
+		struct iovec iov = { c->buf + c->len, CONTROL_MAX_REQUEST - c->len };
+		struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = &control,
+				      .msg_controllen = sizeof(control) };
+		ssize_t n = recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+		/* Keep the first descriptor a client sends; close the rest. */
+		for (struct cmsghdr *h = n >= 0 ? CMSG_FIRSTHDR(&msg) : NULL; h; h = CMSG_NXTHDR(&msg, h)) {
+			if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
+				continue;
+			for (size_t i = 0; i < (h->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
+				int got;
+				memcpy(&got, CMSG_DATA(h) + i * sizeof(int), sizeof(int));
+				if (c->in_fd < 0)
+					c->in_fd = got;
+				else
+					close(got);
+			}
+		}
 		if (n > 0) {
 			c->len += (size_t)n;
 			continue;
@@ -224,6 +247,7 @@ static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdat
 	c->m = m;
 	c->fd = cfd;
 	c->uid = cred.uid;
+	c->in_fd = -1;
 	c->len = 0;
 	c->source = c->timeout = NULL;
 	if (sd_event_add_io(m->event, &c->source, cfd, EPOLLIN, on_conn, c) < 0 ||

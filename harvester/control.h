@@ -11,8 +11,10 @@
  *   {"verb":"resume"}
  *   {"verb":"submit","argv":["cmd","arg",...]}   -> {"ok":true,"id":"<job id>"}
  *   {"verb":"submit-gpu","source":"<OpenCL C>","kernel":"name","global":[N,...],
- *    "local":[N,...] (optional), "out_bytes":N, "input_path":"/abs/file" (optional,
- *    read by the daemon), "scalars":[uint32,...] (optional), "priority":N (optional)}
+ *    "local":[N,...] (optional), "out_bytes":N, "input_fd":true (optional: the
+ *    input file's descriptor came with the request, SCM_RIGHTS; harvestctl
+ *    sends it, so the caller's mounts and /tmp count, not the daemon's) or
+ *    "input_path":"/abs/file" (optional, read by the daemon), "scalars":[uint32,...] (optional), "priority":N (optional)}
  *                                -> {"ok":true,"id":<job id>}
  *     kernel arguments in order: input buffer (with input_path), output buffer, scalars
  *   {"verb":"cancel","id":"<job id>"}   (exec or GPU job)
@@ -52,7 +54,9 @@
  *          pci_bus_id, global_mem_bytes, compute_units, low_priority (bool),
  *          cpu_device (an OpenCL CPU device: only with OpenCLCPUDevices=yes),
  *          busy_detection ("nvml","drm-fdinfo","none": runs only while the
- *          owner is idle), queue {running, queued, in_flight, paused,
+ *          owner is idle), busy_detection_note (why "none" on a device that
+ *          could tell more, or absent), fault (the driver's words after a
+ *          kernel faulted, or absent: its tasks wait for a restart), queue {running, queued, in_flight, paused,
  *          device_busy, chunks, chunks_over_slice, max_chunk_usec, device_usec}}],
  *        opencl_absent, cuda_absent (why a backend added no device, or null),
  *        dispatch (bool), not_dispatching_because (or null),

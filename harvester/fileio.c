@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* Writing files durably: see fileio.h. */
+/* Reading files whole, writing them durably: see fileio.h. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -12,21 +12,28 @@
 #include "harvester/fileio.h"
 #include "harvester/macro.h"
 
+/* FD's stat, if it is a regular file: 0, -EISDIR, -EINVAL or -errno. */
+static int fstat_regular(int fd, struct stat *st)
+{
+	if (fstat(fd, st) < 0)
+		return negative_errno();
+	if (S_ISDIR(st->st_mode))
+		return -EISDIR;
+	return S_ISREG(st->st_mode) ? 0 : -EINVAL;
+}
+
 int open_regular(const char *path, int flags, struct stat *ret_st)
 {
 	/* (O_NONBLOCK: a FIFO planted at PATH must not hang the open; a
 	 * regular file's reads ignore it.) */
 	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | (flags & O_NOFOLLOW));
 	struct stat st;
+	int r;
 
 	if (fd < 0)
 		return negative_errno();
-	if (fstat(fd, &st) < 0)
-		return negative_errno();
-	if (S_ISDIR(st.st_mode))
-		return -EISDIR;
-	if (!S_ISREG(st.st_mode))
-		return -EINVAL;
+	if ((r = fstat_regular(fd, &st)) < 0)
+		return r;
 	if (ret_st)
 		*ret_st = st;
 	return TAKE_FD(fd);
@@ -34,13 +41,22 @@ int open_regular(const char *path, int flags, struct stat *ret_st)
 
 int read_file(const char *path, size_t max, int flags, void **ret, size_t *ret_len, bool *ret_truncated)
 {
-	struct stat st;
-	_cleanup_close_ int fd = open_regular(path, flags, &st);
-	_cleanup_free_ char *buf = NULL;
-	size_t len = 0, size;
+	_cleanup_close_ int fd = open_regular(path, flags, NULL);
 
 	if (fd < 0)
 		return fd;
+	return read_fd(fd, max, ret, ret_len, ret_truncated);
+}
+
+int read_fd(int fd, size_t max, void **ret, size_t *ret_len, bool *ret_truncated)
+{
+	struct stat st;
+	_cleanup_free_ char *buf = NULL;
+	size_t len = 0, size;
+	int r;
+
+	if ((r = fstat_regular(fd, &st)) < 0)
+		return r;
 	/* Sized from the file (at least a page: proc and cgroup files say 0),
 	 * grown if it grows while read: up to one byte past MAX (to tell
 	 * "more"), and one for the NUL. */

@@ -26,6 +26,8 @@ int open_regular(const char *path, int flags, struct stat *ret_st);
  * but a regular file -EINVAL. More than MAX bytes: with RET_TRUNCATED, the first MAX and
  * *RET_TRUNCATED set; without, -EFBIG. 0 or -errno. */
 int read_file(const char *path, size_t max, int flags, void **ret, size_t *ret_len, bool *ret_truncated);
+/* The same from FD, a regular file opened for reading, from its offset. */
+int read_fd(int fd, size_t max, void **ret, size_t *ret_len, bool *ret_truncated);
 
 /* Write all LEN bytes of BUF to FD, writing again after a short write or
  * EINTR. 0, or -errno; -EIO where write() wrote nothing. */

@@ -13,13 +13,15 @@
 
 #include "harvester/config.h"
 #include "harvester/control.h"
+#include "harvester/fileio.h"
 #include "harvester/macro.h"
 
 static const char *socket_path = "/run/harvester/control.sock";
 static bool arg_json;
 
-/* Send req (consumed) and read the answer into *ret. */
-static int request(json_t *req, json_t **ret)
+/* Send req (consumed), with the descriptor send_fd when it is not -1
+ * (SCM_RIGHTS, on the first bytes), and read the answer into *ret. */
+static int request_fd(json_t *req, int send_fd, json_t **ret)
 {
 	_cleanup_(json_decrefp) json_t *owned = req;
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -44,7 +46,22 @@ static int request(json_t *req, json_t **ret)
 		return -ENOMEM;
 	size_t len = strlen(s), off = 0;
 	while (off < len) {
-		ssize_t w = write(fd, s + off, len - off);
+		union {
+			struct cmsghdr h;
+			char buf[CMSG_SPACE(sizeof(int))];
+		} control = {};
+		struct iovec iov = { s + off, len - off };
+		struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+		if (off == 0 && send_fd >= 0) {
+			msg.msg_control = &control;
+			msg.msg_controllen = sizeof(control);
+			struct cmsghdr *h = CMSG_FIRSTHDR(&msg);
+			h->cmsg_level = SOL_SOCKET;
+			h->cmsg_type = SCM_RIGHTS;
+			h->cmsg_len = CMSG_LEN(sizeof(int));
+			memcpy(CMSG_DATA(h), &send_fd, sizeof(int));
+		}
+		ssize_t w = sendmsg(fd, &msg, MSG_NOSIGNAL);
 		if (w < 0) {
 			free(s);
 			return negative_errno();
@@ -92,6 +109,11 @@ static int request(json_t *req, json_t **ret)
 	}
 	*ret = reply;
 	return 0;
+}
+
+static int request(json_t *req, json_t **ret)
+{
+	return request_fd(req, -1, ret);
 }
 
 static void print_json(json_t *o)
@@ -143,6 +165,7 @@ static void print_gpu_status(json_t *g)
 	       json_is_true(json_object_get(g, "dispatch")) ? "on" : "off", why ? ": " : "", why ? why : "");
 	json_array_foreach(json_object_get(g, "devices"), i, dv) {
 		const char *busy = json_string_value(json_object_get(dv, "busy_detection"));
+		const char *note = json_string_value(json_object_get(dv, "busy_detection_note"));
 		json_t *q = json_object_get(dv, "queue");
 		char backends[32] = "";
 		json_t *be;
@@ -156,6 +179,8 @@ static void print_gpu_status(json_t *g)
 		       busy && strcmp(busy, "none") ? busy : "none (runs only while the owner is idle)",
 		       (long long)geti(q, "queued"), (long long)geti(q, "chunks"),
 		       json_is_true(json_object_get(q, "device_busy")) ? "; waiting: another process uses it" : "");
+		if (note)
+			printf("  %-12s busy detection none: %s\n", "", note);
 		if (json_string_value(json_object_get(dv, "fault")))
 			printf("  %-12s FAULTED: %s; its tasks wait for a restart of harvesterd\n", "",
 			       json_string_value(json_object_get(dv, "fault")));
@@ -425,7 +450,8 @@ static int verb_submit_gpu(int argc, char **argv)
 	_cleanup_(json_decrefp) json_t *req = json_pack("{s:s}", "verb", "submit-gpu");
 	json_t *scalars = json_array(), *sizes;
 	const char *source = NULL;
-	char *end, abs_in[PATH_MAX];
+	char *end;
+	_cleanup_close_ int in_fd = -1;
 	int c;
 
 	json_object_set_new(req, "scalars", scalars);
@@ -457,12 +483,17 @@ static int verb_submit_gpu(int argc, char **argv)
 				json_object_set_new(req, c == 'o' ? "out_bytes" : "priority", json_integer((json_int_t)v));
 			break;
 		case 'i':
-			/* The daemon reads it: give it a path that means the same there. */
-			if (!realpath(optarg, abs_in)) {
-				fprintf(stderr, "harvestctl: --in=%s: %s\n", optarg, strerror(errno));
-				return -errno;
+			/* Opened here and sent with the request: the daemon's /tmp
+			 * and home are private to it (PrivateTmp=, ProtectHome=). */
+			if (in_fd >= 0)
+				close(in_fd);
+			in_fd = open_regular(optarg, 0, NULL);
+			if (in_fd < 0) {
+				fprintf(stderr, "harvestctl: --in=%s: %s\n", optarg,
+					in_fd == -EINVAL ? "not a regular file" : strerror(-in_fd));
+				return in_fd;
 			}
-			json_object_set_new(req, "input_path", json_string(abs_in));
+			json_object_set_new(req, "input_fd", json_true());
 			break;
 		default:
 			return -EINVAL;
@@ -495,7 +526,7 @@ static int verb_submit_gpu(int argc, char **argv)
 		return -EINVAL;
 	}
 	json_t *r;
-	int k = request(json_incref(req), &r);
+	int k = request_fd(json_incref(req), in_fd, &r);
 	if (k < 0)
 		return k;
 	if (arg_json)

@@ -15,13 +15,14 @@ import pty
 import shutil
 import signal
 import struct
+import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_daemon import Daemon, check, cgroup2_mount, failures, write_conf  # noqa: E402
-from harness import remove_cgroup_tree, wait_for  # noqa: E402
+from harness import HARVESTCTL, remove_cgroup_tree, wait_for  # noqa: E402
 
 KERNEL = """
 __kernel void scramble(__global const uint *in, __global uint *out, uint rounds) {
@@ -158,6 +159,24 @@ OpenCLCPUDevices=yes
         check(j["device_usec"] > 0 and j["chunks"] >= 1, "the job measured device time")
         check(abs((s1 - s0) - j["device_usec"]) <= 1, f"GPU spent grew by the job's device time: {s1 - s0} vs {j['device_usec']}")
         check(s1 - s0 <= wall_us, "no more device time than wall time")
+
+        # --- an input only the caller can see: harvestctl sends its descriptor --------------
+        # (harvesterd.service has a private /tmp and no home: a path would not do.)
+        private = os.path.join(tmp, "private")
+        os.makedirs(private)
+        sh = ("mount -t tmpfs none {p} && cp {i} {p}/in.bin && {c} --socket {s} submit-gpu --source {src} "
+              "--kernel scramble --global 4096 --out-bytes 16384 --in {p}/in.bin --uint 5").format(
+            p=private, i=infile, c=HARVESTCTL, s=d.sock, src=src)
+        r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", sh], capture_output=True, text=True)
+        check(r.returncode == 0 and not os.listdir(private), "submitted from a mount the daemon cannot see: %s %s" % (
+            r.stdout.strip(), r.stderr.strip()))
+        j = d.wait_job(int(r.stdout.strip() or 0), timeout=60)
+        check(j and j["state"] == "done" and open(j["output"], "rb").read() == reference(words[:4096], 5),
+              "its output equals the reference: the daemon read the caller's file (%s)" % (j and j["state"]))
+        r = subprocess.run([HARVESTCTL, "--socket", d.sock, "submit-gpu", "--source", src, "--kernel", "scramble",
+                            "--global", "64", "--out-bytes", "256", "--in", tmp], capture_output=True, text=True)
+        check(r.returncode != 0 and ("not a regular file" in r.stderr or "directory" in r.stderr),
+              "a folder as input is refused: %s" % r.stderr.strip())
         eid = d.submit("true")
         ej = d.wait_job(eid)
         check(ej["kind"] == "exec" and eid > jid, f"exec jobs say kind exec and take the next id ({eid})")

@@ -305,6 +305,31 @@ static void on_alarm(int sig)
  * cut; a symlink refused on request; a folder and a FIFO refused at once
  * (an open of a FIFO must not wait for a writer); a file larger than the
  * first buffer read whole. */
+/* read_fd(): what harvestctl's descriptor gives the daemon, from its offset. */
+static void test_read_fd(void **state)
+{
+	int fd, p[2];
+	void *buf = NULL;
+	size_t len = 0;
+
+	put(path, "harvested");
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	assert_true(fd >= 0);
+	assert_int_equal(lseek(fd, 7, SEEK_SET), 7);
+	assert_int_equal(read_fd(fd, 100, &buf, &len, NULL), 0);
+	assert_int_equal(len, 2);
+	assert_string_equal(buf, "ed");
+	free(buf);
+	close(fd);
+	fd = open("/", O_RDONLY | O_CLOEXEC | O_DIRECTORY);
+	assert_int_equal(read_fd(fd, 100, &buf, &len, NULL), -EISDIR);
+	close(fd);
+	assert_int_equal(pipe(p), 0);
+	assert_int_equal(read_fd(p[0], 100, &buf, &len, NULL), -EINVAL);   /* would block on a pipe */
+	close(p[0]);
+	close(p[1]);
+}
+
 static void test_read_file(void **state)
 {
 	char link[160], fifo[160], big[200];
@@ -440,6 +465,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_fsync_dir, setup, teardown),
 		cmocka_unit_test(test_write_full_pipe),
 		cmocka_unit_test_setup_teardown(test_read_file, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_read_fd, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
