@@ -57,6 +57,13 @@ int gpu_drm_busy_sample(struct gpu_drm_busy *b);
 /* Is the PCI device pdev driven by a DRM driver (sys is "/sys")? Such a
  * driver reports per-client engine time in fdinfo (Linux 5.19 and newer). */
 bool gpu_drm_is_drm_device(const char *sys, const char *pdev);
+/* Can this process read every other process's fdinfo? Another user's
+ * /proc/PID/fdinfo needs CAP_SYS_PTRACE (and a /proc mounted with
+ * hidepid= lists such processes only to a holder of it): without it the
+ * other users' DRM clients would be invisible, and the GPU would look idle
+ * while the owner's game runs on it. status is "/proc/self/status" except
+ * in tests. */
+bool gpu_drm_sees_all_clients(const char *status);
 
 /* NVML (cuda.c): 1 if processes other than self use the GPU at this PCI
  * address, 0 if not; -ENOENT without NVML, -ENODEV for an unknown device.

@@ -181,6 +181,22 @@ int gpu_drm_busy_sample(struct gpu_drm_busy *b)
 	return busy;
 }
 
+#define CAP_SYS_PTRACE_BIT 19
+
+bool gpu_drm_sees_all_clients(const char *status)
+{
+	_cleanup_fclose_ FILE *f = fopen(status, "re");
+	char line[256];
+
+	while (f && fgets(line, sizeof(line), f)) {
+		unsigned long long caps;
+
+		if (strncmp(line, "CapEff:", 7) == 0 && sscanf(line + 7, "%llx", &caps) == 1)
+			return caps & (1ULL << CAP_SYS_PTRACE_BIT);
+	}
+	return false;
+}
+
 bool gpu_drm_is_drm_device(const char *sys, const char *pdev)
 {
 	char path[PATH_MAX];

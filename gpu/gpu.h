@@ -71,6 +71,8 @@ struct gpu_device_info {
 	 * then on, so the queue runs none of this device's tasks until
 	 * harvesterd restarts; they stay queued. "" while all is well. */
 	char fault[96];
+	/* Why busy_source is NONE on a device that could say more, or "". */
+	char busy_note[96];
 };
 
 struct gpu_device;

@@ -1203,9 +1203,10 @@ int gpu_jobs_new(struct manager *m, struct gpu_jobs **ret)
 	}
 	for (unsigned i = 0; i < g->n_devs; i++) {
 		const struct gpu_device_info *in = gpu_device_get_info(g->devs[i].d);
-		log_info("GPU %s: %s (%s%s), low priority %s, busy detection %s", in->id, in->name,
+		log_info("GPU %s: %s (%s%s), low priority %s, busy detection %s%s%s", in->id, in->name,
 			 in->backend == GPU_BACKEND_OPENCL ? "opencl" : "cuda", g->devs[i].also_cuda ? ", cuda" : "",
-			 in->low_priority ? "yes" : "no", busy_detection_name(in->busy_source));
+			 in->low_priority ? "yes" : "no", busy_detection_name(in->busy_source),
+			 in->busy_note[0] ? ": " : "", in->busy_note);
 	}
 	if (!g->n_devs)
 		log_info("No GPU: OpenCL: %s; CUDA: %s", g->opencl_absent, g->cuda_absent);
@@ -1437,12 +1438,13 @@ bool gpu_jobs_faulted(const struct gpu_jobs *g)
 static json_t *device_json(const struct gpu_dev *dv)
 {
 	const struct gpu_device_info *in = gpu_device_get_info(dv->d);
-	return json_pack("{s:s, s:s, s:s, s:s, s:s, s:o, s:s, s:I, s:i, s:b, s:s, s:b, s:s?}",
+	return json_pack("{s:s, s:s, s:s, s:s, s:s, s:o, s:s, s:I, s:i, s:b, s:s, s:s?, s:b, s:s?}",
 			 "id", in->id, "name", in->name, "vendor", in->vendor, "version", in->version,
 			 "backend", in->backend == GPU_BACKEND_OPENCL ? "opencl" : "cuda",
 			 "backends", backends_json(dv), "pci_bus_id", in->pci_bus_id,
 			 "global_mem_bytes", (json_int_t)in->global_mem_bytes, "compute_units", (int)in->compute_units,
 			 "low_priority", in->low_priority, "busy_detection", busy_detection_name(in->busy_source),
+			 "busy_detection_note", in->busy_note[0] ? in->busy_note : NULL,
 			 "cpu_device", in->cpu_device, "fault", dev_fault(dv));
 }
 
@@ -1552,7 +1554,7 @@ static int sizes_arg(json_t *a, size_t *ret, unsigned *ret_n)
 	return 0;
 }
 
-json_t *gpu_jobs_control_submit(struct gpu_jobs *g, uid_t uid, json_t *req)
+json_t *gpu_jobs_control_submit(struct gpu_jobs *g, uid_t uid, json_t *req, int in_fd)
 {
 	struct gpu_job_spec s = { 0 };
 	const char *in_path = json_string_value(json_object_get(req, "input_path"));
@@ -1590,7 +1592,16 @@ json_t *gpu_jobs_control_submit(struct gpu_jobs *g, uid_t uid, json_t *req)
 		s.scalars = scalars;
 		s.n_scalars = (unsigned)json_array_size(scal);
 	}
-	if (in_path) {
+	if (json_is_true(json_object_get(req, "input_fd"))) {
+		/* The caller opened it: its mounts, its /tmp (the daemon's are private). */
+		if (in_fd < 0)
+			return error_reply("\"input_fd\" is set, but no descriptor came with the request");
+		r = read_fd(in_fd, GPU_JOB_MAX_BYTES, &input, &s.input_bytes, NULL);
+		if (r < 0)
+			return error_reply("cannot read the input: %s", r == -EFBIG ? "larger than 256 MiB" :
+					   r == -EINVAL ? "not a regular file" : strerror(-r));
+		s.input = input;
+	} else if (in_path) {
 		/* Root asked (the verb is privileged): the daemon reads the file itself,
 		 * so inputs are not bound by the control socket's request size. */
 		if (in_path[0] != '/')

@@ -194,5 +194,6 @@ json_t *gpu_jobs_status_json(struct gpu_jobs *g);
 /* The exec jobs' array (consumed) and the GPU jobs, in id order; every entry
  * gets "kind": "exec" or "opencl". */
 json_t *gpu_jobs_merge_json(struct gpu_jobs *g, json_t *exec_jobs);
-/* The control socket's "submit-gpu" verb (caller already checked uid 0). */
-json_t *gpu_jobs_control_submit(struct gpu_jobs *g, uid_t uid, json_t *req);
+/* The control socket's "submit-gpu" verb (caller already checked uid 0).
+ * in_fd: the descriptor the request came with, or -1 (borrowed). */
+json_t *gpu_jobs_control_submit(struct gpu_jobs *g, uid_t uid, json_t *req, int in_fd);

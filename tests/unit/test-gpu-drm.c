@@ -133,12 +133,33 @@ static void test_is_drm_device(void **state)
 	assert_false(gpu_drm_is_drm_device(sys, ""));
 }
 
+/* Without CAP_SYS_PTRACE, other users' clients cannot be seen: no DRM
+ * busy detection then (the device runs only while the owner is idle). */
+static void test_sees_all_clients(void **state)
+{
+	char path[PATH_MAX + 16];
+
+	snprintf(path, sizeof(path), "%s/status-root", root);
+	put("status-root", "Name:\tharvesterd\nCapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\n"
+			   "CapEff:\t000001ffffffffff\nCapBnd:\t000001ffffffffff\n");
+	assert_true(gpu_drm_sees_all_clients(path));
+	/* harvesterd.service's set before CAP_SYS_PTRACE joined it */
+	snprintf(path, sizeof(path), "%s/status-unit", root);
+	put("status-unit", "Name:\tharvesterd\nCapEff:\t000000c0002000eb\n");
+	assert_false(gpu_drm_sees_all_clients(path));
+	put("status-unit", "Name:\tharvesterd\nCapEff:\t000000c0002800eb\n");
+	assert_true(gpu_drm_sees_all_clients(path));
+	snprintf(path, sizeof(path), "%s/no-such-status", root);
+	assert_false(gpu_drm_sees_all_clients(path));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_busy_from_engine_time, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_missing_proc, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_is_drm_device, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_sees_all_clients, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -451,6 +451,11 @@ if [ "$phase" = 2 ]; then
 	verdict daemon-goes-on $? "pid $pid0 -> $pid1, restarts $nr0 -> $nr1, $(systemctl is-active harvesterd)"
 	kill $sockpid 2>/dev/null
 
+	# --- 7b. GPU: an OpenCL job under the hardened unit (PoCL's CPU device) ---
+	# shellcheck source=guest-gpu.sh
+	. $M/guest-gpu.sh
+	gpu_section
+
 	# --- 8. the pool path: harvest-pool.service, harvester-link, no network in harvesterd ---
 	# shellcheck source=guest-pool.sh
 	. $M/guest-pool.sh
@@ -502,7 +507,7 @@ if [ "$phase" = 2 ]; then
 	note "purge"
 	pooled=$(dpkg-query -W -f='${db:Status-Status}' harvester-pool 2>/dev/null)
 	timeout 120 apt-get purge -y -q harvester $([ "$pooled" = installed ] && echo harvester-pool) >/tmp/apt.log 2>&1
-	left=$(ls -d /var/lib/harvester /etc/harvester /run/harvester /lib/systemd/system/harvesterd.service /lib/systemd/system/harvest.slice \
+	left=$(ls -d /var/lib/harvester /var/cache/harvester /etc/harvester /run/harvester /lib/systemd/system/harvesterd.service /lib/systemd/system/harvest.slice \
 		/etc/systemd/system/multi-user.target.wants/harvesterd.service /run/harvester-link \
 		/lib/systemd/system/harvester-link.service /usr/libexec/harvester 2>/dev/null | tr '\n' ' ')
 	check purge-leaves-no-state "left: $left" test -z "$left"

@@ -15,14 +15,15 @@ cache_root=${HARVESTER_VM_CACHE:-/var/cache/harvester-vm}
 # What the guest needs besides the harvester package's own dependencies
 # (passed in by run.sh): systemd as PID 1, the kernel, and the tools the
 # guest test uses (jq for JSON, procps for pgrep, socat for the listener
-# that a job must not reach, iproute2 for tc netem on the pool's loopback).
+# that a job must not reach, iproute2 for tc netem on the pool's loopback,
+# pocl-opencl-icd for an OpenCL device under the shipped unit).
 # The libraries harvester links are listed too, so that the key (and the
 # image) stays the same whether the .deb at hand was built with all of them
 # or not.
 base="systemd systemd-sysv udev dbus kmod linux-image-amd64 jq procps socat
 e2fsprogs util-linux mount apt iproute2 libc6 libbpf1 libelf1 zlib1g libseccomp2
 libinih1 libjansson4 libsodium23 libsystemd0 libnng1 libprotobuf-c1
-ocl-icd-libopencl1 libsqlite3-0"
+ocl-icd-libopencl1 libsqlite3-0 pocl-opencl-icd"
 
 pkgs=$(printf '%s\n' $base "$@" | sort -u | tr '\n' ' ')
 key=$( (echo "$pkgs"; cat "$0") | sha256sum | cut -c1-16)

@@ -50,7 +50,7 @@ rm -rf "$work"
 mkdir -p "$work/data"
 # HARVESTER_VM_GUEST: another guest script, for debugging the suite.
 cp "${HARVESTER_VM_GUEST:-$here/guest-test.sh}" "$work/data/guest-test.sh"
-cp "$here/guest-pool.sh" "$work/data/"
+cp "$here/guest-pool.sh" "$here/guest-gpu.sh" "$work/data/"
 cp "$deb" "$pooldeb" "$work/data/"
 [ "${HARVESTER_VM_QUICK:-0}" = 1 ] && touch "$work/data/quick"
 mkfs.ext4 -q -L vmtest -d "$work/data" "$work/data.ext4" 64M >&2
