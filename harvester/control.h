@@ -14,9 +14,10 @@
  *    "local":[N,...] (optional), "out_bytes":N, "input_fd":true (optional: the
  *    input file's descriptor came with the request, SCM_RIGHTS; harvestctl
  *    sends it, so the caller's mounts and /tmp count, not the daemon's) or
- *    "input_path":"/abs/file" (optional, read by the daemon), "scalars":[uint32,...] (optional), "priority":N (optional)}
+ *    "input_path":"/abs/file" (optional, read by the daemon),
+ *    "scalars":[uint32,...] (optional), "priority":N (optional)}
  *                                -> {"ok":true,"id":<job id>}
- *     kernel arguments in order: input buffer (with input_path), output buffer, scalars
+ *     kernel arguments in order: input buffer (with either), output buffer, scalars
  *   {"verb":"cancel","id":"<job id>"}   (exec or GPU job)
  * Every answer has "ok" (bool); on failure "error" (a sentence) too.
  *
@@ -56,8 +57,9 @@
  *          busy_detection ("nvml","drm-fdinfo","none": runs only while the
  *          owner is idle), busy_detection_note (why "none" on a device that
  *          could tell more, or absent), fault (the driver's words after a
- *          kernel faulted, or absent: its tasks wait for a restart), queue {running, queued, in_flight, paused,
- *          device_busy, chunks, chunks_over_slice, max_chunk_usec, device_usec}}],
+ *          kernel faulted, or absent: its tasks wait for a restart),
+ *          queue {running, queued, in_flight, paused, device_busy, chunks,
+ *          chunks_over_slice, max_chunk_usec, device_usec}}],
  *        opencl_absent, cuda_absent (why a backend added no device, or null),
  *        dispatch (bool), not_dispatching_because (or null),
  *        budget {gpu_ppm, devices, window_usec, capacity_usec, tokens_usec,
