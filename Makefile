@@ -211,13 +211,14 @@ check-host: deps-test
 	$(MAKE) BUILD=$(BUILD)/san SAN=1 tests
 	sh tests/run.sh host $(BUILD)/san
 
+# The VM suite also loads the stand-in CUDA driver into the packaged daemon.
 vmtest: deps-test
-	$(MAKE) deb
+	$(MAKE) deb $(BUILD)/tests/fake-cuda/libcuda.so.1
 	sh tests/vm/run.sh $(BUILD)
 
 check: deps-test
 	$(MAKE) BUILD=$(BUILD)/san SAN=1 tests
-	$(MAKE) deb
+	$(MAKE) deb $(BUILD)/tests/fake-cuda/libcuda.so.1
 	sh tests/run.sh all $(BUILD)/san $(BUILD)
 
 bench: deps-build

@@ -1,5 +1,5 @@
 # The VM suite's pool section (sourced by guest-test.sh, which defines pass,
-# fail, check, figure, note, st/stj, setconf, mainpid, wait_until, calc and
+# fail, check, figure, note, st/stj, setconf, mainpid, unit_active, wait_until, calc and
 # ok_calc). As an operator and an owner would, on real systemd: with the
 # harvester-pool package installed (phase 1 installs it beside harvester,
 # in one apt call), `harvest-pool init`, Listen= on 127.0.0.1,
@@ -87,7 +87,7 @@ pool_section() {
 	setconf Key "$key"
 	setconf MaxTasks 4
 	systemctl restart harvesterd
-	wait_until 20 test "$(systemctl is-active harvester-link)" = active
+	wait_until 20 unit_active harvester-link
 	wait_until 20 test -S /run/harvester-link/link.ipc
 	lpid=$(systemctl show -p MainPID --value harvester-link); dpid=$(mainpid)
 	local luid lcap

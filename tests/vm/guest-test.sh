@@ -38,9 +38,12 @@ job() { # job ID FIELD
 	jobsj ".jobs[] | select((.id | tostring) == \"$1\") | .$2"
 }
 mainpid() { systemctl show -p MainPID --value harvesterd; }
+unit_active() { [ "$(systemctl is-active "$1")" = active ]; }
 daemon_up() { [ "$(systemctl is-active harvesterd)" = active ] || [ "$(systemctl is-active harvesterd)" = activating ]; }
 
-# wait_until SECONDS COMMAND...: poll every 0.2 s; fail fast if the daemon died.
+# wait_until SECONDS COMMAND...: poll every 0.2 s until COMMAND succeeds. COMMAND
+# runs anew each time, so it must be a command or function, not a "$(...)"
+# argument (that is expanded once, before the first try).
 wait_until() {
 	local t=$1 end
 	shift
@@ -369,7 +372,7 @@ if [ "$phase" = 2 ]; then
 	echo 3 >"$S/phase"
 	# The unit was enabled: it starts at boot by itself.
 	check enabled-starts-at-boot "harvesterd is $(systemctl is-active harvesterd) after reboot" \
-		wait_until 60 test "$(systemctl is-active harvesterd)" = active
+		wait_until 60 unit_active harvesterd
 	wait_daemon 20 test -n "$(stj .budget.spent_total_usec)"
 	b=$(stj -c .budget); t=$(date +%s.%N)
 	note "budget after reboot: $b"
@@ -460,6 +463,7 @@ if [ "$phase" = 2 ]; then
 	# shellcheck source=guest-pool.sh
 	. $M/guest-pool.sh
 	pool_section
+	cuda_section
 
 	# --- upgrade: restarts the running service, keeps ledger and queue ---
 	note "upgrade: pause, queue a job, reinstall the package"
@@ -472,7 +476,7 @@ if [ "$phase" = 2 ]; then
 	timeout 120 apt-get install -y -q --reinstall "$(ls $M/harvester_*.deb | head -n 1)" >/tmp/apt.log 2>&1 ||
 		note "reinstall: $(tail -n 3 /tmp/apt.log | tr '\n' ' ')"
 	figure upgrade_reinstall_s "$(calc "$(now_s) - $t")"
-	wait_until 20 test "$(systemctl is-active harvesterd)" = active
+	wait_until 20 unit_active harvesterd
 	wait_daemon 20 test -n "$(stj .budget.spent_total_usec)"
 	sp2=$(stj .budget.spent_total_usec); pid2=$(mainpid)
 	check upgrade-restarts-keeps-state "pid $pid1 -> $pid2, spent $sp1 -> $sp2, queued job $q is '$(job "$q" state)'" \

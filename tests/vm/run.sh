@@ -52,6 +52,15 @@ mkdir -p "$work/data"
 cp "${HARVESTER_VM_GUEST:-$here/guest-test.sh}" "$work/data/guest-test.sh"
 cp "$here/guest-pool.sh" "$here/guest-gpu.sh" "$work/data/"
 cp "$deb" "$pooldeb" "$work/data/"
+# The stand-in CUDA driver and the PTX of scramble(), for CUDA pool tasks
+# through the packaged daemon (guest-gpu.sh); that part fails without them.
+[ -f "$build/tests/fake-cuda/libcuda.so.1" ] && cp "$build/tests/fake-cuda/libcuda.so.1" "$work/data/"
+python3 - "$here/../gpu/kernels.h" "$work/data/scramble.ptx" <<'PY'
+import re, sys
+body = open(sys.argv[1]).read().split("gpu_test_scramble_ptx[] =", 1)[1].split(";\n", 1)[0]
+text = "".join(bytes(s, "ascii").decode("unicode_escape") for s in re.findall(r'"((?:[^"\\]|\\.)*)"', body))
+open(sys.argv[2], "w").write(text)
+PY
 [ "${HARVESTER_VM_QUICK:-0}" = 1 ] && touch "$work/data/quick"
 mkfs.ext4 -q -L vmtest -d "$work/data" "$work/data.ext4" 64M >&2
 
