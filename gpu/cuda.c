@@ -315,10 +315,11 @@ static int cu_dev(struct cuda_device *d, gcu_result r)
 
 	if (!cu_sticky(r))
 		return cu_errno(r);
-	if (!d->base.info.fault[0]) {
+	if (!gpu_device_faulted(&d->base.info)) {
 		if (cu.GetErrorString(r, &words) != GCU_SUCCESS || !words)
 			words = "a kernel faulted";
 		snprintf(d->base.info.fault, sizeof(d->base.info.fault), "%s (CUDA error %u)", words, r);
+		__atomic_store_n(&d->base.info.faulted, true, __ATOMIC_RELEASE);
 	}
 	return -EFAULT;
 }
@@ -377,7 +378,7 @@ static int cuda_prepare(struct gpu_device *dev, const struct gpu_task *task, voi
 	void *vals[2];
 	int r;
 
-	if (d->base.info.fault[0])
+	if (gpu_device_faulted(&d->base.info))
 		return -EFAULT;
 	r = cuda_open(d);
 	if (r < 0)

@@ -69,13 +69,22 @@ struct gpu_device_info {
 	/* A kernel faulted (CUDA: an illegal address, a trap, a timeout): the
 	 * driver's words. The driver keeps the process's CUDA unusable from
 	 * then on, so the queue runs none of this device's tasks until
-	 * harvesterd restarts; they stay queued. "" while all is well. */
+	 * harvesterd restarts; they stay queued. "" while all is well.
+	 * Written once, by the queue's worker thread, then faulted is set
+	 * (release); others read faulted (gpu_device_faulted) before it. */
 	char fault[96];
+	bool faulted;
 	/* Why busy_source is NONE on a device that could say more, or "". */
 	char busy_note[96];
 };
 
 struct gpu_device;
+
+/* Whether info->fault holds a kernel's fault (safe from any thread). */
+static inline bool gpu_device_faulted(const struct gpu_device_info *info)
+{
+	return __atomic_load_n(&info->faulted, __ATOMIC_ACQUIRE);
+}
 
 /* Every device of every backend present. A backend that is absent (no ICD,
  * no libcuda) adds none and is no error. ret_devices is a malloc'ed array;

@@ -442,7 +442,7 @@ static struct qtask *pick(struct gpu_queue *q)
 	struct qtask *best = NULL;
 
 	for (struct qtask *t = q->tasks; t; t = t->next)
-		if (!t->cancelled && !t->dev->info.fault[0] &&   /* a faulted backend's tasks wait */
+		if (!t->cancelled && !gpu_device_faulted(&t->dev->info) &&   /* a faulted backend's tasks wait */
 		    (!best || t->t.priority > best->t.priority ||
 		     (t->t.priority == best->t.priority && t->seq < best->seq)))
 			best = t;

@@ -545,11 +545,11 @@ static void condense_log(const char *log, char *buf, size_t size)
 /* The driver's words on a kernel's fault, through either backend, or NULL. */
 static const char *dev_fault(const struct gpu_dev *dv)
 {
-	const char *f = gpu_device_get_info(dv->d)->fault;
+	const struct gpu_device_info *in = gpu_device_get_info(dv->d);
 
-	if (!f[0] && dv->cu)
-		f = gpu_device_get_info(dv->cu)->fault;
-	return f[0] ? f : NULL;
+	if (!gpu_device_faulted(in) && dv->cu)
+		in = gpu_device_get_info(dv->cu);
+	return gpu_device_faulted(in) ? in->fault : NULL;
 }
 
 static void set_failure_reason(struct gpu_job *j, int error, const char *log, const char *fault)
