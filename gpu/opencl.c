@@ -376,11 +376,12 @@ static int make_device(cl_platform_id platform, cl_device_id device, unsigned pi
 	/* NVIDIA's driver keeps its clients out of DRM fdinfo; NVML knows them. */
 	if (info->pci_bus_id[0] && d->vendor_id == 0x10de && gpu_nvml_others_busy(info->pci_bus_id, false) >= 0)
 		info->busy_source = GPU_BUSY_NVML;
-	else if (gpu_drm_is_drm_device("/sys", info->pci_bus_id) && !gpu_drm_sees_all_clients("/proc/self/status"))
+	else if (!gpu_drm_is_drm_device("/sys", info->pci_bus_id))
+		;   /* says nothing: runs only while the owner is idle */
+	else if (!gpu_drm_sees_all_clients("/proc/self/status"))
 		snprintf(info->busy_note, sizeof(info->busy_note),
 			 "DRM fdinfo of other users' processes needs CAP_SYS_PTRACE");
-	else if (gpu_drm_is_drm_device("/sys", info->pci_bus_id) &&
-		 gpu_drm_busy_new("/proc", info->pci_bus_id, getpid(), &d->base.drm) >= 0)
+	else if (gpu_drm_busy_new("/proc", info->pci_bus_id, getpid(), &d->base.drm) >= 0)
 		info->busy_source = GPU_BUSY_DRM_FDINFO;
 	*ret = &d->base;
 	return 0;

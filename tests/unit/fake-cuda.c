@@ -56,41 +56,63 @@ enum {
 	ILLEGAL_ADDRESS = 700, NOT_SUPPORTED = 801,
 };
 
-#define MAGIC_CTX 0x43545821u
-#define MAGIC_MOD 0x4d4f4421u
-#define MAGIC_STREAM 0x53545221u
-#define MAGIC_EVENT 0x45564e21u
 #define MAX_PARAMS 32
 #define DEVICE_MEM (1ULL << 30)
 #define DEVICE_BASE 0x7f0000000000ULL
 
-struct CUctx_st { unsigned magic; int refs; };
+/* Live modules, streams and events: each starts with a node on its list;
+ * a handle is valid while its node is on the list. */
+struct node { struct node *next; };
+struct CUctx_st { int refs; };
 struct entry;
 struct CUfunc_st { struct CUmod_st *mod; const struct entry *e; };
 struct CUmod_st {
-	unsigned magic;
+	struct node node;
 	unsigned n;
 	struct entry {
 		char name[128];
 		unsigned n_params, size[MAX_PARAMS];
 	} *entries;
 	struct CUfunc_st *funcs;
-	struct CUmod_st *next;
 };
-struct CUstream_st { unsigned magic; int priority; uint64_t clock_ns; struct CUstream_st *next; };
-struct CUevent_st { unsigned magic; unsigned flags; int recorded; uint64_t t_ns; struct CUevent_st *next; };
+struct CUstream_st { struct node node; int priority; uint64_t clock_ns; };
+struct CUevent_st { struct node node; unsigned flags; int recorded; uint64_t t_ns; };
 struct alloc { CUdeviceptr base; size_t size; unsigned char *host; struct alloc *next; };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static int initialized;
-static struct CUctx_st primary = { MAGIC_CTX, 0 };
+static struct CUctx_st primary;
 static __thread struct CUctx_st *current;
-static struct CUmod_st *modules;
-static struct CUstream_st *streams, null_stream = { MAGIC_STREAM, 0, 0, NULL };
-static struct CUevent_st *events;
+static struct node *modules, *streams, *events;
+static struct CUstream_st null_stream;
 static struct alloc *allocs;
 static CUdeviceptr next_base = DEVICE_BASE;
 static struct fake_cuda_stats st = { .least = 0, .greatest = -5 };
+
+static void push(struct node **list, struct node *n)
+{
+	n->next = *list;
+	*list = n;
+}
+
+static int live(const struct node *list, const void *x)
+{
+	for (; list; list = list->next)
+		if ((const void *) list == x)
+			return 1;
+	return 0;
+}
+
+/* Take x off the list: 1, or 0 if it was not on it. */
+static int unlink_node(struct node **list, const void *x)
+{
+	for (; *list; list = &(*list)->next)
+		if ((const void *) *list == x) {
+			*list = (*list)->next;
+			return 1;
+		}
+	return 0;
+}
 
 EXPORT void fake_cuda_stats(struct fake_cuda_stats *ret)
 {
@@ -532,9 +554,7 @@ static CUresult do_module_load(struct CUmod_st **ret, const void *image, unsigne
 		free(m);
 		return r;
 	}
-	m->magic = MAGIC_MOD;
-	m->next = modules;
-	modules = m;
+	push(&modules, &m->node);
 	st.modules++;
 	*ret = m;
 	return OK;
@@ -544,13 +564,6 @@ EXPORT CUresult cuModuleLoadDataEx(struct CUmod_st **m, const void *image, unsig
 	return LOCKED(do_module_load(m, image, n, options, values));
 }
 
-static int module_live(const struct CUmod_st *m)
-{
-	for (struct CUmod_st *p = modules; p; p = p->next)
-		if (p == m)
-			return 1;
-	return 0;
-}
 
 static CUresult do_get_function(struct CUfunc_st **f, struct CUmod_st *m, const char *name)
 {
@@ -560,7 +573,7 @@ static CUresult do_get_function(struct CUfunc_st **f, struct CUmod_st *m, const 
 		return r;
 	if (!f || !name)
 		return INVALID_VALUE;
-	if (!module_live(m))
+	if (!live(modules, m))
 		return bad_handle();
 	for (unsigned i = 0; i < m->n; i++)
 		if (!strcmp(m->entries[i].name, name)) {
@@ -577,7 +590,6 @@ EXPORT CUresult cuModuleGetFunction(struct CUfunc_st **f, struct CUmod_st *m, co
 
 static void module_free(struct CUmod_st *m)
 {
-	m->magic = 0;
 	free(m->entries);
 	free(m->funcs);
 	free(m);
@@ -590,13 +602,10 @@ static CUresult do_module_unload(struct CUmod_st *m)
 
 	if (r != OK)
 		return r;
-	for (struct CUmod_st **p = &modules; *p; p = &(*p)->next)
-		if (*p == m) {
-			*p = m->next;
-			module_free(m);
-			return OK;
-		}
-	return bad_handle();
+	if (!unlink_node(&modules, m))
+		return bad_handle();
+	module_free(m);
+	return OK;
 }
 EXPORT CUresult cuModuleUnload(struct CUmod_st *m) { return LOCKED(do_module_unload(m)); }
 
@@ -699,9 +708,7 @@ static CUresult do_stream_create(struct CUstream_st **ret, unsigned flags, int p
 		return OUT_OF_MEMORY;
 	/* out of the range: clamped, as the driver does */
 	s->priority = priority > st.least ? st.least : priority < st.greatest ? st.greatest : priority;
-	s->magic = MAGIC_STREAM;
-	s->next = streams;
-	streams = s;
+	push(&streams, &s->node);
 	st.streams++;
 	st.stream_priority = s->priority;
 	*ret = s;
@@ -715,12 +722,7 @@ EXPORT CUresult cuStreamCreateWithPriority(struct CUstream_st **s, unsigned flag
 /* The stream a handle names (NULL: the legacy default stream), or NULL. */
 static struct CUstream_st *stream_of(struct CUstream_st *s)
 {
-	if (!s)
-		return &null_stream;
-	for (struct CUstream_st *p = streams; p; p = p->next)
-		if (p == s)
-			return p;
-	return NULL;
+	return !s ? &null_stream : live(streams, s) ? s : NULL;
 }
 
 static CUresult do_stream_destroy(struct CUstream_st *s)
@@ -729,15 +731,11 @@ static CUresult do_stream_destroy(struct CUstream_st *s)
 
 	if (r != OK)
 		return r;
-	for (struct CUstream_st **p = &streams; *p; p = &(*p)->next)
-		if (*p == s) {
-			*p = s->next;
-			s->magic = 0;
-			free(s);
-			st.streams--;
-			return OK;
-		}
-	return bad_handle();
+	if (!unlink_node(&streams, s))
+		return bad_handle();
+	free(s);
+	st.streams--;
+	return OK;
 }
 EXPORT CUresult cuStreamDestroy_v2(struct CUstream_st *s) { return LOCKED(do_stream_destroy(s)); }
 
@@ -760,23 +758,14 @@ static CUresult do_event_create(struct CUevent_st **ret, unsigned flags)
 	e = calloc(1, sizeof(*e));
 	if (!e)
 		return OUT_OF_MEMORY;
-	e->magic = MAGIC_EVENT;
 	e->flags = flags;
-	e->next = events;
-	events = e;
+	push(&events, &e->node);
 	st.events++;
 	*ret = e;
 	return OK;
 }
 EXPORT CUresult cuEventCreate(struct CUevent_st **e, unsigned flags) { return LOCKED(do_event_create(e, flags)); }
 
-static struct CUevent_st *event_of(struct CUevent_st *e)
-{
-	for (struct CUevent_st *p = events; p; p = p->next)
-		if (p == e)
-			return p;
-	return NULL;
-}
 
 static CUresult do_event_record(struct CUevent_st *e, struct CUstream_st *s)
 {
@@ -785,7 +774,7 @@ static CUresult do_event_record(struct CUevent_st *e, struct CUstream_st *s)
 
 	if (r != OK)
 		return r;
-	if (!event_of(e) || !(str = stream_of(s)))
+	if (!live(events, e) || !(str = stream_of(s)))
 		return bad_handle();
 	e->recorded = 1;
 	e->t_ns = str->clock_ns;
@@ -796,7 +785,7 @@ EXPORT CUresult cuEventRecord(struct CUevent_st *e, struct CUstream_st *s) { ret
 static CUresult do_event_sync(struct CUevent_st *e)
 {
 	CUresult r = ready();
-	return r != OK ? r : event_of(e) ? OK : bad_handle();
+	return r != OK ? r : live(events, e) ? OK : bad_handle();
 }
 EXPORT CUresult cuEventSynchronize(struct CUevent_st *e) { return LOCKED(do_event_sync(e)); }
 
@@ -809,7 +798,7 @@ static CUresult do_elapsed(float *ms, struct CUevent_st *a, struct CUevent_st *b
 	if (!ms)
 		return INVALID_VALUE;
 	/* unrecorded, or made with CU_EVENT_DISABLE_TIMING (2) */
-	if (!event_of(a) || !event_of(b) || !a->recorded || !b->recorded || ((a->flags | b->flags) & 2))
+	if (!live(events, a) || !live(events, b) || !a->recorded || !b->recorded || ((a->flags | b->flags) & 2))
 		return bad_handle();
 	*ms = (float) (((double) b->t_ns - (double) a->t_ns) / 1e6);
 	return OK;
@@ -825,15 +814,11 @@ static CUresult do_event_destroy(struct CUevent_st *e)
 
 	if (r != OK)
 		return r;
-	for (struct CUevent_st **p = &events; *p; p = &(*p)->next)
-		if (*p == e) {
-			*p = e->next;
-			e->magic = 0;
-			free(e);
-			st.events--;
-			return OK;
-		}
-	return bad_handle();
+	if (!unlink_node(&events, e))
+		return bad_handle();
+	free(e);
+	st.events--;
+	return OK;
 }
 EXPORT CUresult cuEventDestroy_v2(struct CUevent_st *e) { return LOCKED(do_event_destroy(e)); }
 
@@ -914,7 +899,7 @@ static CUresult do_launch(struct CUfunc_st *f, const unsigned grid[3], const uns
 
 	if (r != OK)
 		return r;
-	if (!f || !module_live(f->mod) || !(str = stream_of(s)))
+	if (!f || !live(modules, f->mod) || !(str = stream_of(s)))
 		return bad_handle();
 	if (grid[0] < 1 || grid[1] < 1 || grid[2] < 1 || grid[0] > 0x7fffffffu || grid[1] > 65535 || grid[2] > 65535 ||
 	    block[0] < 1 || block[1] < 1 || block[2] < 1 || block[0] > 1024 || block[1] > 1024 || block[2] > 64 ||
@@ -952,12 +937,23 @@ EXPORT CUresult cuLaunchKernel(struct CUfunc_st *f, unsigned gx, unsigned gy, un
 	return LOCKED(do_launch(f, grid, block, shared, s, params, extra));
 }
 
+/* Streams and events: a node and nothing else to free. */
+static void free_list(struct node **list, unsigned *count)
+{
+	while (*list) {
+		struct node *n = *list;
+		*list = n->next;
+		free(n);
+		(*count)--;
+	}
+}
+
 /* The context's end: everything in it goes. */
 static void free_all(void)
 {
 	while (modules) {
-		struct CUmod_st *m = modules;
-		modules = m->next;
+		struct CUmod_st *m = (struct CUmod_st *) modules;
+		modules = modules->next;
 		module_free(m);
 	}
 	while (allocs) {
@@ -965,16 +961,6 @@ static void free_all(void)
 		allocs = a->next;
 		alloc_free(a);
 	}
-	while (streams) {
-		struct CUstream_st *s = streams;
-		streams = s->next;
-		free(s);
-		st.streams--;
-	}
-	while (events) {
-		struct CUevent_st *e = events;
-		events = e->next;
-		free(e);
-		st.events--;
-	}
+	free_list(&streams, &st.streams);
+	free_list(&events, &st.events);
 }
