@@ -169,11 +169,15 @@ if [ "$phase" = 1 ]; then
 	note "config: $(grep -v '^#' $CONF | grep -v '^$' | tr '\n' ' ')"
 
 	t=$(now_s)
-	if systemctl enable --now harvesterd >/tmp/enable.log 2>&1; then
+	# Bounded: a start that hangs says where (once, in CI, it hung here
+	# for the whole suite's 900 s and left no trace).
+	if timeout 180 systemctl enable --now harvesterd >/tmp/enable.log 2>&1; then
 		pass enable-now
 	else
-		fail enable-now "$(tr '\n' ' ' </tmp/enable.log)"
+		fail enable-now "exit $?: $(tr '\n' ' ' </tmp/enable.log)"
 		journal_tail 40
+		systemctl status --no-pager harvesterd harvester-link 2>&1 | sed 's/^/VMTEST LOG /'
+		systemctl list-jobs --no-pager 2>&1 | sed 's/^/VMTEST LOG /'
 	fi
 	figure daemon_start_s "$(calc "$(now_s) - $t")"
 	harvestctl status >/tmp/status.txt 2>&1
